@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages the tests use (headless Chromium for the report's render check). Idempotent.
+set -euo pipefail
+pkgs=(chromium)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "not root: cannot install ${missing[*]}; the tests that need them will be skipped" >&2
+  fi
+fi

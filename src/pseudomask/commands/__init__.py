@@ -1,0 +1,1 @@
+"""Subcommands of the `pseudomask` CLI; each module defines `register(subparsers)`."""

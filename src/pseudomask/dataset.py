@@ -1,0 +1,342 @@
+"""Dataset ingest: COCO JSON, Pascal VOC XML folders and image-level tags into one record, split into shards.
+
+Errors that make the whole file untrustworthy (malformed JSON/XML, duplicate ids) raise DatasetError naming
+the file and record. Problems of one instance or image (box outside the image, zero size, unknown category,
+missing image) become that instance's status "failed" with a reason, so the run goes on and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .errors import PseudomaskError
+from .images import ImageError, image_size
+from .store import Artifact, ArtifactWriter
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+class DatasetError(PseudomaskError, ValueError):
+    """Input that cannot be ingested; the message names the file and the record."""
+
+
+@dataclass
+class Dataset:
+    """The record every stage reads: categories, images (with tags) and box instances with a status."""
+
+    categories: list[dict]
+    images: list[dict]  # id, file_name, width, height, tags (list of category ids)
+    instances: list[dict] = field(default_factory=list)  # id, image_id, category_id, bbox, status, reason
+    image_root: Path = Path(".")
+    source: str = ""
+
+    @property
+    def has_boxes(self) -> bool:
+        return bool(self.instances)
+
+    def image_path(self, image: dict) -> Path:
+        return self.image_root / image["file_name"]
+
+    def instances_of(self, image_id: int) -> list[dict]:
+        return [r for r in self.instances if r["image_id"] == image_id]
+
+    def by_image(self) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {im["id"]: [] for im in self.images}
+        for r in self.instances:
+            out.setdefault(r["image_id"], []).append(r)
+        return out
+
+    def category_names(self) -> dict[int, str]:
+        return {c["id"]: c["name"] for c in self.categories}
+
+
+def _fail(record: dict, reason: str) -> dict:
+    return {**record, "status": "failed", "reason": reason}
+
+
+def check_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, str]:
+    """Validate a COCO box against its image: (clipped box, "") or (clipped box, note) or (None, why not)."""
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return None, f"bbox {bbox!r} is not four numbers"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return None, f"bbox {bbox!r} has non-finite values"
+    if w <= 0 or h <= 0:
+        return None, f"bbox {bbox!r} has zero or negative size"
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+    if x1 <= x0 or y1 <= y0:
+        return None, f"bbox {bbox!r} lies outside the {width}x{height} image"
+    clipped = [x0, y0, x1 - x0, y1 - y0]
+    if clipped != [x, y, w, h]:
+        return clipped, f"bbox {bbox!r} clipped to the {width}x{height} image"
+    return clipped, ""
+
+
+def _resolve_images(images: list[dict], image_root: Path, source: str, check_files: bool) -> set[int]:
+    """Fill missing sizes from files; return ids of images whose file is missing or unreadable."""
+    bad: set[int] = set()
+    for im in images:
+        if not check_files and im.get("width") and im.get("height"):
+            continue
+        try:
+            w, h = image_size(image_root / im["file_name"])
+        except ImageError as e:
+            im["error"] = str(e)
+            im.setdefault("width", 0)
+            im.setdefault("height", 0)
+            bad.add(im["id"])
+            continue
+        if im.get("width") and im.get("height") and (im["width"], im["height"]) != (w, h):
+            raise DatasetError(f"{source}: image {im['id']} ({im['file_name']}) is {w}x{h} on disk but "
+                               f"{im['width']}x{im['height']} in the annotations")
+        im["width"], im["height"] = w, h
+    return bad
+
+
+def load_coco(path: str | os.PathLike, image_root: str | os.PathLike, check_files: bool = True) -> Dataset:
+    """Read a COCO instances JSON; annotations without bbox make it a tag-only dataset."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: annotation file not found") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict) or "images" not in data:
+        raise DatasetError(f"{path}: not a COCO dataset (no 'images' list)")
+    categories = []
+    for i, c in enumerate(data.get("categories", [])):
+        if "id" not in c or "name" not in c:
+            raise DatasetError(f"{path}: categories[{i}] lacks 'id' or 'name'")
+        categories.append({"id": int(c["id"]), "name": str(c["name"]), "isthing": int(c.get("isthing", 1))})
+    _unique([c["id"] for c in categories], path, "category id")
+    images = []
+    for i, im in enumerate(data["images"]):
+        if "id" not in im or "file_name" not in im:
+            raise DatasetError(f"{path}: images[{i}] lacks 'id' or 'file_name'")
+        images.append({"id": int(im["id"]), "file_name": str(im["file_name"]), "width": int(im.get("width") or 0),
+                       "height": int(im.get("height") or 0), "tags": []})
+    _unique([im["id"] for im in images], path, "image id")
+    anns = data.get("annotations", [])
+    _unique([a.get("id") for a in anns], path, "annotation id")
+    root = Path(image_root)
+    bad = _resolve_images(images, root, str(path), check_files)
+    by_id = {im["id"]: im for im in images}
+    cat_ids = {c["id"] for c in categories}
+    has_boxes = any("bbox" in a for a in anns)
+    instances = []
+    for i, a in enumerate(anns):
+        if "id" not in a or "image_id" not in a or "category_id" not in a:
+            raise DatasetError(f"{path}: annotations[{i}] lacks 'id', 'image_id' or 'category_id'")
+        im = by_id.get(int(a["image_id"]))
+        if im is None:
+            raise DatasetError(f"{path}: annotation {a['id']} refers to unknown image {a['image_id']}")
+        cat = int(a["category_id"])
+        if not has_boxes:
+            if cat not in cat_ids:
+                raise DatasetError(f"{path}: tag annotation {a['id']} of image {im['id']} has unknown category {cat}")
+            if cat not in im["tags"]:
+                im["tags"].append(cat)
+            continue
+        rec = {"id": int(a["id"]), "image_id": im["id"], "category_id": cat, "bbox": [0.0] * 4,
+               "status": "kept", "reason": ""}
+        if a.get("iscrowd", 0):
+            rec["bbox"] = [float(v) for v in a.get("bbox", [0, 0, 0, 0])]
+            instances.append({**rec, "status": "ignored", "reason": "crowd annotation"})
+            continue
+        if cat not in cat_ids:
+            instances.append(_fail(rec, f"unknown category id {cat}"))
+            continue
+        if im["id"] in bad:
+            instances.append(_fail(rec, im["error"]))
+            continue
+        box, note = check_box(a.get("bbox"), im["width"], im["height"])
+        if box is None:
+            instances.append(_fail(rec, note))
+            continue
+        instances.append({**rec, "bbox": box, "reason": note})
+        if cat not in im["tags"]:
+            im["tags"].append(cat)
+    return Dataset(categories, images, instances, root, str(path))
+
+
+def load_voc(folder: str | os.PathLike) -> Dataset:
+    """Read a Pascal VOC folder (Annotations/*.xml, JPEGImages/); boxes become 0-based COCO xywh."""
+    folder = Path(folder)
+    ann_dir = folder / "Annotations"
+    if not ann_dir.is_dir():
+        raise DatasetError(f"{folder}: no Annotations/ folder (expected a Pascal VOC layout)")
+    files = sorted(ann_dir.glob("*.xml"))
+    if not files:
+        raise DatasetError(f"{ann_dir}: no XML annotation files")
+    parsed = []
+    names: set[str] = set()
+    for f in files:
+        try:
+            root = ET.parse(f).getroot()
+        except ET.ParseError as e:
+            raise DatasetError(f"{f}: malformed XML ({e})") from None
+        objs = []
+        for k, o in enumerate(root.findall("object")):
+            name = (o.findtext("name") or "").strip()
+            bb = o.find("bndbox")
+            if not name or bb is None:
+                raise DatasetError(f"{f}: object {k} lacks <name> or <bndbox>")
+            try:
+                vals = [float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
+            except (TypeError, ValueError):
+                raise DatasetError(f"{f}: object {k} ({name}) has a non-numeric bndbox") from None
+            objs.append((name, vals, int(o.findtext("difficult") or 0)))
+            names.add(name)
+        fname = root.findtext("filename") or f"{f.stem}.jpg"
+        size = root.find("size")
+        w = int(size.findtext("width") or 0) if size is not None else 0
+        h = int(size.findtext("height") or 0) if size is not None else 0
+        parsed.append((fname, w, h, objs))
+    ordered = [c for c in VOC_CLASSES if c in names] + sorted(names - set(VOC_CLASSES))
+    if set(names) <= set(VOC_CLASSES):
+        ordered = list(VOC_CLASSES)
+    categories = [{"id": i + 1, "name": n, "isthing": 1} for i, n in enumerate(ordered)]
+    cat_of = {c["name"]: c["id"] for c in categories}
+    images = [{"id": i + 1, "file_name": fn, "width": w, "height": h, "tags": []}
+              for i, (fn, w, h, _) in enumerate(parsed)]
+    root_dir = folder / "JPEGImages"
+    bad = _resolve_images(images, root_dir, str(ann_dir), check_files=True)
+    instances = []
+    next_id = 1
+    for im, (_, _, _, objs) in zip(images, parsed):
+        for name, (x0, y0, x1, y1), difficult in objs:
+            rec = {"id": next_id, "image_id": im["id"], "category_id": cat_of[name],
+                   "bbox": [x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1], "status": "kept", "reason": ""}
+            next_id += 1
+            if im["id"] in bad:
+                instances.append(_fail(rec, im["error"]))
+                continue
+            box, note = check_box(rec["bbox"], im["width"], im["height"])
+            if box is None:
+                instances.append(_fail(rec, note))
+                continue
+            rec.update(bbox=box, reason=note or ("difficult" if difficult else ""))
+            instances.append(rec)
+            if rec["category_id"] not in im["tags"]:
+                im["tags"].append(rec["category_id"])
+    return Dataset(categories, images, instances, root_dir, str(ann_dir))
+
+
+def load_tags_csv(path: str | os.PathLike, image_root: str | os.PathLike) -> Dataset:
+    """Read a CSV of `image,tag` rows (tag = category name); a header row is optional."""
+    path = Path(path)
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: tag file not found") from None
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["image", "tag"]:
+        rows = rows[1:]
+    pairs = []
+    for n, row in enumerate(rows, start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise DatasetError(f"{path}: line {n}: expected 'image,tag', got {row!r}")
+        pairs.append((row[0].strip(), row[1].strip()))
+    names = sorted({t for _, t in pairs})
+    categories = [{"id": i + 1, "name": n, "isthing": 1} for i, n in enumerate(names)]
+    cat_of = {c["name"]: c["id"] for c in categories}
+    images: dict[str, dict] = {}
+    for fname, tag in pairs:
+        im = images.setdefault(fname, {"id": len(images) + 1, "file_name": fname, "width": 0, "height": 0, "tags": []})
+        if cat_of[tag] not in im["tags"]:
+            im["tags"].append(cat_of[tag])
+    image_list = list(images.values())
+    bad = _resolve_images(image_list, Path(image_root), str(path), check_files=True)
+    if bad:
+        first = next(im for im in image_list if im["id"] in bad)
+        raise DatasetError(f"{path}: {len(bad)} tagged image(s) cannot be read, first: {first['error']}")
+    return Dataset(categories, image_list, [], Path(image_root), str(path))
+
+
+def _unique(ids: Iterable[Any], path: Path, what: str) -> None:
+    seen: set = set()
+    for i in ids:
+        if i in seen:
+            raise DatasetError(f"{path}: duplicate {what} {i}")
+        seen.add(i)
+
+
+def load_dataset(annotations: str | os.PathLike, images: str | os.PathLike | None = None,
+                 fmt: str = "auto") -> Dataset:
+    """Load any supported input: COCO JSON, VOC folder, tags CSV, or an ingested shard (.h5)."""
+    p = Path(annotations)
+    if fmt == "auto":
+        fmt = {".json": "coco", ".csv": "tags-csv", ".h5": "shard"}.get(p.suffix.lower(), "voc" if p.is_dir() else "")
+    if fmt == "shard":
+        ds = read_shard(p)
+        return replace(ds, image_root=Path(images)) if images else ds
+    if fmt == "voc":
+        return load_voc(p)
+    if images is None:
+        raise DatasetError(f"{p}: an image folder is needed for {fmt or 'this'} annotations")
+    if fmt == "coco":
+        return load_coco(p, images)
+    if fmt == "tags-csv":
+        return load_tags_csv(p, images)
+    raise DatasetError(f"{p}: unknown dataset format (expected .json, .csv, .h5 or a VOC folder)")
+
+
+def shard(ds: Dataset, shard_size: int) -> list[Dataset]:
+    """Split by image into datasets of at most `shard_size` images (at least one shard, even if empty)."""
+    if shard_size < 1:
+        raise DatasetError(f"shard_size must be at least 1, got {shard_size}")
+    by_image = ds.by_image()
+    out = []
+    for s in range(0, max(len(ds.images), 1), shard_size):
+        ims = ds.images[s:s + shard_size]
+        insts = [r for im in ims for r in by_image.get(im["id"], [])]
+        out.append(replace(ds, images=ims, instances=insts))
+    return out
+
+
+def write_shard(ds: Dataset, path: str | os.PathLike, params: dict | None = None,
+                inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Write a dataset (shard) record as an `ingest` artifact."""
+    by_image = ds.by_image()
+    with ArtifactWriter(path, stage="ingest", method="ingest", params=params or {}, inputs=inputs,
+                        categories=ds.categories,
+                        attrs={"image_root": str(Path(ds.image_root).resolve()), "source": ds.source}) as w:
+        for im in ds.images:
+            w.add_image(im, by_image.get(im["id"], []), tags=im.get("tags", []))
+    return Path(path)
+
+
+def read_shard(path: str | os.PathLike) -> Dataset:
+    """Read an `ingest` artifact back into a Dataset."""
+    with Artifact(path, stage="ingest") as a:
+        images = []
+        for i in a.image_ids:
+            im = a.image(i)
+            im["tags"] = a.tags.get(i, [])
+            images.append(im)
+        inst = [{k: r[k] for k in ("id", "image_id", "category_id", "bbox", "status", "reason")} for r in a.records()]
+        return Dataset(a.categories, images, inst, Path(a.attrs["image_root"]), str(a.attrs.get("source", path)))
+
+
+def to_coco(ds: Dataset) -> dict:
+    """COCO dict of a dataset's boxes (no masks), for tools that read COCO."""
+    return {
+        "images": [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in ds.images],
+        "categories": [{"id": c["id"], "name": c["name"]} for c in ds.categories],
+        "annotations": [{"id": r["id"], "image_id": r["image_id"], "category_id": r["category_id"],
+                         "bbox": r["bbox"], "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0}
+                        for r in ds.instances],
+    }

@@ -1,0 +1,37 @@
+"""Ingest stage: load any supported input, split into shards, write one record per shard and a manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from .dataset import load_dataset, shard, write_shard
+
+
+def shard_name(i: int) -> str:
+    return f"s{i:05d}"
+
+
+def ingest(annotations: str | os.PathLike, images: str | os.PathLike | None, out_dir: str | os.PathLike,
+           shard_size: int = 500, fmt: str = "auto") -> dict:
+    """Write OUT/{shard}.h5 for every shard and OUT/manifest.json; return the manifest."""
+    ds = load_dataset(annotations, images, fmt)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = {"shard_size": shard_size, "format": fmt}
+    shards = shard(ds, shard_size)
+    names = []
+    for i, part in enumerate(shards):
+        names.append(shard_name(i))
+        write_shard(part, out / f"{names[-1]}.h5", params=params, inputs=[annotations])
+    manifest = {
+        "source": str(annotations), "images": len(ds.images), "instances": len(ds.instances),
+        "supervision": "boxes" if ds.has_boxes else "tags", "shards": names,
+        "status": dict(Counter(r["status"] for r in ds.instances)),
+    }
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / "manifest.json")
+    return manifest

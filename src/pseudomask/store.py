@@ -1,0 +1,313 @@
+"""HDF5 artifact store: one file per stage and shard, written atomically, readable with plain h5py.
+
+Layout (documented in README):
+
+    /                      attrs: schema, schema_version, stage, method, parameters (JSON),
+                           package_version, inputs (JSON {path: sha256}), created
+    /categories/{id,name,isthing}
+    /images/{id,file_name,width,height}
+    /tags/{image_id,category_id}              image-level tags (tag-only datasets)
+    /instances/{id,image_id,category_id,bbox,status,reason,...}   one row per input instance
+    /masks/<image_id>      uint8 (K, H, W): 1 foreground, 0 background, 255 ignore;
+                           attrs instance_ids gives the row order (K = all instances of the image)
+    /<map>/<image_id>      per-image arrays of a stage (e.g. semantic, instance, proposals/...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import PseudomaskError
+
+SCHEMA = "pseudomask-artifact"
+SCHEMA_VERSION = 1
+STATUSES = ("kept", "invalid", "dropped", "ignored", "failed")
+IGNORE = 255
+RESERVED = {"categories", "images", "tags", "instances", "masks"}
+BASE_COLUMNS = ("id", "image_id", "category_id", "bbox", "status", "reason")
+
+_STR = h5py.string_dtype("utf-8")
+
+
+class ArtifactError(PseudomaskError, ValueError):
+    """An artifact that is missing, of the wrong stage, or of another schema version."""
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, or of the sorted names and sizes of a directory's files."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if p.is_dir():
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(f"{f.relative_to(p)}:{f.stat().st_size}\n".encode())
+        return "dir:" + h.hexdigest()
+    with open(p, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _column(values: list, name: str) -> np.ndarray:
+    if name == "bbox":
+        return np.asarray(values, dtype=np.float64).reshape(-1, 4)
+    if name in ("id", "image_id", "category_id"):
+        return np.asarray(values, dtype=np.int64)
+    sample = next((v for v in values if v is not None), None)
+    if isinstance(sample, str) or name in ("status", "reason"):
+        return np.array(["" if v is None else str(v) for v in values], dtype=object)
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _write_table(group: h5py.Group, columns: Mapping[str, np.ndarray]) -> None:
+    for name, col in columns.items():
+        if col.dtype == object:
+            group.create_dataset(name, data=col.astype(str).astype(object), dtype=_STR)
+        else:
+            group.create_dataset(name, data=col)
+
+
+class ArtifactWriter:
+    """Writes one artifact image by image; the file appears at `path` only when closed cleanly.
+
+    Streaming keeps a shard's memory bounded by its largest image rather than its size.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        stage: str,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        inputs: Iterable[str | os.PathLike] = (),
+        categories: Sequence[Mapping[str, Any]] = (),
+        attrs: Mapping[str, Any] | None = None,
+    ):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._f = h5py.File(self._tmp, "w")
+        a = self._f.attrs
+        a["schema"] = SCHEMA
+        a["schema_version"] = SCHEMA_VERSION
+        a["stage"] = stage
+        a["method"] = method
+        a["parameters"] = json.dumps(dict(params or {}), sort_keys=True, default=str)
+        a["package_version"] = __version__
+        a["inputs"] = json.dumps({str(p): file_digest(p) for p in inputs if Path(p).exists()}, sort_keys=True)
+        a["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for k, v in (attrs or {}).items():
+            a[k] = v
+        cats = list(categories)
+        g = self._f.create_group("categories")
+        g.create_dataset("id", data=np.array([c["id"] for c in cats], dtype=np.int64))
+        g.create_dataset("name", data=np.array([c["name"] for c in cats], dtype=object), dtype=_STR)
+        g.create_dataset("isthing", data=np.array([int(c.get("isthing", 1)) for c in cats], dtype=np.int8))
+        self._images: list[Mapping[str, Any]] = []
+        self._rows: list[Mapping[str, Any]] = []
+        self._tags: list[tuple[int, int]] = []
+        self._closed = False
+
+    def add_image(
+        self,
+        image: Mapping[str, Any],
+        instances: Sequence[Mapping[str, Any]] = (),
+        masks: np.ndarray | None = None,
+        maps: Mapping[str, np.ndarray | Mapping[str, np.ndarray]] | None = None,
+        tags: Iterable[int] = (),
+    ) -> None:
+        """Add an image, its instance rows, its (K,H,W) masks aligned with the rows, and extra maps."""
+        image_id = int(image["id"])
+        h, w = int(image["height"]), int(image["width"])
+        self._images.append({"id": image_id, "file_name": str(image["file_name"]), "width": w, "height": h})
+        for r in instances:
+            if r.get("status") not in STATUSES:
+                raise ArtifactError(f"{self.path}: instance {r.get('id')} has status {r.get('status')!r}; "
+                                    f"expected one of {STATUSES}")
+            self._rows.append({**r, "image_id": image_id})
+        self._tags.extend((image_id, int(t)) for t in tags)
+        if masks is not None:
+            masks = np.asarray(masks, dtype=np.uint8)
+            if masks.ndim != 3 or masks.shape[0] != len(instances) or masks.shape[1:] != (h, w):
+                raise ArtifactError(f"{self.path}: image {image_id}: masks of shape {masks.shape} do not match "
+                                    f"{len(instances)} instances of a {h}x{w} image")
+            self._dataset(f"masks/{image_id}", masks).attrs["instance_ids"] = np.array(
+                [int(r["id"]) for r in instances], dtype=np.int64)
+        for name, value in (maps or {}).items():
+            if name in RESERVED:
+                raise ArtifactError(f"{self.path}: map name {name!r} is reserved")
+            if isinstance(value, Mapping):
+                for key, arr in value.items():
+                    self._dataset(f"{name}/{image_id}/{key}", np.asarray(arr))
+            else:
+                self._dataset(f"{name}/{image_id}", np.asarray(value))
+
+    def _dataset(self, name: str, arr: np.ndarray) -> h5py.Dataset:
+        if arr.ndim >= 2 and arr.size:
+            chunks = (1,) * (arr.ndim - 2) + arr.shape[-2:]
+            return self._f.create_dataset(name, data=arr, chunks=chunks, compression="gzip", compression_opts=1)
+        return self._f.create_dataset(name, data=arr)
+
+    def close(self) -> Path:
+        if self._closed:
+            return self.path
+        f = self._f
+        cols = {k: _column([im[k] for im in self._images], k) for k in ("id", "file_name", "width", "height")}
+        cols["width"] = cols["width"].astype(np.int64)
+        cols["height"] = cols["height"].astype(np.int64)
+        _write_table(f.create_group("images"), cols)
+        keys = list(BASE_COLUMNS) + sorted({k for r in self._rows for k in r} - set(BASE_COLUMNS))
+        table = {k: _column([r.get(k) for r in self._rows], k) for k in keys}
+        _write_table(f.create_group("instances"), table)
+        tags = np.array(self._tags, dtype=np.int64).reshape(-1, 2)
+        _write_table(f.create_group("tags"), {"image_id": tags[:, 0], "category_id": tags[:, 1]})
+        f.close()
+        os.replace(self._tmp, self.path)
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._f.close()
+            self._tmp.unlink(missing_ok=True)
+            self._closed = True
+
+    def __enter__(self) -> "ArtifactWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Artifact:
+    """Read-only view of an artifact; masks and maps load lazily per image."""
+
+    def __init__(self, path: str | os.PathLike, stage: str | Sequence[str] | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ArtifactError(f"{self.path}: no such artifact")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise ArtifactError(f"{self.path}: not a readable HDF5 file ({e})") from None
+        a = self._f.attrs
+        if a.get("schema") != SCHEMA:
+            self._f.close()
+            raise ArtifactError(f"{self.path}: not a pseudomask artifact (schema attribute {a.get('schema')!r})")
+        if int(a["schema_version"]) != SCHEMA_VERSION:
+            self._f.close()
+            raise ArtifactError(f"{self.path}: schema version {int(a['schema_version'])}, this pseudomask reads "
+                                f"version {SCHEMA_VERSION}; rerun the stage that wrote it")
+        self.stage = str(a["stage"])
+        wanted = (stage,) if isinstance(stage, str) else tuple(stage or ())
+        if wanted and self.stage not in wanted:
+            self._f.close()
+            raise ArtifactError(f"{self.path}: a {self.stage!r} artifact, expected one of {wanted}")
+        self.method = str(a["method"])
+        self.params: dict = json.loads(a["parameters"])
+        self.inputs: dict = json.loads(a["inputs"])
+        self.version = str(a["package_version"])
+        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in a.items()}
+        self.categories = self._read_categories()
+        self.images = self._table("images")
+        self.instances = self._table("instances")
+        tags = self._table("tags")
+        self.tags: dict[int, list[int]] = {}
+        for i, c in zip(tags.get("image_id", []), tags.get("category_id", [])):
+            self.tags.setdefault(int(i), []).append(int(c))
+        self._rows_by_image: dict[int, np.ndarray] | None = None
+
+    def _read_categories(self) -> list[dict]:
+        g = self._f["categories"]
+        names = g["name"].asstr()[:] if len(g["name"]) else []
+        return [{"id": int(i), "name": str(n), "isthing": int(t)} for i, n, t in zip(g["id"][:], names, g["isthing"][:])]
+
+    def _table(self, name: str) -> dict[str, np.ndarray]:
+        out = {}
+        for k, ds in self._f[name].items():
+            out[k] = ds.asstr()[:].astype(object) if h5py.check_string_dtype(ds.dtype) else ds[:]
+        return out
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [int(i) for i in self.images["id"]]
+
+    def image(self, image_id: int) -> dict:
+        i = int(np.flatnonzero(self.images["id"] == image_id)[0])
+        return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in self.images.items()}
+
+    def rows(self, image_id: int) -> np.ndarray:
+        """Indices into the instance table of one image's instances, in mask order."""
+        if self._rows_by_image is None:
+            ids = self.instances.get("image_id", np.zeros(0, np.int64))
+            order = np.argsort(ids, kind="stable")
+            uniq, starts = np.unique(ids[order], return_index=True)
+            bounds = list(starts[1:]) + [len(order)]
+            self._rows_by_image = {int(u): order[s:e] for u, s, e in zip(uniq, starts, bounds)}
+        return self._rows_by_image.get(int(image_id), np.zeros(0, np.int64))
+
+    def records(self, image_id: int | None = None) -> list[dict]:
+        """Instance rows as dicts (all of them, or one image's)."""
+        idx = self.rows(image_id) if image_id is not None else range(len(self.instances.get("id", [])))
+        out = []
+        for i in idx:
+            r = {}
+            for k, col in self.instances.items():
+                v = col[i]
+                r[k] = [float(x) for x in v] if k == "bbox" else (v.item() if hasattr(v, "item") else v)
+            out.append(r)
+        return out
+
+    def masks(self, image_id: int) -> np.ndarray:
+        """(K,H,W) uint8 masks of one image, aligned with `rows(image_id)`."""
+        key = f"masks/{int(image_id)}"
+        if key not in self._f:
+            im = self.image(image_id)
+            return np.zeros((0, im["height"], im["width"]), np.uint8)
+        ds = self._f[key]
+        expected = self.instances["id"][self.rows(image_id)]
+        if not np.array_equal(ds.attrs["instance_ids"], expected):
+            raise ArtifactError(f"{self.path}: masks/{image_id} rows do not match the instance table")
+        return ds[:]
+
+    def has_masks(self) -> bool:
+        return "masks" in self._f
+
+    def map(self, name: str, image_id: int) -> np.ndarray | dict[str, np.ndarray] | None:
+        key = f"{name}/{int(image_id)}"
+        if key not in self._f:
+            return None
+        node = self._f[key]
+        return {k: v[:] for k, v in node.items()} if isinstance(node, h5py.Group) else node[:]
+
+    def map_names(self) -> list[str]:
+        return sorted(set(self._f.keys()) - RESERVED)
+
+    def iter_images(self) -> Iterator[tuple[dict, list[dict], np.ndarray]]:
+        for image_id in self.image_ids:
+            yield self.image(image_id), self.records(image_id), self.masks(image_id)
+
+    def status_counts(self) -> dict[str, int]:
+        st = self.instances.get("status", np.zeros(0, object))
+        return {s: int(np.sum(st == s)) for s in STATUSES if np.any(st == s)}
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "Artifact":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
