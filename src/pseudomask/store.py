@@ -64,6 +64,9 @@ def _column(values: list, name: str) -> np.ndarray:
     sample = next((v for v in values if v is not None), None)
     if isinstance(sample, str) or name in ("status", "reason"):
         return np.array(["" if v is None else str(v) for v in values], dtype=object)
+    bad = next((v for v in values if v is not None and not isinstance(v, (int, float, np.number, bool))), None)
+    if bad is not None:
+        raise ArtifactError(f"instance column {name!r} holds {type(bad).__name__} values; columns are numbers or strings")
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
@@ -206,9 +209,10 @@ class Artifact:
         if a.get("schema") != SCHEMA:
             self._f.close()
             raise ArtifactError(f"{self.path}: not a pseudomask artifact (schema attribute {a.get('schema')!r})")
-        if int(a["schema_version"]) != SCHEMA_VERSION:
+        version = int(a["schema_version"])
+        if version != SCHEMA_VERSION:
             self._f.close()
-            raise ArtifactError(f"{self.path}: schema version {int(a['schema_version'])}, this pseudomask reads "
+            raise ArtifactError(f"{self.path}: schema version {version}, this pseudomask reads "
                                 f"version {SCHEMA_VERSION}; rerun the stage that wrote it")
         self.stage = str(a["stage"])
         wanted = (stage,) if isinstance(stage, str) else tuple(stage or ())

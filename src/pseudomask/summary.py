@@ -1,0 +1,63 @@
+"""What an artifact holds, for `pseudomask inspect`: provenance, counts by status and category, sizes."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from .store import Artifact
+
+
+def artifact_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Stage, method, parameters, provenance, counts by status and category, box-size distribution."""
+    with Artifact(path) as a:
+        inst = a.instances
+        n = len(inst.get("id", []))
+        names = {c["id"]: c["name"] for c in a.categories}
+        status = inst.get("status", np.zeros(0, object))
+        by_cat: dict[str, Counter] = {}
+        for c, s in zip(inst.get("category_id", []), status):
+            by_cat.setdefault(names.get(int(c), str(int(c))), Counter())[str(s)] += 1
+        bbox = inst.get("bbox", np.zeros((0, 4)))
+        area = bbox[:, 2] * bbox[:, 3] if n else np.zeros(0)
+        reasons = Counter(str(r) for r, s in zip(inst.get("reason", []), status) if str(r) and s != "kept")
+        extra = sorted(set(inst) - {"id", "image_id", "category_id", "bbox", "status", "reason"})
+        return {
+            "path": str(path), "stage": a.stage, "method": a.method, "parameters": a.params,
+            "package_version": a.version, "created": a.attrs.get("created"), "inputs": a.inputs,
+            "images": len(a.image_ids), "instances": n, "tags": sum(len(v) for v in a.tags.values()),
+            "status": a.status_counts(),
+            "categories": {k: dict(v) for k, v in sorted(by_cat.items())},
+            "sizes": {"small (<32^2)": int(np.sum(area < 32 ** 2)),
+                      "medium": int(np.sum((area >= 32 ** 2) & (area < 96 ** 2))),
+                      "large (>=96^2)": int(np.sum(area >= 96 ** 2)),
+                      "under 64x64": int(np.sum(area < 64 * 64))},
+            "box_area_quantiles": [float(q) for q in np.quantile(area, [0, 0.25, 0.5, 0.75, 1])] if n else [],
+            "top_reasons": dict(reasons.most_common(5)),
+            "columns": extra, "maps": a.map_names(), "has_masks": a.has_masks(),
+        }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """Human-readable text of `artifact_summary`."""
+    lines = [f"{s['path']}", f"  stage {s['stage']}  method {s['method']}  pseudomask {s['package_version']}  "
+             f"created {s['created']}", f"  parameters: {s['parameters']}"]
+    for p, d in s["inputs"].items():
+        lines.append(f"  input {p}  sha256:{d[:16]}")
+    lines.append(f"  {s['images']} images, {s['instances']} instances, {s['tags']} image tags; masks: "
+                 f"{'yes' if s['has_masks'] else 'no'}; maps: {', '.join(s['maps']) or 'none'}")
+    lines.append("  status: " + ", ".join(f"{k} {v}" for k, v in s["status"].items()))
+    for r, c in s["top_reasons"].items():
+        lines.append(f"    {c:5d} x {r}")
+    lines.append("  sizes: " + ", ".join(f"{k} {v}" for k, v in s["sizes"].items()))
+    if s["box_area_quantiles"]:
+        lines.append("  box area quantiles (0/25/50/75/100 %): " + " / ".join(f"{q:.0f}" for q in s["box_area_quantiles"]))
+    if s["columns"]:
+        lines.append("  extra columns: " + ", ".join(s["columns"]))
+    lines.append("  by category:")
+    for name, counts in s["categories"].items():
+        lines.append(f"    {name:20s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+import h5py
+import numpy as np
+import pytest
+
+from pseudomask.store import Artifact, ArtifactError, ArtifactWriter, SCHEMA_VERSION
+
+CATS = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+
+
+def _write(path, stage="grabcut", fail=False):
+    with ArtifactWriter(path, stage=stage, method="m", params={"k": 3}, categories=CATS) as w:
+        masks = np.zeros((2, 6, 8), np.uint8)
+        masks[0, 1:3, 1:4] = 1
+        masks[1, 2:5, 2:6] = 255
+        w.add_image({"id": 7, "file_name": "x.png", "width": 8, "height": 6},
+                    [{"id": 11, "category_id": 1, "bbox": [1, 1, 3, 2], "status": "kept", "reason": "", "iou": 0.5},
+                     {"id": 12, "category_id": 2, "bbox": [2, 2, 4, 3], "status": "failed", "reason": "why"}],
+                    masks, maps={"semantic": np.full((6, 8), 3, np.uint8)})
+        w.add_image({"id": 8, "file_name": "y.png", "width": 4, "height": 4}, [], np.zeros((0, 4, 4), np.uint8),
+                    tags=[2])
+        if fail:
+            raise RuntimeError("boom")
+    return path
+
+
+def test_round_trip(tmp_path):
+    a = Artifact(_write(tmp_path / "a.h5"), stage="grabcut")
+    assert a.stage == "grabcut" and a.method == "m" and a.params == {"k": 3}
+    assert a.image_ids == [7, 8]
+    recs = a.records(7)
+    assert [r["id"] for r in recs] == [11, 12]
+    assert recs[0]["iou"] == 0.5 and np.isnan(recs[1]["iou"])
+    assert recs[1]["status"] == "failed" and recs[1]["reason"] == "why"
+    m = a.masks(7)
+    assert m.shape == (2, 6, 8) and m[0].sum() == 6 and (m[1] == 255).sum() == 12
+    assert a.masks(8).shape == (0, 4, 4)
+    assert a.map("semantic", 7).max() == 3
+    assert a.tags == {8: [2]}
+    assert a.status_counts() == {"kept": 1, "failed": 1}
+
+
+def test_plain_h5py_reaches_one_image_in_one_line(tmp_path):
+    path = _write(tmp_path / "a.h5")
+    masks = h5py.File(path)["masks/7"][:]
+    assert masks.shape == (2, 6, 8)
+    assert list(h5py.File(path)["masks/7"].attrs["instance_ids"]) == [11, 12]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        _write(tmp_path / "a.h5", fail=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_stage_and_version_are_clear_errors(tmp_path):
+    path = _write(tmp_path / "a.h5")
+    with pytest.raises(ArtifactError, match="a 'grabcut' artifact, expected"):
+        Artifact(path, stage="mcg")
+    with h5py.File(path, "a") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ArtifactError, match="schema version"):
+        Artifact(path)
+    other = tmp_path / "other.h5"
+    h5py.File(other, "w").close()
+    with pytest.raises(ArtifactError, match="not a pseudomask artifact"):
+        Artifact(other)
+    with pytest.raises(ArtifactError, match="no such artifact"):
+        Artifact(tmp_path / "missing.h5")
+
+
+def test_bad_status_and_mask_shape_rejected(tmp_path):
+    with pytest.raises(ArtifactError, match="status"):
+        with ArtifactWriter(tmp_path / "b.h5", stage="s", method="m", categories=CATS) as w:
+            w.add_image({"id": 1, "file_name": "f", "width": 2, "height": 2},
+                        [{"id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "status": "lost", "reason": ""}])
+    with pytest.raises(ArtifactError, match="do not match"):
+        with ArtifactWriter(tmp_path / "c.h5", stage="s", method="m", categories=CATS) as w:
+            w.add_image({"id": 1, "file_name": "f", "width": 2, "height": 2},
+                        [{"id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "status": "kept", "reason": ""}],
+                        np.zeros((1, 3, 3), np.uint8))
+    assert not (tmp_path / "b.h5").exists() and not (tmp_path / "c.h5").exists()
+
+
+def test_provenance_records_input_digests(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text("{}")
+    with ArtifactWriter(tmp_path / "p.h5", stage="s", method="m", inputs=[src], categories=CATS):
+        pass
+    a = Artifact(tmp_path / "p.h5")
+    assert a.inputs[str(src)] == "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+    assert a.version and a.attrs["created"]
