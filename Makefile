@@ -4,7 +4,7 @@
 PYTHON      ?= python3
 VENV        ?= .venv
 BIN         := $(VENV)/bin
-# CPU build by default; on a CUDA machine e.g. `make run TORCH_SPEC=torch==2.13.0+cu128` with your index.
+# torch==2.13.0 by default (the CPU build where only that is available); any pip requirement and options may be given.
 TORCH_SPEC  ?= torch==2.13.0
 CORES       ?= all
 # mmcv's compiled ops are built once per torch version and reused from this cache.
