@@ -19,9 +19,11 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	printf '%s\n' "$(firstword $(TORCH_SPEC))" "setuptools<70" > $(CONSTRAINTS)
-	$(PIP) install -c $(CONSTRAINTS) $(TORCH_SPEC) "setuptools<70" wheel ninja
+	printf '%s\n' "$(firstword $(TORCH_SPEC))" > $(CONSTRAINTS)
+	$(PIP) install -c $(CONSTRAINTS) $(TORCH_SPEC)
 	$(PIP) install -c $(CONSTRAINTS) -e ".[test,slurm]"
+	@# mmcv 2.1.0 builds (and mmengine runs) with setuptools < 70; torch only warns about it.
+	$(PIP) install "setuptools<70" wheel ninja
 	@if ! ls $(WHEEL_DIR)/mmcv-2.1.0-*.whl >/dev/null 2>&1; then \
 	  echo "building mmcv 2.1.0 with ops into $(WHEEL_DIR) (once per machine, about 10-15 minutes)"; \
 	  mkdir -p $(WHEEL_DIR) && MMCV_WITH_OPS=1 MAX_JOBS=$${MAX_JOBS:-2} $(PIP) wheel --no-build-isolation \
