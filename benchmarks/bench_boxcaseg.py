@@ -1,0 +1,183 @@
+"""BoxCaseg: inference speed on CPU, and mask quality after a short CPU training, next to box-fill and GrabCut.
+
+Speed: box crops per second through `predict_boxes` (crop, resize, forward, paste back) on CPU, per backbone,
+at the CPU default's 71 px and at the paper's 320 px, batch 16, untrained weights (speed does not depend on
+them). Crops come from the coco-dev images when present, else from the demo scenes.
+
+Quality: BoxCaseg trained from random weights with the CPU settings of config.yaml (boxcaseg.train updated by
+boxcaseg.cpu_train) on the demo scenes the default run renders (24 images, 24 salient images), and once with
+more iterations, then mIoU of its masks on the training boxes (instance mean; class mean = the paper's
+mIoU*), for the fused heads (the method's output) and the weak head alone, next to the filled box and
+GrabCut (pseudomask.grabcut, default parameters). With ../shared/data/coco-dev (or PSEUDOMASK_COCO_DEV):
+the same comparison on its 64 real images, BoxCaseg trained on coco-dev boxes + the demo salient images.
+
+    .venv/bin/python benchmarks/bench_boxcaseg.py [--iters N] [--long-iters N] [--threads T] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+os.environ.setdefault("PSEUDOMASK_NO_PROGRESS", "1")
+
+from pseudomask.boxcaseg.infer import infer_size, predict_boxes  # noqa: E402
+from pseudomask.boxcaseg.model import build_model, load_model  # noqa: E402
+from pseudomask.boxcaseg.train import settings_for_device, train  # noqa: E402
+from pseudomask.dataset import load_dataset  # noqa: E402
+from pseudomask.demo import make_demo_data  # noqa: E402
+from pseudomask.grabcut import grabcut_image  # noqa: E402
+from pseudomask.images import read_image  # noqa: E402
+from pseudomask.masks import box_mask, mask_iou, segmentation_mask  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def coco_dev() -> Path:
+    env = os.environ.get("PSEUDOMASK_COCO_DEV")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
+
+
+def cpu_settings() -> dict:
+    bc = yaml.safe_load((REPO / "config.yaml").read_text())["boxcaseg"]
+    s = settings_for_device(bc["train"], bc["cpu_train"], "cpu")
+    s.update(log_every=0, checkpoint_every=0)
+    return s
+
+
+def samples(ann: Path, images: Path, limit: int | None = None):
+    """(rgb, records, gt masks) per image with usable boxes."""
+    ds = load_dataset(ann, images)
+    coco = json.loads(ann.read_text())
+    gt = {a["id"]: a for a in coco["annotations"]}
+    out = []
+    for im in ds.images[:limit]:
+        recs = [r for r in ds.instances if r["image_id"] == im["id"] and r["status"] == "kept"]
+        if not recs:
+            continue
+        rgb = read_image(ds.image_path(im))
+        h, w = rgb.shape[:2]
+        out.append((rgb, recs, [segmentation_mask(gt[r["id"]]["segmentation"], h, w) for r in recs]))
+    return ds, out
+
+
+def speed(data, threads: int, quick: bool) -> None:
+    crops = sum(len(r) for _, r, _ in data)
+    print(f"\n== inference speed on CPU ({threads} thread(s), batch 16, {crops} box crops, untrained weights)")
+    print(f"{'backbone':<20}{'size':>6}{'crops/s':>10}{'ms/crop':>10}")
+    cases = [("resnet18_w16", 71), ("resnet18_w16", 320), ("hrnetv2_w18_small", 320), ("hrnetv2_w48", 320)]
+    base = None
+    for name, size in cases:
+        model = build_model(name).eval()
+        todo = data if not (name == "hrnetv2_w48" or quick) else data[:2]
+        n = sum(len(r) for _, r, _ in todo)
+        predict_boxes(model, todo[0][0], [r["bbox"] for r in todo[0][1]][:2], size)  # warm-up
+        t = time.perf_counter()
+        for rgb, recs, _ in todo:
+            predict_boxes(model, rgb, [r["bbox"] for r in recs], size, batch_size=16)
+        dt = time.perf_counter() - t
+        rate = n / dt
+        base = base or rate
+        print(f"{name:<20}{size:>6}{rate:>10.1f}{1000 / rate:>10.1f}   ({n} crops; x{rate / base:.3f} of the first)")
+
+
+def quality(data, model_path: Path | None, title: str) -> dict:
+    """mIoU of fused / weak BoxCaseg, box fill and GrabCut on the data's boxes."""
+    ious = {k: [] for k in ("box-fill", "GrabCut", "BoxCaseg fused", "BoxCaseg weak head")}
+    cats: list[int] = []
+    model = load_model(model_path) if model_path else None
+    size = infer_size(model) if model else 0
+    t_gc = t_bc = 0.0
+    for rgb, recs, gts in data:
+        h, w = rgb.shape[:2]
+        boxes = [r["bbox"] for r in recs]
+        t = time.perf_counter()
+        gc = grabcut_image(rgb, boxes)
+        t_gc += time.perf_counter() - t
+        t = time.perf_counter()
+        fused = predict_boxes(model, rgb, boxes, size)
+        t_bc += time.perf_counter() - t
+        weak = predict_boxes(model, rgb, boxes, size, head="weak")
+        for r, g, gcr, pf, pw in zip(recs, gts, gc, fused, weak):
+            cats.append(r["category_id"])
+            ious["box-fill"].append(mask_iou(box_mask(r["bbox"], h, w), g))
+            ious["GrabCut"].append(mask_iou(gcr["mask"], g))
+            ious["BoxCaseg fused"].append(mask_iou((pf >= 0.5).astype(np.uint8), g))
+            ious["BoxCaseg weak head"].append(mask_iou((pw >= 0.5).astype(np.uint8), g))
+    cats_a = np.array(cats)
+    print(f"\n== {title}: {len(cats)} instances (BoxCaseg at {size} px; GrabCut {t_gc:.1f} s, BoxCaseg fused "
+          f"{t_bc:.1f} s in total)")
+    print(f"{'method':<22}{'mIoU':>8}{'mIoU*':>8}{'IoU>=0.5':>10}{'vs box-fill':>13}")
+    ref = float(np.mean(ious["box-fill"]))
+    res = {}
+    for k, v in ious.items():
+        v = np.array(v)
+        star = float(np.mean([v[cats_a == c].mean() for c in np.unique(cats_a)]))
+        res[k] = float(v.mean())
+        print(f"{k:<22}{v.mean():>8.3f}{star:>8.3f}{(v >= 0.5).mean():>10.2f}{v.mean() / ref:>12.2f}x")
+    return res
+
+
+def run_training(ds, salient: Path, out: Path, settings: dict) -> dict:
+    t = time.perf_counter()
+    s = train([ds], salient, out, settings, resume=False)
+    rows = s["loss_first10"], s["loss_last10"]
+    print(f"  trained {settings['backbone']} {settings['iters']} iterations in {time.perf_counter() - t:.1f} s: "
+          f"loss (mean of 10) {rows[0]:.3f} -> {rows[1]:.3f}")
+    return s
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iters", type=int, help="short training (default: config.yaml's cpu_train iters)")
+    ap.add_argument("--long-iters", type=int, default=400, help="the longer CPU training (0: skip)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="fewer crops for the speed table")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = cpu_settings()
+    if args.iters:
+        settings["iters"] = args.iters
+
+    with tempfile.TemporaryDirectory(prefix="bench_boxcaseg_") as tmp:
+        tmp = Path(tmp)
+        demo = tmp / "demo"
+        make_demo_data(demo, n_images=24, seed=0)  # the default run's demo: 24 scenes, 24 salient images
+        ds, demo_data = samples(demo / "annotations.json", demo / "images")
+        dev = coco_dev()
+        have_coco = (dev / "annotations.json").exists()
+        if have_coco:
+            print(f"coco-dev: {dev}")
+            cds, coco_data = samples(dev / "annotations.json", dev / "images")
+        else:
+            print(f"coco-dev not found at {dev} (set PSEUDOMASK_COCO_DEV): speed on demo crops, no real-image quality")
+        speed(coco_data if have_coco else demo_data, args.threads, args.quick)
+
+        print(f"\n== short CPU training on the demo scenes (config.yaml cpu settings: {settings['backbone']}, "
+              f"{settings['iters']} it, batch {settings['batch_size']}, {settings['crop_size']} px, "
+              f"{settings['optimizer']} {settings['lr']:g})")
+        run_training(ds, demo / "salient", tmp / "short.pt", settings)
+        quality(demo_data, tmp / "short.pt", f"demo, after {settings['iters']} iterations")
+        if args.long_iters:
+            long = {**settings, "iters": args.long_iters}
+            run_training(ds, demo / "salient", tmp / "long.pt", long)
+            quality(demo_data, tmp / "long.pt", f"demo, after {args.long_iters} iterations")
+        if have_coco:
+            print("\n== coco-dev: BoxCaseg trained on its boxes + the demo salient images (CPU settings)")
+            steps = args.long_iters or settings["iters"]
+            run_training(cds, demo / "salient", tmp / "coco.pt", {**settings, "iters": steps})
+            quality(coco_data, tmp / "coco.pt", f"coco-dev, after {steps} iterations")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

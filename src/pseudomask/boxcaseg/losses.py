@@ -1,0 +1,81 @@
+"""BoxCaseg losses (Wang et al., CVPR 2021, Eq. 1-3).
+
+MIL over row/column bags (BBTP's box tightness prior): every row and column crossing the box holds at least
+one object pixel (positive bag), no row or column outside it holds any (negative bag); a bag's probability
+is the max over its pixels. Plus 0.05 x an 8-neighbour smoothness term, and for salient images a pixel BCE
+on the fused map alpha * S_a + (1 - alpha) * S_t.
+
+All maps are (N, 1, H, W) logits; box supervision is given as a (N, 1, H, W) {0, 1} box mask, whose
+row/column maxima are the bag labels (1 = positive bag, 0 = negative bag).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SMOOTH_WEIGHT = 0.05
+_EPS = 1e-6
+
+
+def bag_labels(box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row labels (N, H), column labels (N, W)): 1 where the row/column crosses the box, else 0."""
+    b = box.flatten(0, 1) if box.dim() == 4 else box
+    return b.amax(dim=2), b.amax(dim=1)
+
+
+def bag_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max-pooled bag scores: (per-row max (N, H), per-column max (N, W)); max commutes with the sigmoid."""
+    s = logits.flatten(0, 1) if logits.dim() == 4 else logits
+    return s.amax(dim=2), s.amax(dim=1)
+
+
+def mil_bag_losses(logits: torch.Tensor, box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image mean BCE over positive bags and over negative bags: two (N,) tensors (0 where none)."""
+    rows, cols = bag_logits(logits)
+    lr, lc = bag_labels(box.to(logits.dtype))
+    s, y = torch.cat([rows, cols], 1), torch.cat([lr, lc], 1)
+    bce = F.binary_cross_entropy_with_logits(s, y, reduction="none")
+    pos, neg = y > 0.5, y <= 0.5
+    pos_loss = (bce * pos).sum(1) / pos.sum(1).clamp(min=1)
+    neg_loss = (bce * neg).sum(1) / neg.sum(1).clamp(min=1)
+    return pos_loss, neg_loss
+
+
+def mil_loss(logits: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """Unary MIL term of Eq. 1 as a mean over all bags of each image, averaged over the batch."""
+    rows, cols = bag_logits(logits)
+    lr, lc = bag_labels(box.to(logits.dtype))
+    return F.binary_cross_entropy_with_logits(torch.cat([rows, cols], 1), torch.cat([lr, lc], 1))
+
+
+def smoothness(prob: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 as a mean: squared difference of each pixel's probability to its 8 neighbours (inside the map).
+
+    The 8 directions come in opposite pairs with equal sums, so the mean over the 4 forward directions
+    (right, down, down-right, down-left) equals the mean over all 8."""
+    p = prob.flatten(0, 1) if prob.dim() == 4 else prob
+    terms = [
+        (p[:, :, 1:] - p[:, :, :-1]).pow(2).mean(),
+        (p[:, 1:, :] - p[:, :-1, :]).pow(2).mean(),
+        (p[:, 1:, 1:] - p[:, :-1, :-1]).pow(2).mean(),
+        (p[:, 1:, :-1] - p[:, :-1, 1:]).pow(2).mean(),
+    ]
+    return torch.stack(terms).mean()
+
+
+def weak_loss(logits: torch.Tensor, box: torch.Tensor, smooth_weight: float = SMOOTH_WEIGHT) -> torch.Tensor:
+    """Eq. 1: MIL over row/column bags plus smooth_weight x the 8-neighbour smoothness of the probabilities."""
+    return mil_loss(logits, box) + smooth_weight * smoothness(torch.sigmoid(logits))
+
+
+def fused_probability(salient_logits: torch.Tensor, transferred_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * S_a + (1 - alpha) * S_t: the map BoxCaseg is supervised on and predicts with."""
+    return alpha * torch.sigmoid(salient_logits) + (1.0 - alpha) * torch.sigmoid(transferred_logits)
+
+
+def pixel_loss(salient_logits: torch.Tensor, transferred_logits: torch.Tensor, mask: torch.Tensor,
+               alpha: float) -> torch.Tensor:
+    """Eq. 3: pixel BCE of the fused probability against the salient mask (mean over pixels)."""
+    p = fused_probability(salient_logits, transferred_logits, alpha).clamp(_EPS, 1.0 - _EPS)
+    return F.binary_cross_entropy(p, mask.to(p.dtype))

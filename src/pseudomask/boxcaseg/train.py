@@ -1,0 +1,232 @@
+"""Joint training of BoxCaseg on box-supervised crops and salient images (Wang et al., Sec. 3.2-3.3).
+
+Every batch holds box crops and salient crops at a fixed ratio. The weak head gets the MIL loss (+ 0.05 x
+smoothness) on all of them, the box of a salient mask giving its bags; the salient and transferred heads get
+the pixel BCE on the fused map for the salient crops. SGD with the HRNet defaults (lr 4e-3, momentum 0.9,
+weight decay 1e-4, poly decay) as in the paper; Adam is selectable for short CPU runs from random weights.
+
+Training is counted in iterations and resumable: a resume state `<out stem>.resume.pt` (model, optimizer, loss
+log) is written next to the output every `checkpoint_every` iterations and at the end; the next run with the
+same settings continues from it (after an interruption, or to extend a finished run to more iterations).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..dataset import Dataset
+from ..stage import progress
+from .data import BoxCasegDataError, JointDataset, RatioBatchSampler, SalientFolder, box_items, collate
+from .losses import SMOOTH_WEIGHT, mil_loss, pixel_loss, smoothness
+from .model import BoxCasegError, architecture, build_model, load_state, save_checkpoint
+
+LOG_COLUMNS = ("iteration", "loss", "mil", "mil_box", "mil_salient", "smooth", "pixel", "lr", "seconds")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults are the paper's (HRNetV2-W48, 288 crops, batch 16 at 9:7, alpha 0.7)."""
+
+    backbone: str = "hrnetv2_w48"
+    backbone_checkpoint: str | None = None  # local ImageNet weights for the backbone; None = random init
+    iters: int = 20000
+    batch_size: int = 16
+    ratio: tuple[float, float] = (9, 7)  # box : salient images per batch (r_ws)
+    crop_size: int = 288
+    salient_resize: int = 320
+    jitter_shift: float = 0.25
+    jitter_scale: tuple[float, float] = (0.5, 1.5)
+    alpha: float = 0.7
+    smooth_weight: float = SMOOTH_WEIGHT
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 4e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    log_every: int = 10
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise BoxCasegError(f"unknown BoxCaseg training setting(s): {', '.join(unknown)}")
+        if not d.get("backbone_checkpoint"):
+            d["backbone_checkpoint"] = None
+        for k in ("ratio", "jitter_scale"):
+            if k in d:
+                v = d[k]
+                d[k] = tuple(float(x) for x in (v.split(":") if isinstance(v, str) else v))
+        return cls(**d)
+
+    def resume_key(self) -> dict[str, Any]:
+        """Settings a resume state must share with this run (everything but the length and logistics)."""
+        d = dataclasses.asdict(self)
+        for k in ("iters", "checkpoint_every", "device", "workers", "log_every"):
+            d.pop(k)
+        return json.loads(json.dumps(d))
+
+
+def settings_for_device(train: dict[str, Any], cpu_train: dict[str, Any] | None, device: str = "auto") -> dict:
+    """The training settings for the device: `train` (the paper's, for a GPU) with `cpu_train` merged over it
+    when the device resolves to the CPU, so a CPU run stays short."""
+    d = dict(train or {})
+    if pick_device(device).type == "cpu":
+        d.update(cpu_train or {})
+    d["device"] = device
+    return d
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resume_path(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".resume.pt")
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise BoxCasegError(f"unknown optimizer {cfg.optimizer!r} (sgd or adam)")
+
+
+def poly_lr(base: float, it: int, total: int, power: float) -> float:
+    return base * (1.0 - it / max(total, 1)) ** power
+
+
+def train_step(model, batch: dict, cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    """One forward pass and the BoxCaseg loss of a mixed batch: (loss, its parts as floats)."""
+    img, box = batch["image"].to(device), batch["box"].to(device)
+    sal = batch["salient"].to(device)
+    out = model(img, salient=sal)
+    weak = out["weak"]
+    l_mil = mil_loss(weak, box)
+    l_smooth = smoothness(torch.sigmoid(weak))
+    loss = l_mil + cfg.smooth_weight * l_smooth
+    parts = {"mil": l_mil.item(), "smooth": l_smooth.item(), "pixel": 0.0}
+    if bool(sal.any()):
+        l_pix = pixel_loss(out["salient"], out["transferred"], batch["mask"].to(device)[sal], cfg.alpha)
+        loss = loss + l_pix
+        parts["pixel"] = l_pix.item()
+    with torch.no_grad():
+        parts["mil_box"] = float(mil_loss(weak[~sal], box[~sal])) if bool((~sal).any()) else float("nan")
+        parts["mil_salient"] = float(mil_loss(weak[sal], box[sal])) if bool(sal.any()) else float("nan")
+    parts["loss"] = loss.item()
+    return loss, parts
+
+
+def write_log(path: str | os.PathLike, rows: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(tmp, path)
+
+
+def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os.PathLike,
+          cfg: TrainConfig | dict | None = None, loss_log: str | os.PathLike | None = None,
+          resume: bool = True) -> dict[str, Any]:
+    """Train BoxCaseg and write the checkpoint `out` (and the loss log CSV); returns a summary."""
+    cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
+    out = Path(out)
+    loss_log = Path(loss_log) if loss_log else out.with_name(out.stem + "_losses.csv")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    folder = SalientFolder(salient)
+    boxes = box_items(datasets)
+    if not boxes:
+        sources = ", ".join(str(ds.source or ds.image_root) for ds in datasets) or "no dataset given"
+        raise BoxCasegDataError(f"no usable box to train BoxCaseg on (status kept and positive size) in {sources}")
+    sampler_seed = cfg.seed
+    model = build_model(cfg.backbone, cfg.backbone_checkpoint, alpha=cfg.alpha).to(device)
+    opt = _optimizer(model, cfg)
+    rows: list[dict] = []
+    start = 0
+
+    state_file = resume_path(out)
+    if resume and state_file.is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        if state.get("config") == cfg.resume_key() and state.get("arch") == architecture(model) \
+                and state.get("iteration", 0) <= cfg.iters:
+            load_state(model, state["model"], state_file)
+            opt.load_state_dict(state["optimizer"])
+            rows, start = list(state["log"]), int(state["iteration"])
+            sampler_seed = cfg.seed + start
+            print(f"resuming from {state_file} at iteration {start}", file=sys.stderr)
+        else:
+            print(f"ignoring {state_file}: written with other settings", file=sys.stderr)
+
+    print(f"BoxCaseg training: {cfg.backbone} on {device}, {len(boxes)} box instances, {len(folder)} salient "
+          f"images, batch {cfg.batch_size} at {cfg.ratio[0]:g}:{cfg.ratio[1]:g}, iterations {start}..{cfg.iters}",
+          file=sys.stderr)
+    sampler = RatioBatchSampler(len(boxes), len(folder), cfg.batch_size, cfg.ratio, seed=sampler_seed)
+    data = JointDataset(boxes, folder, cfg.crop_size, cfg.salient_resize, cfg.jitter_shift, cfg.jitter_scale)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
+                                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+    batches = iter(loader)
+    model.train()
+    t0 = time.time() - (rows[-1]["seconds"] if rows else 0.0)
+
+    def save_state(it: int) -> None:
+        tmp = state_file.with_name(f".{state_file.name}.tmp-{os.getpid()}")
+        torch.save({"config": cfg.resume_key(), "arch": architecture(model), "iteration": it,
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "log": rows}, tmp)
+        os.replace(tmp, state_file)
+        write_log(loss_log, rows)
+
+    for it in progress(range(start, cfg.iters), desc="boxcaseg:train", total=cfg.iters - start, unit="it"):
+        lr = poly_lr(cfg.lr, it, cfg.iters, cfg.poly_power)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, parts = train_step(model, next(batches), cfg, device)
+        if not torch.isfinite(loss):
+            raise BoxCasegError(f"BoxCaseg loss became {float(loss)} at iteration {it + 1}; lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        rows.append({"iteration": it + 1, **parts, "lr": lr, "seconds": time.time() - t0})
+        if cfg.log_every and (it + 1) % cfg.log_every == 0:
+            print(" ".join(f"{k}={rows[-1][k]:.4g}" for k in LOG_COLUMNS), file=sys.stderr)
+        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iters:
+            save_state(it + 1)
+
+    if start < cfg.iters:
+        save_state(cfg.iters)
+    model.eval()
+    save_checkpoint(out, model, iteration=cfg.iters, config=dataclasses.asdict(cfg),
+                    data={"box_instances": len(boxes), "salient_images": len(folder), "salient": str(salient)})
+    write_log(loss_log, rows)
+    first = float(np.mean([r["loss"] for r in rows[:10]])) if rows else float("nan")
+    last = float(np.mean([r["loss"] for r in rows[-10:]])) if rows else float("nan")
+    return {"checkpoint": str(out), "loss_log": str(loss_log), "iterations": cfg.iters, "resumed_from": start,
+            "box_instances": len(boxes), "salient_images": len(folder), "loss_first10": first, "loss_last10": last,
+            "seconds": rows[-1]["seconds"] if rows else 0.0, "device": str(device)}

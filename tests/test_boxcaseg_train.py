@@ -1,0 +1,176 @@
+"""BoxCaseg end to end on the demo data: a short CPU training, inference into an artifact, resume, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mmdet.models", reason="BoxCaseg backbones are MMDetection's")
+
+from pseudomask.boxcaseg.infer import infer_size, make_predict, predict_boxes  # noqa: E402
+from pseudomask.boxcaseg.model import load_model  # noqa: E402
+from pseudomask.boxcaseg.train import TrainConfig, settings_for_device, train  # noqa: E402
+from pseudomask.images import read_image  # noqa: E402
+from pseudomask.masks import box_mask, mask_iou, segmentation_mask  # noqa: E402
+
+ITERS = 120  # ~0.15 s per iteration on one core
+TINY = dict(backbone="resnet18_w16", iters=ITERS, batch_size=8, crop_size=64, salient_resize=72,
+            optimizer="adam", lr=3e-3, checkpoint_every=40, log_every=0, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small convolutions gain nothing from a second thread and lose much when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(demo, demo_dataset, tmp_path_factory):
+    """A tiny BoxCaseg trained on the 8 demo scenes + 8 salient images."""
+    out = tmp_path_factory.mktemp("boxcaseg") / "model.pt"
+    return out, train([demo_dataset], demo / "salient", out, TINY)
+
+
+def _log(summary) -> list[dict]:
+    with open(summary["loss_log"]) as fh:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+@pytest.mark.slow
+def test_losses_go_down(trained):
+    out, summary = trained
+    rows = _log(summary)
+    assert [int(r["iteration"]) for r in rows] == list(range(1, ITERS + 1))
+    first, last = rows[:10], rows[-10:]
+    for key in ("loss", "pixel", "mil"):
+        a, b = np.mean([r[key] for r in first]), np.mean([r[key] for r in last])
+        assert b < 0.85 * a, f"{key}: first 10 iterations {a:.3f}, last 10 {b:.3f}"
+    assert summary["box_instances"] > 0 and summary["salient_images"] == 8
+
+
+@pytest.mark.slow
+def test_masks_on_training_boxes_beat_box_fill(trained, demo, demo_dataset):
+    out, _ = trained
+    model = load_model(out)
+    gt = {a["id"]: a for a in json.loads((demo / "annotations.json").read_text())["annotations"]}
+    size = infer_size(model)
+    assert size == 71  # 64 px training crops -> 64 x 320/288
+    ious = {"weak": [], "fused": [], "box": []}
+    for im in demo_dataset.images:
+        recs = [r for r in demo_dataset.instances if r["image_id"] == im["id"] and r["status"] == "kept"]
+        rgb = read_image(demo_dataset.image_path(im))
+        h, w = rgb.shape[:2]
+        masks = {"weak": predict_boxes(model, rgb, [r["bbox"] for r in recs], size, head="weak"),
+                 "fused": predict_boxes(model, rgb, [r["bbox"] for r in recs], size)}
+        for i, r in enumerate(recs):
+            g = segmentation_mask(gt[r["id"]]["segmentation"], h, w)
+            ious["box"].append(mask_iou(box_mask(r["bbox"], h, w), g))
+            for k in ("weak", "fused"):
+                p = masks[k][i]
+                assert p.shape == (h, w) and not (p > 0)[box_mask(r["bbox"], h, w) == 0].any()  # inside its box
+                ious[k].append(mask_iou((p >= 0.5).astype(np.uint8), g))
+    m = {k: float(np.mean(v)) for k, v in ious.items()}
+    print("mean IoU on the training boxes:", m)
+    # the MIL-trained weak head beats the filled box after a short CPU run; the fused salient + transferred
+    # heads need far more iterations and salient images (README, BoxCaseg section), so they are only reported
+    assert m["weak"] > m["box"] + 0.03, m
+
+
+@pytest.mark.slow
+def test_resume_extends_a_finished_run(trained, demo, demo_dataset, tmp_path):
+    out, summary = trained
+    import shutil
+
+    copy = tmp_path / "model.pt"
+    shutil.copy(out.with_name("model.resume.pt"), copy.with_name("model.resume.pt"))
+    more = train([demo_dataset], demo / "salient", copy, {**TINY, "iters": ITERS + 2})
+    assert more["resumed_from"] == ITERS
+    rows, old = _log(more), _log(summary)
+    assert len(rows) == ITERS + 2 and rows[:ITERS] == old
+    # other settings: the resume state is not used
+    fresh = train([demo_dataset], demo / "salient", tmp_path / "model.pt", {**TINY, "iters": 1, "lr": 1e-3})
+    assert fresh["resumed_from"] == 0
+
+
+@pytest.mark.slow
+def test_cli_infer_writes_the_artifact(trained, demo_shard, tmp_path, capsys):
+    from pseudomask.cli import main
+    from pseudomask.store import Artifact
+
+    out, _ = trained
+    dst = tmp_path / "boxcaseg.h5"
+    assert main(["boxcaseg-infer", "--coco", str(demo_shard), "--checkpoint", str(out), "--out", str(dst),
+                 "--keep-probabilities", "--device", "cpu", "--batch-size", "4"]) == 0
+    with Artifact(dst, stage="boxcaseg") as a, Artifact(demo_shard, stage="ingest") as src:
+        assert len(a.instances["id"]) == len(src.instances["id"])  # every input instance accounted for
+        assert a.params["size"] == 71 and a.params["head"] == "fused"
+        for image_id in a.image_ids:
+            recs, masks = a.records(image_id), a.masks(image_id)
+            probs = a.map("probability", image_id) or {}
+            for r, m in zip(recs, masks):
+                if r["status"] in ("kept", "invalid"):
+                    p = probs[str(r["id"])]
+                    assert p.dtype == np.uint8 and p.shape == m.shape
+                    assert np.array_equal(m == 1, p >= 128)  # mask = probability >= 0.5
+                    assert r["status"] == "kept" or not m.any()
+    assert "images, by status" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_zero_size_box_fails_that_instance_only(trained):
+    model = load_model(trained[0])
+    predict = make_predict(model, size=71)
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    res = predict(rgb, [{"id": 1, "bbox": [10, 10, 0, 5]}, {"id": 2, "bbox": [5, 5, 20, 20]}])
+    assert res[0]["status"] == "failed" and "covers no pixel" in res[0]["reason"] and not res[0]["mask"].any()
+    assert res[1]["status"] in ("kept", "invalid")
+
+
+def test_cli_train_errors_are_clear(demo, demo_shard, tmp_path, capsys):
+    from pseudomask.cli import main
+
+    empty = tmp_path / "salient"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    args = ["boxcaseg-train", "--coco", str(demo_shard), "--salient", str(empty), "--out", str(tmp_path / "m.pt"),
+            "--backbone", "resnet18_w16", "--iters", "1", "--device", "cpu"]
+    assert main(args) == 2
+    assert "no salient images" in capsys.readouterr().err
+    args[4] = str(demo / "salient")
+    args[args.index("resnet18_w16")] = "nonet"
+    assert main(args) == 2
+    assert "unknown backbone 'nonet'" in capsys.readouterr().err
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(1)}, plain)
+    assert main(["boxcaseg-infer", "--coco", str(demo_shard), "--checkpoint", str(plain),
+                 "--out", str(tmp_path / "x.h5")]) == 2
+    assert "not a BoxCaseg checkpoint" in capsys.readouterr().err
+
+
+def test_no_usable_box_is_a_clear_error(demo, demo_dataset, tmp_path):
+    from dataclasses import replace
+
+    from pseudomask.boxcaseg.data import BoxCasegDataError
+
+    failed = [{**r, "status": "failed"} for r in demo_dataset.instances]
+    with pytest.raises(BoxCasegDataError, match="no usable box"):
+        train([replace(demo_dataset, instances=failed)], demo / "salient", tmp_path / "m.pt", TINY)
+
+
+def test_settings_for_device_and_config_errors():
+    gpu = {"backbone": "hrnetv2_w48", "iters": 20000}
+    cpu = {"backbone": "resnet18_w16", "iters": 40}
+    assert settings_for_device(gpu, cpu, "cpu") == {"backbone": "resnet18_w16", "iters": 40, "device": "cpu"}
+    cfg = TrainConfig.from_dict({**gpu, "ratio": "9:7", "backbone_checkpoint": ""})
+    assert cfg.ratio == (9.0, 7.0) and cfg.backbone_checkpoint is None
+    from pseudomask.boxcaseg.model import BoxCasegError
+
+    with pytest.raises(BoxCasegError, match="unknown BoxCaseg training setting.*itres"):
+        TrainConfig.from_dict({"itres": 3})
