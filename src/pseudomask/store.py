@@ -160,6 +160,11 @@ class ArtifactWriter:
             return self._f.create_dataset(name, data=arr, chunks=chunks, compression="gzip", compression_opts=1)
         return self._f.create_dataset(name, data=arr)
 
+    def set_attrs(self, **attrs: Any) -> None:
+        """Root attributes known only at the end of a stage (e.g. summary statistics)."""
+        for k, v in attrs.items():
+            self._f.attrs[k] = v
+
     def close(self) -> Path:
         if self._closed:
             return self.path
