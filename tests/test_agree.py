@@ -65,3 +65,9 @@ def test_run_agree_statuses_and_mismatch(tmp_path):
     assert Artifact(tmp_path / "b.h5").records(3)[1]["status"] == "invalid"  # MCG has nothing there
     with pytest.raises(ArtifactError, match="expected one of \\('mcg',\\)"):
         run_agree(g, g, tmp_path / "c.h5")
+
+
+def test_image_without_instances():
+    empty = np.zeros((0, H, W), np.uint8)
+    out, sem, inst = agree_masks(empty, empty, [], [])
+    assert out.shape == (0, H, W) and not sem.any() and not inst.any()

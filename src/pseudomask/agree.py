@@ -33,6 +33,8 @@ def agree_masks(gc: np.ndarray, mcg: np.ndarray, boxes: Sequence[Sequence[float]
         raise PseudomaskError(f"agree: rest_of_box must be one of {REST_OF_BOX}, got {rest_of_box!r}")
     k, h, w = gc.shape
     out = np.zeros((k, h, w), np.uint8)
+    if k == 0:
+        return out, np.zeros((h, w), np.uint8), np.zeros((h, w), np.int32)
     inbox = np.zeros((k, h, w), bool)
     for i, b in enumerate(boxes):
         x0, y0, x1, y1 = box_pixels(b, h, w)
@@ -56,7 +58,7 @@ def agree_masks(gc: np.ndarray, mcg: np.ndarray, boxes: Sequence[Sequence[float]
     claims = (out == 1).sum(0)
     owner = np.argmax(out == 1, axis=0)
     single = claims == 1
-    semantic[single] = cats[owner[single]] if k else 0
+    semantic[single] = cats[owner[single]]
     instance[single] = owner[single] + 1
     ignore = (claims > 1) | ((out == IGNORE).any(0) & ~single)
     semantic[ignore] = IGNORE

@@ -1,0 +1,178 @@
+"""Pseudo masks out of the pipeline as one COCO instances JSON that pycocotools and MMDetection read.
+
+Every instance of every input shard becomes one annotation with the ground truth's annotation and image
+ids, nothing is left out. Besides the COCO keys (`segmentation` as compressed RLE of the foreground,
+`area`, `bbox`, `iscrowd`) each annotation carries:
+
+- `status`, `reason`: the instance's status in the exported stage (kept, dropped, invalid, failed, ignored);
+- `mask_ignore`: true unless status is kept; the box and class still train, the mask does not;
+- `proxy_box_iou`: IoU(box of the mask, GT box), null when the mask was not judged (failed, ignored);
+- `source`: the stage whose masks were refined (e.g. "grabcut");
+- `ignore_segmentation`: RLE of the mask's ignore (255) pixels, only when it has any.
+
+Instances without a mask (failed, or empty after merging) have an empty RLE and `mask_ignore` true; their
+`area` is then the box area so that loaders that skip zero-area annotations keep the box. Crowd regions
+(status ignored) are exported with `iscrowd` 1, every other annotation with `iscrowd` 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from . import __version__
+from .errors import PseudomaskError
+from .masks import box_agreement
+from .merge_drop import JUDGED, MASK_STAGES, fg_boxes
+from .store import IGNORE, Artifact
+
+EXPORTABLE = ("merge_drop",) + MASK_STAGES
+
+
+def sparse_rle(mask: np.ndarray, span: Sequence[int] | None = None) -> dict:
+    """COCO compressed RLE (counts as str) of a (H,W) bool mask whose True pixels lie inside `span`
+    (x0, y0, x1, y1; None for empty). Works on the span only, so small objects in large images are cheap;
+    the result is byte-identical to pycocotools' encode."""
+    h, w = mask.shape
+    if span is None:
+        return {"size": [h, w], "counts": mask_utils.frPyObjects({"size": [h, w], "counts": [h * w]}, h, w)[
+            "counts"].decode("ascii")}
+    x0, y0, x1, y1 = (int(v) for v in span)
+    ch = y1 - y0
+    xi, yi = np.divmod(np.flatnonzero(mask[y0:y1, x0:x1].T), ch)  # column-major, as COCO counts
+    g = (xi + x0) * h + (yi + y0)
+    brk = np.flatnonzero(np.diff(g) != 1) + 1
+    starts = g[np.r_[0, brk]]
+    ends = g[np.r_[brk - 1, len(g) - 1]] + 1
+    counts = np.empty(2 * len(starts) + 1, np.int64)
+    counts[0] = starts[0]
+    counts[2:-1:2] = starts[1:] - ends[:-1]
+    counts[1::2] = ends - starts
+    counts[-1] = h * w - ends[-1]
+    if counts[-1] == 0:
+        counts = counts[:-1]
+    rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w)
+    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+
+
+def _number(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return None if math.isnan(f) else round(f, 6)
+
+
+def annotations_of(artifact: Artifact, image_id: int, source: str) -> list[dict]:
+    """The COCO annotations of one image of an artifact."""
+    im = artifact.image(image_id)
+    h, w = int(im["height"]), int(im["width"])
+    rows = artifact.records(image_id)
+    masks = artifact.masks(image_id) if artifact.has_masks() else np.zeros((0, h, w), np.uint8)
+    if len(masks) != len(rows):
+        masks = np.zeros((len(rows), h, w), np.uint8)
+    fgm = masks == 1
+    span, has = fg_boxes(fgm)
+    fg = [sparse_rle(fgm[k], span[k] if has[k] else None) for k in range(len(masks))]
+    areas = [int(np.count_nonzero(fgm[k, y0:y1, x0:x1])) for k, (x0, y0, x1, y1) in enumerate(span)]
+    ign = {}
+    for k in np.flatnonzero(masks.max(axis=(1, 2)) == IGNORE) if len(masks) else []:
+        m = masks[k] == IGNORE
+        (s,), _ = fg_boxes(m[None])
+        ign[int(k)] = sparse_rle(m, s)
+    out = []
+    for k, r in enumerate(rows):
+        status = str(r["status"])
+        bbox = [float(v) for v in r["bbox"]]
+        proxy = _number(r["proxy_box_iou"]) if "proxy_box_iou" in r else (
+            round(box_agreement(masks[k], bbox), 6) if status in JUDGED else None)
+        area = float(areas[k])
+        a = {
+            "id": int(r["id"]), "image_id": int(image_id), "category_id": int(r["category_id"]), "bbox": bbox,
+            "area": area if area > 0 else bbox[2] * bbox[3], "iscrowd": int(status == "ignored"),
+            "segmentation": fg[k], "source": str(r.get("source") or source), "status": status,
+            "reason": str(r.get("reason") or ""), "proxy_box_iou": proxy, "mask_ignore": status != "kept",
+        }
+        if k in ign:
+            a["ignore_segmentation"] = ign[k]
+        out.append(a)
+    return out
+
+
+def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> dict:
+    """COCO dataset of all instances of the given shards (merge_drop or any mask stage); written
+    atomically to `out` when given. Shards must share categories and must not repeat image or annotation ids."""
+    from .stage import progress
+
+    if not inputs:
+        raise PseudomaskError("export: no input artifacts given")
+    images: list[dict] = []
+    annotations: list[dict] = []
+    categories: list[dict] | None = None
+    sources = []
+    seen_images: dict[int, str] = {}
+    seen_anns: dict[int, str] = {}
+    for path in inputs:
+        with Artifact(path, stage=EXPORTABLE) as a:
+            cats = [{"id": c["id"], "name": c["name"], "isthing": c["isthing"]} for c in a.categories]
+            if categories is None:
+                categories, first = cats, path
+            elif cats != categories:
+                raise PseudomaskError(f"{path}: its categories differ from those of {first}; "
+                                      "shards of one export must come from one dataset")
+            source = str(a.attrs.get("source_stage") or a.stage)
+            sources.append({"path": str(path), "stage": a.stage, "method": a.method, "parameters": a.params})
+            for image_id in progress(a.image_ids, desc=f"export {Path(path).name}", total=len(a.image_ids)):
+                if image_id in seen_images:
+                    raise PseudomaskError(f"{path}: image {image_id} is also in {seen_images[image_id]}")
+                seen_images[image_id] = str(path)
+                im = a.image(image_id)
+                images.append({"id": int(image_id), "file_name": str(im["file_name"]), "width": int(im["width"]),
+                               "height": int(im["height"])})
+                for ann in annotations_of(a, image_id, source):
+                    if ann["id"] in seen_anns:
+                        raise PseudomaskError(f"{path}: image {image_id}: annotation id {ann['id']} is also in "
+                                              f"{seen_anns[ann['id']]}")
+                    seen_anns[ann["id"]] = str(path)
+                    annotations.append(ann)
+    data = {
+        "info": {"description": "pseudomask pseudo masks", "version": __version__,
+                 "date_created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sources": sources},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories or [],
+    }
+    if out is not None:
+        write_json(data, out)
+    return data
+
+
+def write_json(data: dict, out: str | os.PathLike, indent: int | None = None) -> Path:
+    """Write JSON atomically (temp file, then rename); compact unless `indent` is given."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:  # dumps, not dump: only dumps uses the C encoder
+            fh.write(json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":")))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def export_summary(data: dict) -> dict:
+    """Counts of an exported dataset: images, annotations, by status, mask-ignored."""
+    anns = data["annotations"]
+    status: dict[str, int] = {}
+    for a in anns:
+        status[a["status"]] = status.get(a["status"], 0) + 1
+    return {"images": len(data["images"]), "annotations": len(anns), "status": status,
+            "mask_ignore": sum(bool(a["mask_ignore"]) for a in anns)}

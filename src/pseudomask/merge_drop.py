@@ -1,0 +1,193 @@
+"""BoxCaseg's refinement for any mask source: merge by "smaller object better", drop by proxy box agreement.
+
+Merge: a pixel that several masks of one image claim (value 1) goes to the instance with the smallest box;
+the others get background there. Ignore pixels (255, e.g. agreement's) are no claim: they stay 255 and never
+count as foreground. Drop: proxy box IoU = IoU(tight box of the merged mask, GT box); a mask below the
+threshold (or with IoU 0: empty, or outside its box) is *dropped*: status "dropped", `mask_ignore` 1, box,
+class and mask kept, so Mask R-CNN still trains box and class but not the mask (BoxCaseg Sec. 3.4).
+
+Instances with status kept or invalid take part (an invalid mask that the validity stage replaced by an
+ellipse is judged like any other); failed and ignored ones pass through with `mask_ignore` 1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import PseudomaskError
+from .masks import box_iou
+from .store import Artifact, ArtifactWriter
+
+MASK_STAGES = ("grabcut", "mcg", "agree", "validity", "boxcaseg", "cam")
+JUDGED = ("kept", "invalid")
+THRESHOLDS = (0.0, 0.75, 0.85, 0.90, 0.95)
+METHOD = "smaller-box-merge+proxy-box-drop"
+
+
+def fg_boxes(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tight end-exclusive spans (x0, y0, x1, y1) of a (K,H,W) bool stack (zeros when empty), and which
+    ones are non-empty. Columns are scanned only within each mask's rows: cheap for small objects."""
+    k, h, w = fg.shape
+    rows = fg.any(axis=2)
+    has = rows.any(axis=1)
+    span = np.zeros((k, 4), np.int64)
+    for i in np.flatnonzero(has):
+        y0, y1 = int(rows[i].argmax()), h - int(rows[i, ::-1].argmax())
+        cols = fg[i, y0:y1].any(axis=0)
+        span[i] = cols.argmax(), y0, w - cols[::-1].argmax(), y1
+    return span, has
+
+
+def merge_masks(masks: np.ndarray, boxes: np.ndarray, active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Give every pixel claimed by several active masks to the one with the smallest box area.
+
+    masks (K,H,W) uint8, boxes (K,4) xywh, active (K,) bool (default all). Returns the merged masks and,
+    per instance, how many foreground pixels it lost. Ties in box area go to the earlier instance.
+    """
+    merged, lost, _, _ = _merge(masks, boxes, active)
+    return merged, lost
+
+
+def _merge(masks: np.ndarray, boxes: np.ndarray, active: np.ndarray | None):
+    """merge_masks, plus the foreground spans of the merged masks (see fg_boxes).
+
+    Pairs are settled where their foregrounds' spans overlap: the smallest claimant of a pixel wins every
+    pair it is in and every other claimant loses to it, so this equals the per-pixel rule.
+    """
+    masks = np.asarray(masks, np.uint8)
+    out = masks.copy()
+    k = len(masks)
+    lost = np.zeros(k, np.int64)
+    span, has = fg_boxes(masks == 1)
+    idx = np.flatnonzero(np.ones(k, bool) if active is None else np.asarray(active, bool))
+    area = np.asarray(boxes, np.float64).reshape(-1, 4)[:, 2:].prod(1)
+    for ia, a in enumerate(idx):
+        for b in idx[ia + 1:]:
+            if not (has[a] and has[b]):
+                continue
+            x0, y0 = max(span[a, 0], span[b, 0]), max(span[a, 1], span[b, 1])
+            x1, y1 = min(span[a, 2], span[b, 2]), min(span[a, 3], span[b, 3])
+            if x1 <= x0 or y1 <= y0:
+                continue
+            win, lose = (a, b) if area[a] <= area[b] else (b, a)  # a < b: a tie goes to a
+            region = out[lose, y0:y1, x0:x1]  # a view: edits land in `out`
+            taken = (region == 1) & (masks[win, y0:y1, x0:x1] == 1)
+            n = int(np.count_nonzero(taken))
+            if n:
+                region[taken] = 0
+                lost[lose] += n
+    changed = np.flatnonzero(lost)
+    if len(changed):
+        span[changed], has[changed] = fg_boxes(out[changed] == 1)
+    return out, lost, span, has
+
+
+def is_dropped(proxy_iou: float | np.ndarray, threshold: float) -> bool | np.ndarray:
+    """The drop rule: below the threshold, or no overlap at all (an empty mask is never kept)."""
+    p = np.asarray(proxy_iou, np.float64)
+    out = (p < threshold) | (p <= 0)
+    return bool(out) if out.ndim == 0 else out
+
+
+def merge_drop_image(masks: np.ndarray, rows: Sequence[Mapping[str, Any]], threshold: float,
+                     source: str = "") -> tuple[np.ndarray, list[dict]]:
+    """Merge then drop one image's masks; returns merged masks and rows with status, reason,
+    `proxy_box_iou` (NaN when not judged), `mask_ignore` (1/0), `merge_lost_px` and `source`."""
+    rows = [dict(r) for r in rows]
+    masks = np.asarray(masks, np.uint8)
+    if len(masks) != len(rows):
+        masks = np.zeros((len(rows),) + masks.shape[1:], np.uint8)
+    active = np.array([r["status"] in JUDGED for r in rows], bool)
+    boxes = np.array([r["bbox"] for r in rows], np.float64).reshape(-1, 4)
+    merged, lost, span, has = _merge(masks, boxes, active)
+    for k, r in enumerate(rows):
+        r["source"] = r.get("source") or source
+        r["merge_lost_px"] = int(lost[k])
+        if not active[k]:
+            r.update(proxy_box_iou=None, mask_ignore=1)
+            continue
+        x0, y0, x1, y1 = (float(v) for v in span[k])
+        iou = box_iou([x0, y0, x1 - x0, y1 - y0] if has[k] else None, r["bbox"])
+        prior = f"was {r['status']}: {r['reason']}" if r["status"] != "kept" else str(r.get("reason") or "")
+        if is_dropped(iou, threshold):
+            if not has[k]:
+                why = "empty mask after merge" if np.any(masks[k] == 1) else "empty mask"
+            elif iou <= 0:
+                why = "mask box does not overlap the GT box"
+            else:
+                why = f"proxy box IoU {iou:.3f} < {threshold:g}"
+            r.update(status="dropped", reason="; ".join(s for s in (why, prior) if s), mask_ignore=1)
+        else:
+            r.update(status="kept", reason=prior, mask_ignore=0)
+        r["proxy_box_iou"] = float(iou)
+    return merged, rows
+
+
+def _check_threshold(threshold: float) -> float:
+    t = float(threshold)
+    if not (0.0 <= t <= 1.0) or math.isnan(t):
+        raise PseudomaskError(f"merge-drop threshold must be in [0, 1], got {threshold}")
+    return t
+
+
+def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float = 0.95) -> dict:
+    """Run merge-and-drop over one mask-source artifact and write a `merge_drop` artifact; returns a summary."""
+    from .stage import progress
+
+    threshold = _check_threshold(threshold)
+    with Artifact(src, stage=MASK_STAGES) as a:
+        params = {"threshold": threshold, "source_stage": a.stage, "source_method": a.method}
+        attrs = {"image_root": a.attrs.get("image_root", ""), "source_stage": a.stage, "source_method": a.method}
+        with ArtifactWriter(out, stage="merge_drop", method=METHOD, params=params, inputs=[src],
+                            categories=a.categories, attrs=attrs) as w:
+            for image_id in progress(a.image_ids, desc="merge_drop", total=len(a.image_ids)):
+                rows = a.records(image_id)
+                merged, rows = merge_drop_image(a.masks(image_id), rows, threshold, source=a.stage)
+                w.add_image(a.image(image_id), rows, merged, tags=a.tags.get(image_id, []))
+    with Artifact(out, stage="merge_drop") as b:
+        return summary(b)
+
+
+def judged(artifact: Artifact) -> tuple[np.ndarray, np.ndarray]:
+    """Instance ids and proxy box IoUs of the instances merge-drop judged (status kept or dropped)."""
+    inst = artifact.instances
+    if "proxy_box_iou" not in inst:
+        return np.zeros(0, np.int64), np.zeros(0)
+    sel = np.isin(inst["status"], ("kept", "dropped")) & np.isfinite(inst["proxy_box_iou"])
+    return inst["id"][sel].astype(np.int64), inst["proxy_box_iou"][sel].astype(np.float64)
+
+
+def summary(artifact: Artifact) -> dict:
+    """Counts by status, drop rate and mean proxy box IoU of a merge_drop artifact."""
+    _, proxy = judged(artifact)
+    dropped = int(np.sum(artifact.instances.get("status", np.zeros(0, object)) == "dropped"))
+    return {"images": len(artifact.image_ids), "instances": int(len(artifact.instances.get("id", []))),
+            "judged": int(len(proxy)), "status": artifact.status_counts(),
+            "drop_rate": dropped / len(proxy) if len(proxy) else None,
+            "mean_proxy_box_iou": float(proxy.mean()) if len(proxy) else None,
+            "threshold": artifact.params.get("threshold"), "source_stage": artifact.params.get("source_stage")}
+
+
+def drop_curve(proxy_iou: Iterable[float], thresholds: Sequence[float] = THRESHOLDS,
+               gt_iou: Iterable[float] | None = None) -> list[dict]:
+    """BoxCaseg Table 8 from the data: per threshold the drop rate and, given each mask's IoU with its
+    true mask, the mIoU of the kept masks next to that of all masks. The merge does not depend on the
+    threshold, so one merge_drop output answers every threshold."""
+    p = np.asarray(list(proxy_iou), np.float64)
+    g = None if gt_iou is None else np.asarray(list(gt_iou), np.float64)
+    if g is not None and len(g) != len(p):
+        raise ValueError(f"{len(p)} proxy IoUs but {len(g)} mask IoUs")
+    out = []
+    for t in thresholds:
+        drop = is_dropped(p, float(t)) if len(p) else np.zeros(0, bool)
+        row: dict[str, Any] = {"threshold": float(t), "instances": int(len(p)), "kept": int(np.sum(~drop)),
+                               "dropped": int(np.sum(drop)), "drop_rate": float(drop.mean()) if len(p) else None}
+        if g is not None:
+            row["miou_kept"] = float(g[~drop].mean()) if np.any(~drop) else None
+            row["miou_all"] = float(g.mean()) if len(g) else None
+        out.append(row)
+    return out

@@ -1,0 +1,367 @@
+"""A self-contained HTML report of a results folder: what each stage did, and how good the pseudo masks are.
+
+Sections: instance counts by status per stage; the drop curve over thresholds (BoxCaseg Table 8 shape:
+drop rate, and with ground truth the mIoU of kept masks next to that of all masks), computed from the
+merge_drop data; a histogram of proxy box IoU; mask quality per stage against ground truth when given;
+counts by category; sample images with every stage's overlay side by side; provenance. Every picture is a
+base64 PNG inside the one HTML file, so the report can be mailed or opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from . import __version__
+from .errors import PseudomaskError
+from .merge_drop import THRESHOLDS, drop_curve, is_dropped, judged
+from .store import STATUSES, Artifact
+
+STAGES = ("ingest", "grabcut", "mcg", "agree", "validity", "boxcaseg", "cam", "merge_drop")
+
+
+def stage_files(results: str | os.PathLike, stages: Sequence[str] | None = None) -> dict[str, list[Path]]:
+    """Per stage (in pipeline order) the shard artifacts found under a results folder."""
+    root = Path(results)
+    out = {}
+    for stage in stages or STAGES:
+        folder = root / "ingest" / "shards" if stage == "ingest" else root / stage
+        files = sorted(folder.glob("*.h5"))
+        if files:
+            out[stage] = files
+    return out
+
+
+def group_by_stage(paths: Iterable[str | os.PathLike]) -> dict[str, list[Path]]:
+    """Artifacts (files, or folders of *.h5) grouped by the stage recorded in each, in pipeline order."""
+    groups: dict[str, list[Path]] = {}
+    for p in map(Path, paths):
+        for f in sorted(p.glob("*.h5")) if p.is_dir() else [p]:
+            with Artifact(f) as a:
+                groups.setdefault(a.stage, []).append(f)
+    rank = {s: i for i, s in enumerate(STAGES)}
+    return {s: sorted(groups[s]) for s in sorted(groups, key=lambda s: (rank.get(s, len(STAGES)), s))}
+
+
+def png_uri(rgb: np.ndarray, max_width: int | None = None) -> str:
+    """An RGB image as a data URI (PNG), downscaled to `max_width` if wider."""
+    if max_width and rgb.shape[1] > max_width:
+        h = max(1, round(rgb.shape[0] * max_width / rgb.shape[1]))
+        rgb = cv2.resize(rgb, (max_width, h), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise PseudomaskError("report: PNG encoding failed")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def figure_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], cls: str = "") -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "<td>–</td>"
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+            return f"<td class='n'>{v:.3f}</td>" if isinstance(v, (float, np.floating)) else f"<td class='n'>{v}</td>"
+        return f"<td>{html.escape(str(v))}</td>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+# ---------------------------------------------------------------- data
+
+def status_counts(files: Sequence[Path]) -> Counter:
+    c: Counter = Counter()
+    for f in files:
+        with Artifact(f) as a:
+            c.update(a.status_counts())
+    return c
+
+
+def category_status(files: Sequence[Path]) -> tuple[list[dict], dict[int, Counter], dict[int, list[float]]]:
+    """Categories, per category the counts by status, and per category the proxy box IoUs (if any)."""
+    cats: list[dict] = []
+    counts: dict[int, Counter] = {}
+    proxy: dict[int, list[float]] = {}
+    for f in files:
+        with Artifact(f) as a:
+            cats = cats or a.categories
+            inst = a.instances
+            for c, s in zip(inst.get("category_id", []), inst.get("status", [])):
+                counts.setdefault(int(c), Counter())[str(s)] += 1
+            if "proxy_box_iou" in inst:
+                for c, p in zip(inst["category_id"], inst["proxy_box_iou"]):
+                    if np.isfinite(p):
+                        proxy.setdefault(int(c), []).append(float(p))
+    return cats, counts, proxy
+
+
+def proxy_ious(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and proxy box IoUs of the judged instances of merge_drop shards."""
+    ids, ps = [np.zeros(0, np.int64)], [np.zeros(0)]
+    for f in files:
+        with Artifact(f, stage="merge_drop") as a:
+            i, p = judged(a)
+            ids.append(i)
+            ps.append(p)
+    return np.concatenate(ids), np.concatenate(ps)
+
+
+def gt_scores(files: Sequence[Path], gt) -> dict[int, dict]:
+    """Per annotation id, the metrics row (mask IoU vs ground truth...) over all shards of one stage."""
+    from .metrics import instance_scores
+
+    rows: dict[int, dict] = {}
+    for f in files:
+        for r in instance_scores(f, gt):
+            if r["status"] != "missing" or r["id"] not in rows:
+                rows[r["id"]] = r
+    return rows
+
+
+def pick_samples(files: Sequence[Path], n: int) -> list[tuple[str, int]]:
+    """(shard name, image id) of up to n images: first ones that show both a kept and a dropped mask, then
+    evenly spread images with instances; deterministic."""
+    cands: list[tuple[str, int, bool]] = []
+    for f in files:
+        with Artifact(f) as a:
+            for image_id in a.image_ids:
+                st = set(a.instances["status"][a.rows(image_id)]) if "status" in a.instances else set()
+                if st:
+                    cands.append((f.stem, image_id, {"kept", "dropped"} <= st))
+    if n <= 0 or not cands:
+        return []
+    mixed = [c for c in cands if c[2]]
+    pick = [mixed[int(i)] for i in np.linspace(0, len(mixed) - 1, min(len(mixed), (n + 1) // 2)).round()] if mixed else []
+    rest = [c for c in cands if c not in pick]
+    if rest and len(pick) < n:
+        k = min(n - len(pick), len(rest))
+        pick += [rest[int(i)] for i in np.linspace(0, len(rest) - 1, k).round()]
+    return [(s, i) for s, i, _ in dict.fromkeys(pick)]
+
+
+def render_by_status(artifact: Artifact, image_id: int) -> np.ndarray:
+    """An image of an artifact with each mask and box in the colour of its status (kept green, dropped magenta)."""
+    from .images import ImageError, read_image
+    from .visualize import STATUS_COLOURS, overlay
+
+    im = artifact.image(image_id)
+    try:
+        rgb = read_image(Path(artifact.attrs.get("image_root", ".")) / im["file_name"])
+    except ImageError:
+        rgb = np.full((im["height"], im["width"], 3), 40, np.uint8)
+    recs = artifact.records(image_id)
+    names = {c["id"]: c["name"] for c in artifact.categories}
+    colours = np.array([STATUS_COLOURS.get(r["status"], (255, 255, 0)) for r in recs], np.uint8).reshape(-1, 3)
+    labels = [f"{names.get(r['category_id'], r['category_id'])}:{r['status']}" for r in recs]
+    return overlay(rgb, artifact.masks(image_id), [r["bbox"] for r in recs], labels, colours=colours)
+
+
+# ---------------------------------------------------------------- plots
+
+def plot_histogram(proxy: np.ndarray, threshold: float | None) -> str:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    bins = np.linspace(0, 1, 41)
+    if threshold is not None:
+        keep = ~is_dropped(proxy, threshold)
+        ax.hist([proxy[keep], proxy[~keep]], bins=bins, stacked=True, color=["#2ca02c", "#d62785"],
+                label=[f"kept ({keep.sum()})", f"dropped ({(~keep).sum()})"])
+        ax.axvline(threshold, color="k", ls="--", lw=1)
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        ax.hist(proxy, bins=bins, color="#1f77b4")
+    ax.set_xlabel("proxy box IoU = IoU(box of merged mask, GT box)")
+    ax.set_ylabel("instances")
+    ax.set_xlim(0, 1)
+    return figure_uri(fig)
+
+
+def plot_curve(curve: list[dict]) -> str:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    t = np.arange(len(curve))  # evenly spaced like BoxCaseg Table 8; labelled with the thresholds
+    ax.plot(t, [r["drop_rate"] for r in curve], "o-", color="#d62785", label="drop rate")
+    if curve and "miou_kept" in curve[0]:
+        ax.plot(t, [np.nan if r["miou_kept"] is None else r["miou_kept"] for r in curve], "s-", color="#2ca02c",
+                label="mIoU of kept masks")
+        ax.plot(t, [np.nan if r["miou_all"] is None else r["miou_all"] for r in curve], ":", color="#555555",
+                label="mIoU of all masks")
+    ax.set_xlabel("drop threshold on proxy box IoU")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(t, [f"{r['threshold']:.2f}" for r in curve])
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return figure_uri(fig)
+
+
+# ---------------------------------------------------------------- report
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;background:#fff}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta{color:#666;font-size:13px}.note{color:#666;font-size:13px;margin:4px 0}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f2f2f2}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}.row img{max-width:100%}
+.strip{display:grid;gap:6px;overflow-x:auto;margin-bottom:12px}
+figure{margin:0}figure img{width:100%;display:block}figcaption{font-size:12px;color:#444;text-align:center}
+"""
+
+
+def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
+                 ground_truth: str | os.PathLike | None = None, samples: int = 4,
+                 stages: Sequence[str] | None = None, thresholds: Sequence[float] = THRESHOLDS,
+                 thumb_width: int = 320) -> Path:
+    """Write the HTML report to `out`, of a results folder or of a list of artifacts (files or folders)."""
+    from .visualize import STATUS_COLOURS, render_artifact_image
+
+    if isinstance(results, (str, os.PathLike)):
+        where = Path(results)
+        files = stage_files(where, stages)
+    else:
+        files = group_by_stage(results)
+        files = {s: fs for s, fs in files.items() if not stages or s in stages}
+        where = Path(os.path.commonpath([str(Path(p).resolve()) for p in results])) if results else Path(".")
+    if not files:
+        raise PseudomaskError(f"{where}: no stage artifacts found (expected e.g. merge_drop/*.h5, "
+                              "ingest/shards/*.h5)")
+    gt = None
+    gt_note = "no ground truth configured: mask quality (mIoU) is not shown, only drop rates."
+    if ground_truth:
+        from .metrics import GroundTruth
+
+        gt = GroundTruth(ground_truth)
+        gt_note = f"ground truth: {html.escape(str(ground_truth))}"
+    parts = [f"<h1>pseudomask report</h1><div class='meta'>{html.escape(str(where.resolve()))} · "
+             f"{time.strftime('%Y-%m-%d %H:%M')} · pseudomask {__version__} · {gt_note}</div>"]
+
+    # counts by status per stage
+    counts = {s: status_counts(fs) for s, fs in files.items()}
+    rows = [[s, len(fs)] + [counts[s].get(st, 0) for st in STATUSES] + [sum(counts[s].values())]
+            for s, fs in files.items()]
+    parts.append("<h2>Instances by status and stage</h2>"
+                 + _table(["stage", "shards", *STATUSES, "total"], rows))
+
+    # drop curve and histogram
+    md = files.get("merge_drop")
+    if md:
+        with Artifact(md[0], stage="merge_drop") as a:
+            threshold = a.params.get("threshold")
+            src = f"{a.params.get('source_stage')} ({a.params.get('source_method')})"
+        ids, proxy = proxy_ious(md)
+        gt_iou = None
+        if gt is not None:
+            try:
+                scores = gt_scores(md, gt)
+                gt_iou = [scores[int(i)]["iou"] if int(i) in scores else 0.0 for i in ids]
+            except PseudomaskError as e:
+                parts.append(f"<p class='note'>mIoU not computed: {html.escape(str(e))}</p>")
+        curve = drop_curve(proxy, thresholds, gt_iou)
+        header = ["threshold", "drop rate", "kept", "dropped"]
+        if gt_iou is not None:
+            header += ["mIoU kept", "mIoU all"]
+        crow = [[f"{r['threshold']:.2f}", r["drop_rate"], r["kept"], r["dropped"]]
+                + ([r["miou_kept"], r["miou_all"]] if gt_iou is not None else []) for r in curve]
+        parts.append(
+            f"<h2>Merge and drop: threshold curve</h2><p class='note'>masks from {html.escape(src)}, merged "
+            f"(smaller box wins), then judged by proxy box IoU; this run drops below {threshold}. Over "
+            f"{len(proxy)} judged instances; drop rate = dropped / judged (BoxCaseg Table 8 on COCO: 0.00, 0.27, "
+            f"0.49, 0.64, 0.80).</p><div class='row'><div>{_table(header, crow)}</div>"
+            f"<img alt='drop curve' src='{plot_curve(curve)}'>"
+            f"<img alt='proxy box IoU histogram' src='{plot_histogram(proxy, threshold)}'></div>")
+    else:
+        parts.append("<h2>Merge and drop</h2><p class='note'>no merge_drop artifacts in this folder.</p>")
+
+    # mask quality per stage
+    if gt is not None:
+        from .metrics import summarize
+
+        qrows = []
+        for s, fs in files.items():
+            if s == "ingest":
+                continue
+            try:
+                q = summarize(list(gt_scores(fs, gt).values()))
+            except PseudomaskError as e:
+                qrows.append([s, str(e)[:60]] + [None] * 6)
+                continue
+            qrows.append([s, q["with_mask"], q["miou"], q["miou_small"], q["miou_medium"], q["miou_large"],
+                          q["invalid_rate_small64"], q["invalid_rate_large64"]])
+        parts.append("<h2>Mask quality against ground truth</h2><p class='note'>mask IoU per ground-truth "
+                     "instance (0 for no mask; ignore pixels count as background); invalid = box agreement "
+                     "&lt; 0.5, split at 64×64 px (hybrid networks: 76.5 % small, 23.2 % large on VOC).</p>"
+                     + _table(["stage", "with mask", "mIoU", "small", "medium", "large", "invalid small64",
+                               "invalid large64"], qrows))
+
+    # sample overlays
+    ref = "merge_drop" if md else list(files)[-1]
+    picked = pick_samples(files[ref], samples)
+    strips = []
+    for shard, image_id in picked:
+        figs = []
+        for s, fs in files.items():
+            f = next((p for p in fs if p.stem == shard), None)
+            if f is None:
+                continue
+            with Artifact(f) as a:
+                if image_id not in a.image_ids:
+                    continue
+                rgb = render_by_status(a, image_id) if s == "merge_drop" else render_artifact_image(a, image_id)
+            cap = f"{s} (<span style='color:rgb{STATUS_COLOURS['kept']}'>kept</span> / <span style='color:rgb" \
+                  f"{STATUS_COLOURS['dropped']}'>dropped</span>)" if s == "merge_drop" else html.escape(s)
+            figs.append(f"<figure><img alt='{s} {image_id}' src='{png_uri(rgb, thumb_width)}'>"
+                        f"<figcaption>{cap}</figcaption></figure>")
+        strips.append(f"<div class='note'>image {image_id} ({html.escape(shard)})</div><div class='strip' "
+                      f"style='grid-template-columns:repeat({len(figs)},minmax(150px,1fr))'>" + "".join(figs) + "</div>")
+    parts.append("<h2>Sample images, stage by stage</h2><p class='note'>masks filled, ignore (255) pixels "
+                 "hatched grey, boxes labelled category:status.</p>" + ("".join(strips) or "<p class='note'>"
+                                                                         "no images with instances.</p>"))
+
+    # by category
+    cats, ccount, cproxy = category_status(files[ref])
+    crow = []
+    for c in sorted(cats, key=lambda c: -sum(ccount.get(c["id"], Counter()).values())):
+        cc = ccount.get(c["id"], Counter())
+        if not cc:
+            continue
+        p = cproxy.get(c["id"])
+        crow.append([c["name"]] + [cc.get(st, 0) for st in STATUSES] + [sum(cc.values()),
+                                                                        float(np.mean(p)) if p else None])
+    parts.append(f"<h2>Instances by category ({ref})</h2>"
+                 + _table(["category", *STATUSES, "total", "mean proxy box IoU"], crow))
+
+    # provenance
+    prov = []
+    for s, fs in files.items():
+        with Artifact(fs[0]) as a:
+            prov.append([s, a.method, ", ".join(f"{k}={v}" for k, v in sorted(a.params.items()))[:200], a.version,
+                         a.attrs.get("created", "")])
+    parts.append("<h2>Provenance</h2>" + _table(["stage", "method", "parameters", "version", "created"], prov))
+
+    doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>pseudomask report</title>"
+           f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(doc, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
