@@ -1,0 +1,268 @@
+"""The `mcg` stage: MCG-style (or precomputed MCG) proposals of every image, and for every box the
+proposal with the highest IoU with the filled box as its mask (Li et al.; MCG's VOC-trained ranking is
+not used for the choice).
+
+Per image the artifact's map "proposals" holds the best `max_proposals` proposals by objectness (near
+duplicates suppressed) plus every proposal chosen for a box; `proposal_id` indexes that list and
+`proposal_iou` is the chosen proposal's IoU with the box. Images without boxes (tag-only data) get
+their proposals too, for the CAM stage.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from ..dataset import Dataset
+from ..images import ImageError, read_image
+from ..masks import box_pixels
+from ..stage import PASS_THROUGH, progress, run_mask_stage
+from .matfile import MatFileError, read_mcg_mat
+from .proposals import ProposalPool, proposal_params, proposal_pool
+
+MIN_BOX = 2.0  # boxes narrower or lower than this (pixels) get no mask
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def select_for_boxes(pool: ProposalPool, boxes: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(index into the pool, IoU with the filled box) of the best proposal for each xywh box; -1 and 0
+    where no proposal overlaps the box. Ties go to the better-scored proposal."""
+    h, w = pool.superpixels.shape
+    n = pool.n
+    if not len(boxes) or not len(pool):
+        return np.full(len(boxes), -1, np.int64), np.zeros(len(boxes))
+    cols, box_area = [], []
+    for b in boxes:
+        x0, y0, x1, y1 = box_pixels(b, h, w)
+        cols.append(np.bincount(pool.superpixels[y0:y1, x0:x1].ravel(), minlength=n))
+        box_area.append(max(x1 - x0, 0) * max(y1 - y0, 0))
+    sums = pool.sums(np.stack(cols + [pool.areas()], 1))
+    inter, area = sums[:, :-1], sums[:, -1:]
+    iou = inter / np.maximum(area + np.array(box_area, np.float64)[None, :] - inter, 1.0)
+    best = np.argmax(iou, axis=0)
+    best_iou = iou[best, np.arange(len(boxes))]
+    return np.where(best_iou > 0, best, -1), best_iou
+
+
+def image_pool(rgb: np.ndarray | None, image: dict, params: dict, mat_dir: str | os.PathLike | None) -> ProposalPool:
+    """The candidate pool of one image: computed from its pixels, or read from `<mat_dir>/<stem>.mat`."""
+    if mat_dir:
+        path = Path(mat_dir) / f"{Path(image['file_name']).stem}.mat"
+        props = read_mcg_mat(path)
+        if props.superpixels.shape != (image["height"], image["width"]):
+            raise MatFileError(f"{path}: superpixels are {props.superpixels.shape[1]}x{props.superpixels.shape[0]}"
+                               f", image {image['id']} is {image['width']}x{image['height']}")
+        return ProposalPool.from_proposals(props)
+    if rgb is None:
+        rgb = read_image(image["path"])
+    return proposal_pool(rgb, **params)
+
+
+def image_result(rgb: np.ndarray | None, image: dict, records: list[dict], params: dict,
+                 mat_dir: str | os.PathLike | None = None, clip: bool = True,
+                 pool: ProposalPool | None = None) -> tuple[list[dict], dict]:
+    """Per-record results ({mask, status, reason, proposal_id, proposal_iou}) and the image's maps.
+
+    `pool` (optional) is the image's candidate pool when the caller already has it.
+    """
+    h, w = image["height"], image["width"]
+    pool = image_pool(rgb, image, params, mat_dir) if pool is None else pool
+    ranked = pool.ranked(int(params["max_proposals"]), float(params["nms"]))
+    boxes = [r["bbox"] for r in records]
+    tiny = [float(b[2]) < MIN_BOX or float(b[3]) < MIN_BOX for b in boxes]
+    best, best_iou = select_for_boxes(pool, [b for b, t in zip(boxes, tiny) if not t])
+    chosen = iter(zip(best.tolist(), best_iou.tolist()))
+    picks = [None if t else next(chosen) for t in tiny]
+    picked = [pk[0] for pk in picks if pk is not None and pk[0] >= 0]
+    stored = np.union1d(ranked, np.array(picked, np.int64)).astype(np.int64)
+    props = pool.proposals(stored)  # stored is sorted, so the list stays best score first
+    position = {int(k): i for i, k in enumerate(stored)}
+    results = []
+    for rec, pick in zip(records, picks):
+        bw, bh = float(rec["bbox"][2]), float(rec["bbox"][3])
+        empty = np.zeros((h, w), np.uint8)
+        if pick is None:
+            results.append({"mask": empty, "status": "failed", "proposal_id": -1, "proposal_iou": 0.0,
+                            "reason": f"box {bw:g}x{bh:g} px is smaller than {MIN_BOX:g} px: no proposal chosen"})
+            continue
+        k, iou = pick
+        if k < 0:
+            why = "no proposal overlaps the box" if len(pool) else "the image has no proposals (uniform or tiny)"
+            results.append({"mask": empty, "status": "failed", "proposal_id": -1, "proposal_iou": 0.0,
+                            "reason": why})
+            continue
+        pid = position[k]
+        m = props.mask(pid)
+        if clip:
+            x0, y0, x1, y1 = box_pixels(rec["bbox"], h, w)
+            m[:y0] = 0
+            m[y1:] = 0
+            m[:, :x0] = 0
+            m[:, x1:] = 0
+        results.append({"mask": m, "status": rec["status"], "reason": rec.get("reason", ""),
+                        "proposal_id": pid, "proposal_iou": float(iou)})
+    return results, {"proposals": props.to_map()}
+
+
+def _job(image: dict, records: list[dict], params: dict, mat_dir: str | None, clip: bool):
+    """Worker-side computation of one image; errors come back as a message, not an exception."""
+    try:
+        return image["id"], image_result(None, image, records, params, mat_dir, clip)
+    except Exception as e:  # OpenCV, scipy and bad files raise many types; the stage goes on
+        return image["id"], _error(image, e)
+
+
+def _error(image: dict, e: Exception) -> str:
+    if isinstance(e, (ImageError, MatFileError)):
+        return str(e)
+    return f"image {image['id']} ({image['file_name']}): MCG proposals failed: {type(e).__name__}: {e}"
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+class _Ahead:
+    """Results of `_job` over (image, records) items, computed `window` items ahead by a process pool and
+    consumed in order by image id (items never asked for are skipped).
+
+    Workers are spawned, not forked: a child forked from a process whose OpenCV thread pool has run can
+    hang in OpenCV. So, as always with spawned workers, a script that calls run_mcg with workers > 1 must
+    keep its body under `if __name__ == "__main__":`.
+    """
+
+    def __init__(self, items: Iterable[tuple[dict, list[dict]]], args: tuple, workers: int):
+        self._items = iter(items)
+        self._args = args
+        self._ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker)
+        self._queue: collections.deque[Future] = collections.deque()
+        self._window = 2 * workers
+        # the workers start on these first submissions; one BLAS/OpenMP thread each, since images, not
+        # matrix products, are what runs in parallel (oversubscribed BLAS threads crawl on small products)
+        saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+        os.environ.update({k: "1" for k in _THREAD_VARS})
+        try:
+            self._fill()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _fill(self) -> None:
+        while len(self._queue) < self._window:
+            item = next(self._items, None)
+            if item is None:
+                return
+            self._queue.append(self._ex.submit(_job, item[0], item[1], *self._args))
+
+    def get(self, image_id: int):
+        while self._queue:
+            got_id, result = self._queue.popleft().result()
+            self._fill()
+            if got_id == image_id:
+                return result
+        raise KeyError(image_id)
+
+    def close(self) -> None:
+        for f in self._queue:
+            f.cancel()
+        self._ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _usable(r: dict) -> bool:
+    return r["status"] not in PASS_THROUGH
+
+
+def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike | None = None, clip: bool = True,
+            workers: int = 1, inputs: Sequence[str | os.PathLike] = (), **params: Any) -> Path:
+    """Write the `mcg` artifact of a dataset (shard): per box the best proposal, per image its proposals.
+
+    `params` are those of `proposals_for_image` (see `proposals.DEFAULTS`); `mat_dir` switches to
+    precomputed MCG .mat files (method "mcg-mat"); `workers` processes compute images in parallel.
+    """
+    p = proposal_params(**params)
+    mat = str(mat_dir) if mat_dir else None
+    out = Path(out)
+    images = {im["id"]: {**im, "path": str(ds.image_path(im))} for im in ds.images}
+    by_image = ds.by_image()
+    with_boxes = [im["id"] for im in ds.images if any(_usable(r) for r in by_image.get(im["id"], []))]
+    without = [im["id"] for im in ds.images if im["id"] not in set(with_boxes)]
+    recorded = {**p, "clip": bool(clip), "mat_dir": mat or ""}
+    method = "mcg-mat" if mat else "mcg-style"
+    ahead = None
+    if workers > 1:
+        ahead = _Ahead(((images[i], [r for r in by_image[i] if _usable(r)]) for i in with_boxes), (p, mat, clip),
+                       workers)
+
+    def predict(rgb: np.ndarray, recs: list[dict]):
+        image = images[recs[0]["image_id"]]
+        if ahead is not None:
+            result = ahead.get(image["id"])
+        else:
+            try:
+                result = image_result(rgb, image, recs, p, mat, clip)
+            except Exception as e:  # noqa: BLE001 - reported per instance, the stage goes on
+                result = _error(image, e)
+        if isinstance(result, str):
+            h, w = image["height"], image["width"]
+            return [{"mask": np.zeros((h, w), np.uint8), "status": "failed", "reason": result,
+                     "proposal_id": -1, "proposal_iou": 0.0} for _ in recs]
+        return result
+
+    tmp = out.with_name(f".{out.name}.mcg-{os.getpid()}.h5")
+    try:
+        try:
+            run_mask_stage(ds, tmp, predict, stage="mcg", method=method, params=recorded, inputs=inputs,
+                           usable=_usable)
+        finally:
+            if ahead is not None:
+                ahead.close()
+        _add_image_proposals(tmp, [images[i] for i in without], p, mat, workers)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _add_image_proposals(path: Path, images: list[dict], params: dict, mat: str | None, workers: int) -> None:
+    """Proposals of images that have no usable box, written into the artifact at proposals/<image_id>/."""
+    if not images:
+        return
+    results: Iterable[tuple[int, Any]]
+    if workers > 1:
+        ahead = _Ahead(((im, []) for im in images), (params, mat, True), workers)
+        results = ((im["id"], ahead.get(im["id"])) for im in images)
+    else:
+        ahead = None
+        results = (_job(im, [], params, mat, True) for im in images)
+    skipped = []
+    try:
+        with h5py.File(path, "a") as f:
+            for image_id, result in progress(results, desc="mcg:images without boxes", total=len(images)):
+                if isinstance(result, str):
+                    skipped.append(result)
+                    continue
+                for key, arr in result[1]["proposals"].items():
+                    name = f"proposals/{image_id}/{key}"
+                    if arr.ndim >= 2 and arr.size:
+                        f.create_dataset(name, data=arr, chunks=arr.shape, compression="gzip", compression_opts=1)
+                    else:
+                        f.create_dataset(name, data=arr)
+    finally:
+        if ahead is not None:
+            ahead.close()
+    if skipped:
+        print(f"mcg: no proposals for {len(skipped)} image(s) without boxes; first: {skipped[0]}", file=sys.stderr)
