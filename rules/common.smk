@@ -40,6 +40,12 @@ def mask_source_path():
     }[config["merge_drop"]["source"]]
 
 
+def validity_input_path():
+    """The per-shard artifact whose masks validity checks (config `validity.input`)."""
+    stage = {"agreement": "agree"}.get(config["validity"]["input"], config["validity"]["input"])
+    return f"{R}/{stage}/{{shard}}.h5"
+
+
 def ground_truth():
     return config["dataset"].get("ground_truth") or ""
 

@@ -1,0 +1,214 @@
+"""CAM peaks (tags only) next to the box-supervised mask sources: AP^r at 0.25 / 0.5 / 0.75 against true masks.
+
+On demo scenes (rendered here) a tag classifier is trained briefly on CPU from random initialisation (tiny
+backbone), then every tagged class's peaks pick MCG-style proposals (sampled by objectness as WISE, and the
+best one). Beside them, on the same images and the same proposals:
+  - "oracle peaks": one peak per true instance (its innermost pixel), the same proposal selection; the gap to
+    the CAM rows is what the classifier's localisation costs, the rest is the proposals' and selection's;
+  - box-supervised sources from the true boxes: MCG best-for-box, GrabCut, the inscribed ellipse, the box.
+Pseudo masks are scored against the scenes' true masks (`detection_metrics.evaluate_detections`): CAM masks
+are ranked by their peak's CAM score, the others (one per true box) have score 1.
+
+With /work/shared/data/coco-dev present (or PSEUDOMASK_COCO_DEV), the same is run there too (64 real images,
+80 classes; random init, so expect little from the classifier); absent, that part says so and is skipped.
+
+    .venv/bin/python benchmarks/bench_cam.py [--images 64] [--iters 800] [--input-size 128] [--no-coco-dev]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+os.environ.setdefault("PSEUDOMASK_NO_PROGRESS", "1")
+
+from pseudomask.cam.extract import PeakSettings, extract_peaks  # noqa: E402
+from pseudomask.cam.sampling import ProposalPicker  # noqa: E402
+from pseudomask.cam.train import TrainSettings, train_classifier  # noqa: E402
+from pseudomask.dataset import load_dataset  # noqa: E402
+from pseudomask.demo import make_demo_data  # noqa: E402
+from pseudomask.detection_metrics import evaluate_detections  # noqa: E402
+from pseudomask.images import read_image  # noqa: E402
+from pseudomask.masks import box_mask, ellipse_mask, rle_encode, segmentation_mask  # noqa: E402
+from pseudomask.proposals import read_proposals  # noqa: E402
+from pseudomask.store import Artifact, ArtifactWriter  # noqa: E402
+
+COCO_DEV = Path(os.environ.get("PSEUDOMASK_COCO_DEV") or Path(__file__).resolve().parents[2] / "shared/data/coco-dev")
+
+
+def write_proposals(ds, out: Path) -> float:
+    """MCG-style proposals of every image into an artifact (map "proposals"); returns seconds per image."""
+    from pseudomask.mcg.proposals import proposals_for_image
+
+    t = time.perf_counter()
+    with ArtifactWriter(out, stage="mcg", method="mcg-bench", categories=ds.categories) as w:
+        for im in ds.images:
+            w.add_image(im, maps={"proposals": proposals_for_image(read_image(ds.image_path(im))).to_map()})
+    return (time.perf_counter() - t) / max(len(ds.images), 1)
+
+
+def gt_masks(gt: dict) -> dict[int, list[tuple[dict, np.ndarray]]]:
+    ims = {im["id"]: im for im in gt["images"]}
+    out: dict[int, list] = {i: [] for i in ims}
+    for a in gt["annotations"]:
+        if a.get("iscrowd", 0):
+            continue
+        im = ims[a["image_id"]]
+        out[a["image_id"]].append((a, segmentation_mask(a["segmentation"], im["height"], im["width"])))
+    return out
+
+
+def result(image_id: int, cat: int, mask: np.ndarray, score: float) -> dict:
+    return {"image_id": image_id, "category_id": cat, "segmentation": rle_encode(mask), "score": float(score)}
+
+
+def cam_results(path: Path) -> tuple[list[dict], dict]:
+    with Artifact(path) as a:
+        res = [result(im["id"], r["category_id"], m, r["cam_score"])
+               for im, rows, masks in a.iter_images() for r, m in zip(rows, masks) if r["status"] == "kept"]
+        return res, a.status_counts()
+
+
+def oracle_results(gts, props_path: Path, mode: str) -> list[dict]:
+    """One peak per true instance (the maximum of its distance transform), then the proposal selection."""
+    res = []
+    with Artifact(props_path) as p:
+        for image_id, anns in gts.items():
+            props = read_proposals(p, image_id)
+            if props is None or not anns:
+                continue
+            picker = ProposalPicker(props)
+            rng = np.random.default_rng([0, image_id])
+            for a, m in anns:
+                if not m.any():
+                    continue
+                dist = cv2.distanceTransform(np.pad(m, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+                y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+                k = picker.pick(int(y), int(x), rng, mode)
+                if k >= 0:
+                    res.append(result(image_id, a["category_id"], picker.mask(k), 1.0))
+    return res
+
+
+def box_results(ds, gts, props_path: Path) -> dict[str, list[dict]]:
+    """Masks from the true boxes: MCG best-for-box, GrabCut (when those modules are present), ellipse, box."""
+    out: dict[str, list[dict]] = {"box (filled)": [], "ellipse in box": []}
+    try:
+        from pseudomask.mcg.select import best_for_box
+        out["MCG best-for-box"] = []
+    except ImportError:
+        best_for_box = None
+    try:
+        from pseudomask.grabcut import grabcut_image
+        out["GrabCut"] = []
+    except ImportError:
+        grabcut_image = None
+    with Artifact(props_path) as p:
+        for im in ds.images:
+            anns = gts[im["id"]]
+            if not anns:
+                continue
+            h, w = im["height"], im["width"]
+            boxes = [a["bbox"] for a, _ in anns]
+            cats = [a["category_id"] for a, _ in anns]
+            for b, c in zip(boxes, cats):
+                out["box (filled)"].append(result(im["id"], c, box_mask(b, h, w), 1.0))
+                out["ellipse in box"].append(result(im["id"], c, ellipse_mask(b, h, w), 1.0))
+            if best_for_box is not None:
+                props = read_proposals(p, im["id"])
+                for b, c in zip(boxes, cats):
+                    out["MCG best-for-box"].append(result(im["id"], c, best_for_box(props, b)[2], 1.0))
+            if grabcut_image is not None:
+                for r, c in zip(grabcut_image(read_image(ds.image_path(im)), boxes), cats):
+                    out["GrabCut"].append(result(im["id"], c, r["mask"], 1.0))
+    return out
+
+
+def score(gt_path: Path, res: list[dict]) -> dict:
+    if not res:
+        return {"apr_25": 0.0, "apr_50": 0.0, "apr_75": 0.0, "abo": 0.0, "n": 0}
+    ev = evaluate_detections(gt_path, res)
+    return {k: ev[k] or 0.0 for k in ("apr_25", "apr_50", "apr_75", "abo")} | {"n": len(res)}
+
+
+def run(name: str, gt_path: Path, images: Path, work: Path, a) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(gt_path, images)  # a COCO file with boxes: only its image-level tags are used
+    gt = json.loads(gt_path.read_text())
+    gts = gt_masks(gt)
+    n_tags = sum(len(im["tags"]) for im in ds.images)
+    print(f"\n== {name}: {len(ds.images)} images, {len(ds.categories)} classes, {n_tags} image tags, "
+          f"{sum(len(v) for v in gts.values())} true instances")
+    s = TrainSettings(backbone="tiny", iters=a.iters, batch_size=8, lr=0.05, optimizer="sgd",
+                      input_size=a.input_size, levels=a.levels, save_every=10 ** 9)
+    t = time.perf_counter()
+    r = train_classifier(ds, work / "model.pt", s, resume=False)
+    train_s = time.perf_counter() - t
+    h = np.asarray(r["history"])
+    k = max(1, len(h) // 10)
+    print(f"training: tiny backbone, random init, {a.iters} iterations x {s.batch_size} images at "
+          f"{s.input_size}px, levels {s.levels}, on CPU ({torch.get_num_threads()} threads): {train_s:.0f} s; "
+          f"loss {h[:k].mean():.3f} (first 10%) -> {h[-k:].mean():.3f} (last 10%), ratio {h[-k:].mean() / h[:k].mean():.2f}")
+    props = work / "mcg.h5"
+    per = write_proposals(ds, props)
+    print(f"MCG-style proposals: {per:.2f} s/image")
+    rows = []
+    for mode in ("sample", "best"):
+        t = time.perf_counter()
+        out = extract_peaks(ds, work / "model.pt", work / f"cam_{mode}.h5", props,
+                            PeakSettings(select=mode, peak_threshold=a.peak_threshold, max_peaks=a.max_peaks))
+        ext_s = (time.perf_counter() - t) / len(ds.images)
+        res, counts = cam_results(out)
+        rows.append((f"CAM peaks, {mode} (WISE)" if mode == "sample" else f"CAM peaks, {mode}", "tags",
+                     score(gt_path, res), f"{ext_s:.2f} s/img; {counts}"))
+    for mode in ("sample", "best"):
+        rows.append((f"oracle peaks, {mode}", "points", score(gt_path, oracle_results(gts, props, mode)), ""))
+    for src, res in box_results(ds, gts, props).items():
+        rows.append((src, "boxes", score(gt_path, res), ""))
+    print(f"{'source':<26} {'labels':<7} {'AP^r25':>7} {'AP^r50':>7} {'AP^r75':>7} {'ABO':>6} {'masks':>6}  notes")
+    for src, sup, m, note in rows:
+        print(f"{src:<26} {sup:<7} {m['apr_25']:7.3f} {m['apr_50']:7.3f} {m['apr_75']:7.3f} {m['abo']:6.3f} "
+              f"{m['n']:6d}  {note}")
+    cam = rows[0][2]
+    for ref in ("oracle peaks, sample", "MCG best-for-box", "GrabCut"):
+        m = next((x[2] for x in rows if x[0] == ref), None)
+        if m:
+            ratios = "  ".join(f"{t}: {cam[t] / m[t]:.2f}" if m[t] else f"{t}: n/a" for t in ("apr_25", "apr_50", "apr_75"))
+            print(f"ratio CAM sample / {ref}: {ratios}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=64, help="demo scenes (default 64)")
+    ap.add_argument("--iters", type=int, default=800, help="training iterations (default 800)")
+    ap.add_argument("--input-size", type=int, default=128)
+    ap.add_argument("--levels", type=int, nargs="+", default=[-2, -1], help="backbone levels (stride 16 maps)")
+    ap.add_argument("--peak-threshold", type=float, default=0.5)
+    ap.add_argument("--max-peaks", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-coco-dev", action="store_true", help="skip the coco-dev part")
+    ap.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "out" / "cam")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    demo = a.work / "demo"
+    make_demo_data(demo, n_images=a.images, seed=7, n_salient=0)
+    run("demo scenes", demo / "annotations.json", demo / "images", a.work / "demo-run", a)
+    if a.no_coco_dev:
+        return 0
+    if not (COCO_DEV / "annotations.json").exists():
+        print(f"\ncoco-dev not found at {COCO_DEV}: skipping that part")
+        return 0
+    run(f"coco-dev ({COCO_DEV})", COCO_DEV / "annotations.json", COCO_DEV / "images", a.work / "coco-dev-run", a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Training the tag classifier: multi-label soft-margin loss on peak-stimulated class scores (PRM, WISE).
+
+Resumable: every `save_every` iterations the state goes to `<out>.partial` (atomically); a new run with the same
+settings continues from it (a Slurm job that hit its time limit loses at most `save_every` iterations), and the
+final checkpoint replaces it at `out`. Batches are a pure function of (seed, iteration), so a resumed run sees
+the same images as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ..dataset import Dataset
+from ..images import ImageError, read_image
+from ..stage import progress
+from .model import (CamError, build_classifier, loss_fn, pick_device, read_checkpoint, resolve_backbone_name,
+                    save_checkpoint)
+
+
+@dataclass
+class TrainSettings:
+    backbone: str = "auto"  # auto: resnet50 on a GPU, resnet18 on CPU; or tiny, resnet18/50/101, hrnet...
+    backbone_checkpoint: str | None = None  # pretrained backbone weights (e.g. ImageNet); none: random init
+    iters: int = 2000
+    batch_size: int = 8
+    lr: float = 0.01
+    optimizer: str = "sgd"  # sgd (momentum 0.9, as PRM) | adam
+    weight_decay: float = 1e-4
+    input_size: int = 448  # images are resized to input_size x input_size (PRM trains at 448)
+    win: int = 3  # peak window r, in cells of the class response map
+    levels: Sequence[int] = field(default_factory=lambda: [-1])
+    seed: int = 0
+    save_every: int = 100
+    workers: int = 0  # image-loading processes
+    cache_mb: int = 1024  # decoded images kept in memory (per loading process)
+
+    @classmethod
+    def from_config(cls, cam: dict) -> "TrainSettings":
+        """Settings from config.yaml's `cam:` section (keys named as there; unrelated keys ignored)."""
+        names = {f.name for f in fields(cls)} - {"win", "backbone_checkpoint"}
+        kw = {k: cam[k] for k in names if k in cam}
+        if "window" in cam:
+            kw["win"] = cam["window"]
+        return cls(**kw, backbone_checkpoint=cam.get("backbone_checkpoint") or None)
+    device: str = "auto"
+
+
+def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(3, size, size) float32 RGB in 0..255: the image squashed to the network's input size."""
+    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1).astype(np.float32)
+
+
+def tag_targets(images: Sequence[dict], class_ids: Sequence[int]) -> np.ndarray:
+    """(N, C) 0/1 multi-label targets from the images' tags."""
+    col = {c: i for i, c in enumerate(class_ids)}
+    y = np.zeros((len(images), len(class_ids)), np.float32)
+    for n, im in enumerate(images):
+        for t in im.get("tags", []):
+            y[n, col[int(t)]] = 1.0
+    return y
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Item i = the batch of iteration i: indices drawn from (seed, i), random horizontal flips."""
+
+    def __init__(self, paths: list[Path], targets: np.ndarray, first: int, last: int, s: TrainSettings):
+        self.paths, self.targets, self.first, self.last, self.s = paths, targets, first, last, s
+        self._cache: dict[int, np.ndarray] = {}
+        per_image = 3 * s.input_size ** 2 * 4
+        self._cache_limit = int(s.cache_mb * 2 ** 20 // per_image)
+
+    def _image(self, j: int) -> np.ndarray:
+        """Decoded and resized image j; kept in memory up to cache_mb (a small dataset is decoded once)."""
+        x = self._cache.get(j)
+        if x is None:
+            x = prepare(read_image(self.paths[j]), self.s.input_size)
+            if len(self._cache) < self._cache_limit:
+                self._cache[j] = x
+        return x
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    def __getitem__(self, i: int):
+        it = self.first + i
+        rng = np.random.default_rng([self.s.seed, it])
+        idx = rng.choice(len(self.paths), size=min(self.s.batch_size, len(self.paths)), replace=False)
+        flips = rng.random(len(idx)) < 0.5
+        xs, ys, bad = [], [], []
+        for j, flip in zip(idx, flips):
+            try:
+                x = self._image(j)
+            except ImageError as e:
+                bad.append(str(e))
+                continue
+            xs.append(x[:, :, ::-1].copy() if flip else x)
+            ys.append(self.targets[j])
+        if not xs:
+            return it, None, None, bad
+        return it, torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), bad
+
+
+def _lr(s: TrainSettings, it: int) -> float:
+    """Linear warm-up over the first 5 % of iterations, then cosine decay to 0."""
+    warm = max(1, s.iters // 20)
+    if it < warm:
+        return s.lr * (it + 1) / warm
+    return 0.5 * s.lr * (1 + math.cos(math.pi * (it - warm) / max(1, s.iters - warm)))
+
+
+def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, settings: TrainSettings | None = None,
+                     resume: bool = True, stop_at: int | None = None) -> dict:
+    """Train on the image tags of `ds` (one dataset or its shards), write the checkpoint to `out`.
+
+    `stop_at`: stop after that iteration, leaving only the resumable snapshot (for a job that must end before
+    its time limit). Returns the checkpoint's config, the loss of every iteration so far, and the path written."""
+    s = settings or TrainSettings()
+    if s.input_size < 64:
+        raise CamError(f"input_size must be at least 64 pixels, got {s.input_size}")
+    if s.win < 1 or s.win % 2 == 0:
+        raise CamError(f"the peak window must be a positive odd number, got {s.win}")
+    parts = [ds] if isinstance(ds, Dataset) else list(ds)
+    if not parts:
+        raise CamError("no dataset to train the tag classifier on")
+    source = parts[0].source if len(parts) == 1 else f"{parts[0].source} (+{len(parts) - 1} shards)"
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    device = pick_device(s.device)
+    torch.manual_seed(s.seed)
+    # ingest marks unreadable images with size 0; they cannot train anything
+    pairs = [(d.image_path(im), im) for d in parts for im in d.images if im.get("width")]
+    images = [im for _, im in pairs]
+    if not images:
+        raise CamError(f"{source}: no readable images to train the tag classifier on")
+    categories = parts[0].categories
+    class_ids = [int(c["id"]) for c in categories]
+    if not class_ids:
+        raise CamError(f"{source}: the dataset has no categories")
+    if not any(im.get("tags") for im in images):
+        raise CamError(f"{source}: no image has a tag; the classifier has nothing to learn")
+    config = {"backbone": resolve_backbone_name(s.backbone, device), "class_ids": class_ids,
+              "class_names": [c["name"] for c in categories], "win": s.win, "levels": list(s.levels),
+              "input_size": s.input_size}
+    model = build_classifier(config, s.backbone_checkpoint).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if s.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
+    elif s.optimizer == "adam":
+        opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    else:
+        raise CamError(f"unknown optimizer {s.optimizer!r} (expected sgd or adam)")
+    run_key = {**config, **{k: getattr(s, k) for k in ("iters", "batch_size", "lr", "optimizer", "weight_decay",
+                                                          "seed", "backbone_checkpoint")},
+               "images": hashlib.sha256("\n".join(f"{p}:{im.get('tags')}" for p, im in pairs).encode()).hexdigest()}
+    start, history = 0, []
+    if resume and partial.exists():
+        ck = read_checkpoint(partial, device)
+        if ck.get("run_key") == run_key:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            start, history = int(ck["iteration"]), list(ck["history"])
+            print(f"resuming from {partial} at iteration {start}/{s.iters}", file=sys.stderr)
+        else:
+            print(f"{partial} was written with other settings or data; starting afresh", file=sys.stderr)
+    targets = tag_targets(images, class_ids)
+    last = s.iters if stop_at is None else max(start, min(int(stop_at), s.iters))
+    batches = _Batches([p for p, _ in pairs], targets, start, last, s)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=s.workers)
+    warned = set()
+    model.train()
+
+    def snapshot(path: Path, it: int) -> None:
+        save_checkpoint(path, {"config": config, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "iteration": it, "history": history, "run_key": run_key})
+
+    for it, x, y, bad in progress(loader, desc=f"cam-train:{config['backbone']}", total=len(batches), unit="it"):
+        for msg in bad:
+            if msg not in warned:
+                warned.add(msg)
+                print(f"skipping unreadable image: {msg}", file=sys.stderr)
+        if x is not None:
+            for g in opt.param_groups:
+                g["lr"] = _lr(s, it)
+            out_ = model(x.to(device))
+            loss = loss_fn(out_["scores"], y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.append(float(loss.detach()))
+        if (it + 1) % s.save_every == 0 and it + 1 < s.iters:
+            snapshot(partial, it + 1)
+    if last < s.iters:
+        snapshot(partial, last)
+        return {"config": config, "history": history, "checkpoint": str(partial)}
+    model.eval()
+    save_checkpoint(out, {"config": config, "model": model.state_dict(), "iteration": s.iters, "history": history,
+                          "settings": {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                                       for k, v in vars(s).items()}})
+    partial.unlink(missing_ok=True)
+    return {"config": config, "history": history, "checkpoint": str(out)}

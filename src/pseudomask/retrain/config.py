@@ -1,0 +1,315 @@
+"""MMDetection Mask R-CNN config generated from config.yaml's `retrain:` section and the training COCO JSON.
+
+The config is a plain dict (no _base_ inheritance, absolute paths) written as a Python file next to the run,
+so that a user can read it and rerun it with MMDetection's own tools (`custom_imports` brings in
+`pseudomask.retrain.modules`, which must be importable). Nothing in it fetches weights: without an init
+checkpoint the backbone's `init_cfg` is None (random init, trainable BN, no frozen stages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pprint
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import PseudomaskError
+from .checkpoint import checkpoint_kind
+
+ARCHS = {"r50": 50, "r101": 101}
+# MMDetection's epoch schedules: (epochs, lr steps at these epochs)
+SCHEDULES = {"iters": None, "1x": (12, (8, 11)), "2x": (24, (16, 22))}
+CUSTOM_MODULE = "pseudomask.retrain.modules"
+CONFIG_NAME = "mask_rcnn.py"
+
+
+class RetrainError(PseudomaskError, ValueError):
+    """Unusable training input or settings; names the file and the record."""
+
+
+@dataclass
+class RetrainSettings:
+    """The knobs of a training run (config.yaml `retrain:`; README documents each)."""
+
+    arch: str = "r50"                      # r50 | r101: ResNet depth of the Mask R-CNN FPN backbone
+    schedule: str = "iters"                # iters: max_iters/lr_steps/warmup_iters below; 1x | 2x: 12 | 24
+                                           # epochs of the training images, steps at 8,11 | 16,22, warm-up 500
+    init_checkpoint: str | None = None     # local .pth: ImageNet backbone or a whole detector; None: random
+    max_iters: int = 20                    # training iterations (a COCO 1x schedule is 90000 at batch 16)
+    batch_size: int = 2                    # images per iteration
+    lr: float = 0.01                       # SGD learning rate (momentum 0.9, weight decay 1e-4)
+    clip_grad: float | None = 35.0         # gradient L2-norm clip (random init diverges without); None: off
+    warmup_iters: int = 10                 # linear warm-up from lr/1000
+    lr_steps: Sequence[float] = (0.67, 0.92)  # lr x 0.1 at these fractions of max_iters
+    scale: Any = 320                       # int: longest image side; [long, short]: MMDetection's scale
+    flip: float = 0.5                      # horizontal flip probability
+    workers: int = 0                       # data loader processes (0: in the training process)
+    checkpoint_interval: int = 0           # save every N iterations; 0: only at the end
+    log_interval: int = 10
+    seed: int = 0
+    score_thr: float = 0.05                # prediction: lowest detection score kept
+    max_per_img: int = 100                 # prediction: most detections per image
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | None) -> "RetrainSettings":
+        """Settings from a config dict, ignoring keys that are not settings (enabled, paths)."""
+        names = {f.name for f in fields(cls)}
+        s = cls(**{k: v for k, v in (cfg or {}).items() if k in names})
+        s.check()
+        return s
+
+    def check(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise RetrainError(f"retrain.schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
+        if self.arch not in ARCHS:
+            raise RetrainError(f"retrain.arch must be one of {sorted(ARCHS)}, got {self.arch!r}")
+        for name in ("max_iters", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise RetrainError(f"retrain.{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.init_checkpoint and not Path(self.init_checkpoint).is_file():
+            raise RetrainError(f"{self.init_checkpoint}: init checkpoint not found (retrain.init_checkpoint); "
+                               "nothing is downloaded, set it to a local file or null for random init")
+        scale_pair(self.scale)
+
+
+def scale_pair(scale: Any) -> tuple[int, int]:
+    """MMDetection's Resize scale (keep ratio) from an int (longest side) or a [long, short] pair."""
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale >= 32:
+        return int(scale), int(scale)
+    if isinstance(scale, (list, tuple)) and len(scale) == 2 and all(isinstance(v, (int, float)) for v in scale) \
+            and min(scale) >= 32:
+        return int(max(scale)), int(min(scale))
+    raise RetrainError(f"retrain.scale must be an int >= 32 or a [long, short] pair, got {scale!r}")
+
+
+def resolve_schedule(s: RetrainSettings, n_images: int) -> tuple[int, list[int], int]:
+    """(max_iters, lr step iterations, warm-up iterations) of the settings for `n_images` training images."""
+    if SCHEDULES[s.schedule] is None:
+        max_iters = int(s.max_iters)
+        steps = [int(round(f * max_iters)) for f in s.lr_steps]
+        warmup = int(s.warmup_iters)
+    else:
+        epochs, at = SCHEDULES[s.schedule]
+        per_epoch = max(1, math.ceil(n_images / int(s.batch_size)))
+        max_iters, steps, warmup = epochs * per_epoch, [e * per_epoch for e in at], 500
+    steps = sorted({min(max(1, i), max_iters) for i in steps})
+    return max_iters, steps, max(1, min(warmup, max_iters))
+
+
+def read_training_json(coco_json: str | os.PathLike) -> dict:
+    """The training COCO JSON, checked for categories and annotations."""
+    path = Path(coco_json)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RetrainError(f"{path}: training annotations not found") from None
+    except json.JSONDecodeError as e:
+        raise RetrainError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict) or not data.get("categories"):
+        raise RetrainError(f"{path}: no 'categories' to train on")
+    if not data.get("annotations"):
+        raise RetrainError(f"{path}: no annotations to train on")
+    for i, a in enumerate(data["annotations"]):
+        if "image_id" not in a or "category_id" not in a or "bbox" not in a:
+            raise RetrainError(f"{path}: annotations[{i}] lacks 'image_id', 'category_id' or 'bbox'")
+    return data
+
+
+def dataset_classes(data: Mapping[str, Any], source: str = "training annotations") -> tuple[list[str], list[int]]:
+    """Category names and ids of a COCO dict in file order: label i of the model is category ids[i]."""
+    names, ids = [], []
+    for i, c in enumerate(data["categories"]):
+        if "id" not in c or "name" not in c:
+            raise RetrainError(f"{source}: categories[{i}] lacks 'id' or 'name'")
+        if c["name"] in names:
+            raise RetrainError(f"{source}: category name {c['name']!r} appears twice (MMDetection maps by name)")
+        names.append(str(c["name"]))
+        ids.append(int(c["id"]))
+    return names, ids
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_config(num_classes: int, s: RetrainSettings, init_kind: str | None) -> dict:
+    """Mask R-CNN ResNet-FPN as in MMDetection's mask-rcnn_r50_fpn base, with the ignore-aware mask head."""
+    pretrained_backbone = init_kind == "backbone"
+    return dict(
+        type="MaskRCNN",
+        data_preprocessor=dict(type="DetDataPreprocessor", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                               bgr_to_rgb=True, pad_mask=True, pad_size_divisor=32),
+        backbone=dict(type="ResNet", depth=ARCHS[s.arch], num_stages=4, out_indices=(0, 1, 2, 3),
+                      frozen_stages=1 if pretrained_backbone else -1,
+                      norm_cfg=dict(type="BN", requires_grad=True), norm_eval=pretrained_backbone, style="pytorch",
+                      init_cfg=dict(type="Pretrained", checkpoint=str(Path(s.init_checkpoint).resolve()))
+                      if pretrained_backbone else None),
+        neck=dict(type="FPN", in_channels=[256, 512, 1024, 2048], out_channels=256, num_outs=5),
+        rpn_head=dict(
+            type="RPNHead", in_channels=256, feat_channels=256,
+            anchor_generator=dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0],
+                                  strides=[4, 8, 16, 32, 64]),
+            bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
+            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
+            loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
+        roi_head=dict(
+            type="StandardRoIHead",
+            bbox_roi_extractor=dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=7,
+                                                                              sampling_ratio=0),
+                                    out_channels=256, featmap_strides=[4, 8, 16, 32]),
+            bbox_head=dict(type="Shared2FCBBoxHead", in_channels=256, fc_out_channels=1024, roi_feat_size=7,
+                           num_classes=num_classes,
+                           bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4,
+                                           target_stds=[0.1, 0.1, 0.2, 0.2]),
+                           reg_class_agnostic=False,
+                           loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+                           loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
+            mask_roi_extractor=dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=14,
+                                                                              sampling_ratio=0),
+                                    out_channels=256, featmap_strides=[4, 8, 16, 32]),
+            mask_head=dict(type="IgnoreAwareFCNMaskHead", num_convs=4, in_channels=256, conv_out_channels=256,
+                           num_classes=num_classes,
+                           loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))),
+        train_cfg=dict(
+            rpn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
+                                   match_low_quality=True, ignore_iof_thr=-1),
+                     sampler=dict(type="RandomSampler", num=256, pos_fraction=0.5, neg_pos_ub=-1,
+                                  add_gt_as_proposals=False),
+                     allowed_border=-1, pos_weight=-1, debug=False),
+            rpn_proposal=dict(nms_pre=2000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rcnn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
+                                    match_low_quality=True, ignore_iof_thr=-1),
+                      sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1,
+                                   add_gt_as_proposals=True),
+                      mask_size=28, pos_weight=-1, debug=False)),
+        test_cfg=dict(
+            rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rcnn=dict(score_thr=float(s.score_thr), nms=dict(type="nms", iou_threshold=0.5),
+                      max_per_img=int(s.max_per_img), mask_thr_binary=0.5)),
+    )
+
+
+def pipelines(s: RetrainSettings) -> tuple[list, list]:
+    scale = scale_pair(s.scale)
+    train = [dict(type="LoadImageFromFile"),
+             dict(type="LoadPseudoAnnotations", with_bbox=True, with_mask=True),
+             dict(type="Resize", scale=scale, keep_ratio=True),
+             dict(type="RandomFlip", prob=float(s.flip)),
+             dict(type="PackPseudoDetInputs")]
+    test = [dict(type="LoadImageFromFile"),
+            dict(type="Resize", scale=scale, keep_ratio=True),
+            dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"))]
+    return train, test
+
+
+def build_config(train_json: str | os.PathLike, images: str | os.PathLike, work_dir: str | os.PathLike,
+                 settings: RetrainSettings | None = None, val_json: str | os.PathLike | None = None,
+                 val_images: str | os.PathLike | None = None) -> dict:
+    """The whole MMDetection config (a dict) of one training run."""
+    s = settings or RetrainSettings()
+    s.check()
+    images = Path(images)
+    if not images.is_dir():
+        raise RetrainError(f"{images}: image folder not found")
+    data = read_training_json(train_json)
+    names, ids = dataset_classes(data, str(train_json))
+    n_images = len({a["image_id"] for a in data["annotations"]})
+    del data
+    init_kind = checkpoint_kind(s.init_checkpoint) if s.init_checkpoint else None
+    train_pipeline, test_pipeline = pipelines(s)
+    classes = tuple(names)
+    max_iters, lr_steps, warmup = resolve_schedule(s, n_images)
+    ckpt_every = int(s.checkpoint_interval) or max_iters
+    cfg: dict[str, Any] = dict(
+        default_scope="mmdet",
+        custom_imports=dict(imports=[CUSTOM_MODULE], allow_failed_imports=False),
+        pseudomask=dict(category_ids=ids, train_annotations=str(Path(train_json).resolve()),
+                        train_sha256=file_digest(train_json), settings=_plain(asdict(s))),
+        work_dir=str(Path(work_dir).resolve()),
+        model=model_config(len(names), s, init_kind),
+        train_pipeline=train_pipeline,
+        test_pipeline=test_pipeline,
+        train_dataloader=dict(
+            batch_size=int(s.batch_size), num_workers=int(s.workers), persistent_workers=int(s.workers) > 0,
+            sampler=dict(type="InfiniteSampler", shuffle=True),  # iteration-based loop: no epoch restarts
+            batch_sampler=dict(type="AspectRatioBatchSampler"),
+            dataset=dict(type="PseudoCocoDataset", data_root="", ann_file=str(Path(train_json).resolve()),
+                         data_prefix=dict(img=str(images.resolve()) + os.sep), metainfo=dict(classes=classes),
+                         filter_cfg=dict(filter_empty_gt=True, min_size=0), pipeline=train_pipeline)),
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=max_iters,
+                       val_interval=max_iters if val_json else max_iters + 1),
+        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=float(s.lr), momentum=0.9,
+                                                                weight_decay=0.0001),
+                           clip_grad=dict(max_norm=float(s.clip_grad), norm_type=2) if s.clip_grad else None),
+        param_scheduler=[
+            dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup),
+            dict(type="MultiStepLR", begin=0, end=max_iters, by_epoch=False, milestones=lr_steps, gamma=0.1)],
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"),
+            logger=dict(type="LoggerHook", interval=int(s.log_interval)),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=ckpt_every, max_keep_ckpts=2,
+                            save_last=True),
+            sampler_seed=dict(type="DistSamplerSeedHook")),
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                     dist_cfg=dict(backend="nccl")),
+        visualizer=dict(type="DetLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")], name="visualizer"),
+        log_processor=dict(type="LogProcessor", window_size=max(1, min(50, int(s.log_interval))), by_epoch=False),
+        log_level="INFO",
+        randomness=dict(seed=int(s.seed)),
+        load_from=str(Path(s.init_checkpoint).resolve()) if init_kind == "detector" else None,
+        resume=False,
+        auto_scale_lr=dict(enable=False, base_batch_size=16),
+    )
+    if val_json:
+        if not val_images:
+            raise RetrainError(f"{val_json}: validation annotations need --val-images")
+        val_ds = dict(type="CocoDataset", data_root="", ann_file=str(Path(val_json).resolve()),
+                      data_prefix=dict(img=str(Path(val_images).resolve()) + os.sep), metainfo=dict(classes=classes),
+                      test_mode=True, pipeline=test_pipeline)
+        loader = dict(batch_size=1, num_workers=int(s.workers), persistent_workers=int(s.workers) > 0,
+                      drop_last=False, sampler=dict(type="DefaultSampler", shuffle=False), dataset=val_ds)
+        evaluator = dict(type="CocoMetric", ann_file=str(Path(val_json).resolve()), metric=["bbox", "segm"],
+                         format_only=False)
+        cfg.update(val_dataloader=loader, val_evaluator=evaluator, val_cfg=dict(type="ValLoop"),
+                   test_dataloader=loader, test_evaluator=evaluator, test_cfg=dict(type="TestLoop"))
+    return cfg
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def config_text(cfg: Mapping[str, Any]) -> str:
+    """The config as a Python file MMDetection's Config.fromfile reads (one assignment per key)."""
+    from .. import __version__
+
+    s = cfg.get("pseudomask", {}).get("settings", {})
+    lines = [f"# MMDetection Mask R-CNN {s.get('arch', '')}-FPN config, generated by pseudomask {__version__}.",
+             "# Training pseudo masks flagged `mask_ignore` are left out of the mask loss only (IgnoreAwareFCNMaskHead).",
+             "# Rerun: pseudomask retrain ... or MMDetection's tools/train.py with this file.", ""]
+    for key, value in cfg.items():
+        lines.append(f"{key} = {pprint.pformat(value, width=110, sort_dicts=False)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_config(cfg: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(config_text(cfg))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,84 @@
+"""Train Mask R-CNN on a COCO JSON of pseudo masks with MMEngine's Runner; resumable, weights-only output.
+
+The work folder holds the generated config (`mask_rcnn.py`), MMEngine's logs and its full checkpoints
+(`iter_N.pth` with optimizer state, `last_checkpoint`). A run whose config text (settings, paths and the
+training JSON's digest) equals the one in the folder resumes from the last checkpoint; any other run starts
+afresh and removes the stale checkpoints. The result is `latest.pth`: the model weights and metadata only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import export_weights, trusted_checkpoints
+from .config import CONFIG_NAME, RetrainSettings, build_config, config_text, write_config
+
+
+def _stale_checkpoints(work_dir: Path) -> list[Path]:
+    return sorted(work_dir.glob("iter_*.pth")) + [p for p in [work_dir / "last_checkpoint"] if p.exists()]
+
+
+def can_resume(work_dir: Path, text: str) -> bool:
+    """Whether the folder holds an interrupted or finished run of exactly this config."""
+    cfg_path, marker = work_dir / CONFIG_NAME, work_dir / "last_checkpoint"
+    if not (cfg_path.is_file() and marker.is_file() and cfg_path.read_text() == text):
+        return False
+    return Path(marker.read_text().strip()).is_file()
+
+
+def _history(message_hub, key: str) -> list[float]:
+    try:
+        return [float(v) for v in message_hub.get_scalar(key).data[0]]
+    except KeyError:
+        return []
+
+
+def train(train_json: str | os.PathLike, images: str | os.PathLike, work_dir: str | os.PathLike,
+          settings: RetrainSettings | None = None, *, val_json: str | os.PathLike | None = None,
+          val_images: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+          config_out: str | os.PathLike | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Train (or resume) and write the weights to `out` (default WORK_DIR/latest.pth); returns a summary."""
+    cfg = build_config(train_json, images, work_dir, settings, val_json=val_json, val_images=val_images)
+    import torch
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(int(threads))
+    text = config_text(cfg)
+    resume = can_resume(work_dir, text)
+    if not resume:
+        for p in _stale_checkpoints(work_dir):
+            print(f"retrain: removing {p} (from a run with another config)")
+            p.unlink()
+    cfg_path = write_config(cfg, work_dir / CONFIG_NAME)
+    if config_out and Path(config_out).resolve() != cfg_path.resolve():
+        write_config(cfg, config_out)
+    mm_cfg = Config.fromfile(str(cfg_path))
+    mm_cfg.resume = resume
+    runner = Runner.from_cfg(mm_cfg)
+    cfg_path.write_text(text)  # the Runner dumped its own rendering over ours; keep the commented original
+    start = time.perf_counter()
+    with trusted_checkpoints():  # its own resume checkpoints, or the configured init checkpoint
+        runner.train()
+    seconds = time.perf_counter() - start
+    last = (work_dir / "last_checkpoint").read_text().strip()
+    out = export_weights(last, out or work_dir / "latest.pth")
+    times = _history(runner.message_hub, "train/time")
+    steady = times[1:] or times
+    summary = {
+        "checkpoint": str(out), "config": str(config_out or cfg_path), "work_dir": str(work_dir),
+        "resumed": resume, "iters": int(runner.iter), "seconds": round(seconds, 3),
+        "seconds_per_iter": round(sum(steady) / len(steady), 4) if steady else None,
+        "device": str(next(runner.model.parameters()).device),
+    }
+    for key in ("loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"):
+        hist = _history(runner.message_hub, f"train/{key}")
+        if hist:
+            summary[f"first_{key}"], summary[f"last_{key}"] = round(hist[0], 4), round(hist[-1], 4)
+    return summary

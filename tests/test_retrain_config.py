@@ -1,0 +1,70 @@
+"""The generated MMDetection config: readable by MMEngine, schedules, classes, and no weight downloads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pseudomask.retrain.config import (RetrainError, RetrainSettings, build_config, resolve_schedule, scale_pair,
+                                       write_config)
+
+
+def test_written_config_reads_back_in_mmengine(demo, tmp_path):
+    from mmengine.config import Config
+
+    cfg = build_config(demo / "annotations.json", demo / "images", tmp_path / "run",
+                       RetrainSettings(arch="r101", max_iters=40, batch_size=3, scale=[800, 1333], lr=0.005))
+    path = write_config(cfg, tmp_path / "run" / "mask_rcnn.py")
+    text = path.read_text()
+    assert text.startswith("# MMDetection Mask R-CNN r101-FPN config")
+    back = Config.fromfile(str(path))
+    assert back.to_dict() == Config(cfg).to_dict()
+    gt = json.loads((demo / "annotations.json").read_text())
+    assert back.pseudomask.category_ids == [c["id"] for c in gt["categories"]]
+    assert back.train_dataloader.dataset.metainfo.classes == tuple(c["name"] for c in gt["categories"])
+    assert back.model.backbone.depth == 101 and back.model.roi_head.mask_head.num_classes == len(gt["categories"])
+    assert back.train_dataloader.batch_size == 3 and back.optim_wrapper.optimizer.lr == 0.005
+    assert back.train_cfg.max_iters == 40 and back.param_scheduler[1].milestones == [27, 37]
+    assert tuple(back.train_pipeline[2].scale) == (1333, 800) and back.train_pipeline[-1].type == "PackPseudoDetInputs"
+    # random init: nothing to fetch, nothing frozen
+    assert back.model.backbone.init_cfg is None and back.load_from is None
+    assert back.model.backbone.frozen_stages == -1 and back.model.backbone.norm_eval is False
+    assert "val_dataloader" not in back
+
+
+def test_epoch_schedules_follow_the_dataset():
+    s = RetrainSettings(schedule="1x", batch_size=4)
+    assert resolve_schedule(s, 10) == (36, [24, 33], 36)  # 3 iterations an epoch, warm-up capped at the run
+    assert resolve_schedule(RetrainSettings(schedule="2x", batch_size=2), 2000) == (24000, [16000, 22000], 500)
+    assert resolve_schedule(RetrainSettings(max_iters=4, lr_steps=(0.5, 0.9), warmup_iters=10), 99) == (4, [2, 4], 4)
+
+
+def test_init_checkpoints_become_backbone_init_or_load_from(demo, tmp_path):
+    backbone = tmp_path / "resnet50.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, backbone)
+    detector = tmp_path / "mask_rcnn_coco.pth"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}, "meta": {}}, detector)
+    cfg = build_config(demo / "annotations.json", demo / "images", tmp_path, RetrainSettings(init_checkpoint=str(backbone)))
+    assert cfg["model"]["backbone"]["init_cfg"] == {"type": "Pretrained", "checkpoint": str(backbone.resolve())}
+    assert cfg["model"]["backbone"]["frozen_stages"] == 1 and cfg["load_from"] is None
+    cfg = build_config(demo / "annotations.json", demo / "images", tmp_path, RetrainSettings(init_checkpoint=str(detector)))
+    assert cfg["model"]["backbone"]["init_cfg"] is None and cfg["load_from"] == str(detector.resolve())
+
+
+def test_bad_settings_and_inputs_are_named(demo, tmp_path):
+    with pytest.raises(RetrainError, match="retrain.arch"):
+        RetrainSettings.from_mapping({"arch": "r18"})
+    with pytest.raises(RetrainError, match="retrain.scale"):
+        scale_pair([320])
+    with pytest.raises(RetrainError, match="nope.pth: init checkpoint not found"):
+        RetrainSettings.from_mapping({"init_checkpoint": str(tmp_path / "nope.pth")})
+    assert RetrainSettings.from_mapping({"enabled": True, "threads": 4, "max_iters": 5}).max_iters == 5
+    bad = tmp_path / "dup.json"
+    bad.write_text(json.dumps({"images": [], "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}],
+                               "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "a"}]}))
+    with pytest.raises(RetrainError, match="dup.json: category name 'a' appears twice"):
+        build_config(bad, demo / "images", tmp_path)
+    with pytest.raises(RetrainError, match="nothere: image folder not found"):
+        build_config(demo / "annotations.json", tmp_path / "nothere", tmp_path)

@@ -1,0 +1,149 @@
+"""`snakemake --profile slurm` on a real one-node Slurm cluster started for the test (tests/slurm_cluster.py).
+
+Skipped, with the reason, only where the cluster cannot start: not root, or Slurm/munge not installed
+(`.ci/system-packages.sh` installs them as root).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from slurm_cluster import SlurmCluster, unavailable_reason
+from workflow_run import REPO, SNAKEMAKE, cheapest_chain, digests, reference_run, write_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+# Only what a one-node test cluster needs on top of the profile: it has no accounting database (job states
+# from squeue, finished jobs kept by MinJobAge=600) and jobs last seconds, not hours (poll from 1 s on).
+TEST_CLUSTER_ARGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+                     "--seconds-between-status-checks", "1"]
+
+
+def _profile(env: dict[str, str]) -> dict:
+    import yte
+
+    old = os.environ.copy()
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        with open(REPO / "slurm" / "config.yaml") as fh:
+            return yte.process_yaml(fh, require_use_yte=True)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def test_profile_takes_site_settings_from_the_environment():
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PSEUDOMASK_SLURM", "SBATCH_"))}
+    plain = _profile(base)
+    assert plain["executor"] == "slurm" and plain["jobs"] == 100 and plain["retries"] >= 1
+    assert "slurm_partition" not in plain["default-resources"] and "slurm_account" not in plain["default-resources"]
+    site = _profile({**base, "PSEUDOMASK_SLURM_ACCOUNT": "lab1", "SBATCH_PARTITION": "cpu",
+                     "PSEUDOMASK_SLURM_GPU_PARTITION": "gpu", "PSEUDOMASK_SLURM_JOBS": "7",
+                     "PSEUDOMASK_SLURM_GPU_MODEL": "a100"})
+    assert site["jobs"] == 7
+    assert site["default-resources"]["slurm_account"] == "lab1"
+    assert site["default-resources"]["slurm_partition"] == "cpu"
+    for rule, res in site["set-resources"].items():
+        assert res == {"gpu": 1, "gpu_model": "a100", "slurm_partition": "gpu"}, rule
+
+
+def test_profile_requests_a_gpu_for_every_rule_that_declares_one():
+    """Rules declaring a GPU resource (gpu=1 style) in rules/*.smk must all be in the profile's GPU list."""
+    import re
+
+    declared = set()
+    for smk in (REPO / "rules").glob("*.smk"):
+        for m in re.finditer(r"^(?:rule|checkpoint) (\w+):(.*?)(?=^(?:rule|checkpoint) |\Z)", smk.read_text(),
+                             re.S | re.M):
+            if re.search(r"^\s+resources:(?:\n\s{8}.*)*?\n\s{8}(gpu|gpus|nvidia_gpu)\s*=", m.group(2), re.M):
+                declared.add(m.group(1))
+    gpu_rules = set(_profile(dict(os.environ))["set-resources"])
+    assert declared <= gpu_rules, f"GPU rules missing from slurm/config.yaml: {sorted(declared - gpu_rules)}"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')")
+    c = SlurmCluster()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _cancel_first_running(cluster: SlurmCluster, rule: str, proc: subprocess.Popen, timeout: float = 150) -> str:
+    """Wait for a running Slurm job of `rule` and scancel it (as a preemption or node failure would)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        for line in cluster.run("squeue", "--noheader", "--states=RUNNING", "--format=%i|%k").splitlines():
+            jobid, comment = line.split("|", 1)
+            if comment == f"rule_{rule}" or comment.startswith(f"rule_{rule}_wildcards"):
+                cluster.run("scancel", jobid, check=False)  # it may have finished in between: then try again
+                time.sleep(0.5)
+                if cluster.run("squeue", "--noheader", "--states=all", "-j", jobid, "--format=%T").strip() == \
+                        "CANCELLED":
+                    return jobid
+        time.sleep(0.2)
+    raise AssertionError(f"no running Slurm job of rule {rule} seen (workflow rc {proc.poll()})")
+
+
+def test_workflow_runs_through_the_slurm_profile(cluster, tmp_path):
+    """The chain runs job by job through sbatch; a job cancelled mid-run is retried by the profile; the
+    outputs equal a local run's."""
+    chain = cheapest_chain()
+    wd = tmp_path / "wf"
+    cfg = write_config(wd, chain.overrides)
+    log = tmp_path / "snakemake.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(SNAKEMAKE + ["-d", str(wd), "--profile", "slurm", *TEST_CLUSTER_ARGS, chain.target],
+                                cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                                env={**cluster.env, "PSEUDOMASK_NO_PROGRESS": "0"})
+    try:
+        cancelled = _cancel_first_running(cluster, chain.stage, proc)
+        rc = proc.wait(timeout=240)
+    except BaseException:
+        proc.kill()
+        print(log.read_text()[-5000:], cluster.logs(), sep="\n", file=sys.stderr)
+        raise
+    text = log.read_text()
+    assert rc == 0, text[-5000:] + cluster.logs()
+    assert "has been submitted with SLURM jobid" in text
+
+    # Every job of the chain went through sbatch and completed; the cancelled one was retried.
+    by_rule: dict[str, list[str]] = {}
+    for line in cluster.run("squeue", "--states=all", "--noheader", "--format=%i|%k|%T").splitlines():
+        jobid, comment, state = line.split("|")
+        by_rule.setdefault(comment.split("_wildcards")[0].removeprefix("rule_"), []).append(state)
+        if jobid == cancelled:
+            assert state == "CANCELLED", line
+    manifest = json.loads((wd / "results/ingest/manifest.json").read_text())
+    n_shards = math.ceil(cfg["demo"]["images"] / cfg["dataset"]["shard_size"])
+    assert len(manifest["shards"]) == n_shards
+    for rule in chain.needs:
+        states = by_rule.get(rule, [])
+        want = n_shards if rule in chain.per_shard else 1
+        assert states.count("COMPLETED") == want, (rule, by_rule)
+        assert set(states) <= ({"COMPLETED", "CANCELLED"} if rule == chain.stage else {"COMPLETED"}), by_rule
+    assert by_rule[chain.stage].count("CANCELLED") == 1, by_rule
+
+    # The outputs are those of a local run of the same chain, and every job wrote its log.
+    assert digests(wd) == digests(reference_run(chain))
+    logs = {str(p.relative_to(wd)) for p in (wd / cfg["logs"]).rglob("*.log")}
+    for rule in chain.needs:
+        want = {f"logs/{rule}/{s}.log" for s in manifest["shards"]} if rule in chain.per_shard else {f"logs/{rule}.log"}
+        assert want <= logs, (rule, sorted(logs))
+    assert cluster.run("squeue", "--noheader", "--states=PENDING,RUNNING").strip() == ""
