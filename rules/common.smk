@@ -65,5 +65,7 @@ def final_targets(wildcards):
     if ground_truth():
         t += [f"{R}/evaluate/pseudo_masks.json"]
     if config["retrain"]["enabled"]:
-        t += [f"{R}/evaluate/model.json"]
+        t += [f"{R}/retrain/predictions.json"]
+        if config["retrain"].get("test_annotations") or ground_truth():
+            t += [f"{R}/evaluate/model.json"]
     return t

@@ -89,3 +89,10 @@ def test_provenance_records_input_digests(tmp_path):
     a = Artifact(tmp_path / "p.h5")
     assert a.inputs[str(src)] == "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
     assert a.version and a.attrs["created"]
+
+
+def test_stale_temp_file_of_a_killed_writer_is_removed(tmp_path):
+    stale = tmp_path / ".a.h5.tmp-99999"
+    stale.write_bytes(b"partial")
+    _write(tmp_path / "a.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]

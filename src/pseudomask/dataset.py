@@ -308,7 +308,7 @@ def shard(ds: Dataset, shard_size: int) -> list[Dataset]:
 
 
 def write_shard(ds: Dataset, path: str | os.PathLike, params: dict | None = None,
-                inputs: Sequence[str | os.PathLike] = ()) -> Path:
+                inputs: Sequence[str | os.PathLike] | dict[str, str] = ()) -> Path:
     """Write a dataset (shard) record as an `ingest` artifact."""
     by_image = ds.by_image()
     with ArtifactWriter(path, stage="ingest", method="ingest", params=params or {}, inputs=inputs,

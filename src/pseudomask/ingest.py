@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 from .dataset import load_dataset, shard, write_shard
+from .stage import progress
+from .store import file_digest
 
 
 def shard_name(i: int) -> str:
@@ -22,10 +24,11 @@ def ingest(annotations: str | os.PathLike, images: str | os.PathLike | None, out
     out.mkdir(parents=True, exist_ok=True)
     params = {"shard_size": shard_size, "format": fmt}
     shards = shard(ds, shard_size)
+    digests = {str(annotations): file_digest(annotations)}  # once, not once per shard
     names = []
-    for i, part in enumerate(shards):
+    for i, part in enumerate(progress(shards, desc="ingest", total=len(shards), unit="shard")):
         names.append(shard_name(i))
-        write_shard(part, out / f"{names[-1]}.h5", params=params, inputs=[annotations])
+        write_shard(part, out / f"{names[-1]}.h5", params=params, inputs=digests)
     manifest = {
         "source": str(annotations), "images": len(ds.images), "instances": len(ds.instances),
         "supervision": "boxes" if ds.has_boxes else "tags", "shards": names,

@@ -91,12 +91,15 @@ class ArtifactWriter:
         stage: str,
         method: str,
         params: Mapping[str, Any] | None = None,
-        inputs: Iterable[str | os.PathLike] = (),
+        inputs: Iterable[str | os.PathLike] | Mapping[str, str] = (),
         categories: Sequence[Mapping[str, Any]] = (),
         attrs: Mapping[str, Any] | None = None,
     ):
+        """`inputs`: paths to digest, or a ready {path: digest} mapping (to hash a large input once)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # left by a killed writer
+            stale.unlink(missing_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self._f = h5py.File(self._tmp, "w")
         a = self._f.attrs
@@ -106,7 +109,9 @@ class ArtifactWriter:
         a["method"] = method
         a["parameters"] = json.dumps(dict(params or {}), sort_keys=True, default=str)
         a["package_version"] = __version__
-        a["inputs"] = json.dumps({str(p): file_digest(p) for p in inputs if Path(p).exists()}, sort_keys=True)
+        digests = dict(inputs) if isinstance(inputs, Mapping) else {
+            str(p): file_digest(p) for p in inputs if Path(p).exists()}
+        a["inputs"] = json.dumps(digests, sort_keys=True)
         a["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for k, v in (attrs or {}).items():
             a[k] = v
