@@ -13,6 +13,9 @@ WHEEL_DIR   := $(WHEEL_CACHE)/$(subst ==,-,$(subst +,-,$(firstword $(TORCH_SPEC)
 CONSTRAINTS := $(VENV)/constraints.txt
 PIP         := $(BIN)/python -m pip --disable-pip-version-check -q
 
+# idle OpenMP threads spin by default, which stalls CPU torch when the cores are shared
+export OMP_WAIT_POLICY ?= PASSIVE
+
 .PHONY: install run test lint bench clean
 
 install: $(VENV)/.installed
