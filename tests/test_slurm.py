@@ -93,9 +93,12 @@ def _cancel_first_running(cluster: SlurmCluster, rule: str, proc: subprocess.Pop
             jobid, comment = line.split("|", 1)
             if comment == f"rule_{rule}" or comment.startswith(f"rule_{rule}_wildcards"):
                 cluster.run("scancel", jobid, check=False)  # it may have finished in between: then try again
-                time.sleep(0.5)
-                if cluster.run("squeue", "--noheader", "--states=all", "-j", jobid, "--format=%T").strip() == \
-                        "CANCELLED":
+                state = "RUNNING"
+                settle = time.monotonic() + 20
+                while state in ("RUNNING", "COMPLETING", "PENDING", "") and time.monotonic() < settle:
+                    time.sleep(0.3)  # wait for the job's final state before looking at another job
+                    state = cluster.run("squeue", "--noheader", "--states=all", "-j", jobid, "--format=%T").strip()
+                if state == "CANCELLED":
                     return jobid
         time.sleep(0.2)
     raise AssertionError(f"no running Slurm job of rule {rule} seen (workflow rc {proc.poll()})")
