@@ -39,3 +39,14 @@ def demo_shard(demo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ingest")
     ingest(demo / "annotations.json", demo / "images", out, shard_size=100)
     return out / "s00000.h5"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small convolutions gain nothing from a second thread and lose much when the cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,12 +17,7 @@ from pseudomask.images import write_image
 BIG = 30.0  # logit of a confident pixel: BCE of exp(-30) ~ 1e-13
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _logits(mask: np.ndarray) -> torch.Tensor:

@@ -22,13 +22,7 @@ TINY = dict(backbone="resnet18_w16", iters=ITERS, batch_size=8, crop_size=64, sa
             optimizer="adam", lr=3e-3, checkpoint_every=40, log_every=0, device="cpu", seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions gain nothing from a second thread and lose much when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
