@@ -12,7 +12,7 @@ import pytest
 
 from pseudomask.images import write_image
 from pseudomask.masks import box_mask, mask_iou, segmentation_mask
-from pseudomask.mcg import (MatFileError, McgError, ProposalPool, image_result, proposal_params, proposal_pool,
+from pseudomask.mcg import (MatFileError, McgError, ProposalPool, image_result, proposal_params,
                             proposals_for_image, read_mcg_mat, run_mcg, select_for_boxes, write_mcg_mat)
 from pseudomask.mcg.grouping import (grouped_candidates, leaf_totals, nested_duplicates, suppress_near_duplicates,
                                      tree_candidates)
