@@ -1,8 +1,10 @@
 """Fast GrabCut from a box (SDI; hybrid networks; Li et al.), with a fallback for degenerate results.
 
 Each instance runs OpenCV's GrabCut (rect initialisation, 5 iterations by default) on a crop around its box,
-with a margin of background and downscaled when large, instead of on the whole image: the colour models then
-describe the box's own surroundings and a graph cut costs a fixed number of pixels, whatever the image size.
+with a margin of background, downscaled when large and upscaled when tiny, instead of on the whole image: a
+graph cut then costs a bounded number of pixels whatever the image size. A small sure-foreground ellipse at
+the box centre (`core`) stops GrabCut's colour models from collapsing to an empty mask; the result is cleaned
+(largest component, holes filled).
 Instances of an image run in parallel threads (OpenCV releases the GIL); every call seeds OpenCV's RNG, so the
 result does not depend on the number of workers or the order.
 
@@ -42,9 +44,12 @@ class GrabCutParams:
     iterations: int = 5          # GrabCut iterations (the papers' 5)
     margin: float = 0.25         # background margin around the box, as a fraction of the box's side
     min_margin: int = 10         # ... but at least this many pixels on each side
-    max_side: int = 200          # crops whose longer side exceeds this are downscaled to it
+    max_side: int = 160          # crops whose longer side exceeds this are downscaled to it
+    min_side: int = 80           # crops whose longer side is below this are upscaled to it (small objects)
+    core: float = 0.2            # sure-foreground ellipse at the box centre, as a fraction of the box (0: none)
+    clean: bool = True           # fill holes and keep the largest connected component
     fallback: str = "ellipse"    # replacement of degenerate results: ellipse | box | none
-    min_box_iou: float = 0.5     # a mask whose own box has a lower IoU with the given box is degenerate
+    min_box_iou: float = 0.7     # a mask whose own box has a lower IoU with the given box is degenerate
     min_fill: float = 0.1        # a mask covering less than this fraction of its box is degenerate
     seed: int = 0                # cv2.setRNGSeed before each instance: deterministic GMM initialisation
 
@@ -53,8 +58,11 @@ class GrabCutParams:
             raise GrabCutError(f"grabcut: iterations must be at least 1, got {self.iterations}")
         if self.margin < 0 or self.min_margin < 0:
             raise GrabCutError(f"grabcut: margin and min_margin must be >= 0, got {self.margin}, {self.min_margin}")
-        if self.max_side < 16:
-            raise GrabCutError(f"grabcut: max_side must be at least 16, got {self.max_side}")
+        if self.max_side < 16 or self.min_side < 0 or self.min_side > self.max_side:
+            raise GrabCutError(f"grabcut: need 16 <= max_side and 0 <= min_side <= max_side, "
+                               f"got max_side={self.max_side}, min_side={self.min_side}")
+        if not 0 <= self.core < 1:
+            raise GrabCutError(f"grabcut: core must lie in [0, 1), got {self.core}")
         if self.fallback not in FALLBACKS:
             raise GrabCutError(f"grabcut: fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if not 0 <= self.min_box_iou <= 1 or not 0 <= self.min_fill <= 1:
@@ -80,20 +88,27 @@ def crop_span(span: tuple[int, int, int, int], height: int, width: int, margin: 
     return max(x0 - mx, 0), max(y0 - my, 0), min(x1 + mx, width), min(y1 + my, height)
 
 
-def grabcut_crop(bgr: np.ndarray, rect: tuple[int, int, int, int], iterations: int, seed: int) -> np.ndarray:
+def grabcut_crop(bgr: np.ndarray, rect: tuple[int, int, int, int], iterations: int, seed: int,
+                 core: float = 0.0) -> np.ndarray:
     """GrabCut of `bgr` initialised with the rectangle (x0, y0, x1, y1): binary uint8 foreground.
 
     Same initialisation as OpenCV's GC_INIT_WITH_RECT (outside background, inside probable foreground), done
     through a mask so that a rectangle covering the whole crop still works: its 1-pixel frame then becomes
-    probable background. Raises cv2.error when OpenCV fails (e.g. too few pixels for the colour models).
+    probable background. `core` > 0 marks an ellipse of that relative size at the rectangle's centre as sure
+    foreground, which keeps GrabCut from collapsing to an empty mask when object and surroundings look alike
+    (the usual failure on small, low-contrast COCO objects). Raises cv2.error when OpenCV fails (e.g. too few pixels for the colour models).
     """
     h, w = bgr.shape[:2]
     x0, y0, x1, y1 = rect
     mask = np.full((h, w), cv2.GC_BGD, np.uint8)
     mask[y0:y1, x0:x1] = cv2.GC_PR_FGD
+    if core > 0 and x1 > x0 and y1 > y0:
+        rw, rh = (x1 - x0) * core, (y1 - y0) * core
+        inner = ellipse_mask([(x0 + x1 - rw) / 2, (y0 + y1 - rh) / 2, rw, rh], h, w)
+        mask[inner == 1] = cv2.GC_FGD
     if not (mask == cv2.GC_BGD).any():
-        mask[[0, -1], :] = cv2.GC_PR_BGD
-        mask[:, [0, -1]] = cv2.GC_PR_BGD
+        for edge in (mask[0], mask[-1], mask[:, 0], mask[:, -1]):
+            edge[edge == cv2.GC_PR_FGD] = cv2.GC_PR_BGD
     cv2.setRNGSeed(seed)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.grabCut(bgr, mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
@@ -107,22 +122,37 @@ def grabcut_box(bgr: np.ndarray, bbox: Sequence[float], params: GrabCutParams = 
     cx0, cy0, cx1, cy1 = crop_span(span, h, w, params.margin, params.min_margin)
     crop = bgr[cy0:cy1, cx0:cx1]
     ch, cw = crop.shape[:2]
-    scale = min(1.0, params.max_side / max(ch, cw))
+    side = max(ch, cw)
+    scale = params.max_side / side if side > params.max_side else (
+        params.min_side / side if side < params.min_side else 1.0)
     x0, y0, x1, y1 = (span[0] - cx0, span[1] - cy0, span[2] - cx0, span[3] - cy0)
-    if scale < 1.0:
+    if scale != 1.0:
         sw, sh = max(int(round(cw * scale)), 1), max(int(round(ch * scale)), 1)
-        crop = cv2.resize(crop, (sw, sh), interpolation=cv2.INTER_AREA)
+        crop = cv2.resize(crop, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         fx, fy = sw / cw, sh / ch
         rect = (int(np.floor(x0 * fx)), int(np.floor(y0 * fy)), int(np.ceil(x1 * fx)), int(np.ceil(y1 * fy)))
     else:
         rect = (x0, y0, x1, y1)
-    fg = grabcut_crop(np.ascontiguousarray(crop), rect, params.iterations, params.seed)
-    if scale < 1.0:
+    fg = grabcut_crop(np.ascontiguousarray(crop), rect, params.iterations, params.seed, params.core)
+    if scale != 1.0:
         fg = (cv2.resize(fg.astype(np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR) >= 0.5).astype(np.uint8)
     out = np.zeros((h, w), np.uint8)
     sx0, sy0, sx1, sy1 = span
-    out[sy0:sy1, sx0:sx1] = fg[y0:y1, x0:x1]
+    inside = fg[y0:y1, x0:x1]
+    out[sy0:sy1, sx0:sx1] = clean_mask(inside) if params.clean else inside
     return out
+
+
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """Largest 8-connected component of a binary mask, holes filled (GrabCut leaves specks and holes)."""
+    m = (mask == 1).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if n <= 1:
+        return m
+    m = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    outside = np.pad(1 - m, 1, constant_values=1)
+    n, labels = cv2.connectedComponents(outside, connectivity=4)
+    return (labels[1:-1, 1:-1] != labels[0, 0]).astype(np.uint8)
 
 
 def fallback_mask(kind: str, bbox: Sequence[float], height: int, width: int) -> np.ndarray:
