@@ -5,7 +5,8 @@ backbone), then every tagged class's peaks pick MCG-style proposals (sampled by 
 best one). Beside them, on the same images and the same proposals:
   - "oracle peaks": one peak per true instance (its innermost pixel), the same proposal selection; the gap to
     the CAM rows is what the classifier's localisation costs, the rest is the proposals' and selection's;
-  - box-supervised sources from the true boxes: MCG best-for-box, GrabCut, the inscribed ellipse, the box.
+  - box-supervised sources from the true boxes: the mcg stage's best proposal per box, GrabCut (the
+    grabcut module's), the inscribed ellipse, the filled box.
 Pseudo masks are scored against the scenes' true masks (`detection_metrics.evaluate_detections`): CAM masks
 are ranked by their peak's CAM score, the others (one per true box) have score 1.
 
@@ -39,19 +40,18 @@ from pseudomask.detection_metrics import evaluate_detections  # noqa: E402
 from pseudomask.images import read_image  # noqa: E402
 from pseudomask.masks import box_mask, ellipse_mask, rle_encode, segmentation_mask  # noqa: E402
 from pseudomask.proposals import read_proposals  # noqa: E402
-from pseudomask.store import Artifact, ArtifactWriter  # noqa: E402
+from pseudomask.store import Artifact  # noqa: E402
 
 COCO_DEV = Path(os.environ.get("PSEUDOMASK_COCO_DEV") or Path(__file__).resolve().parents[2] / "shared/data/coco-dev")
 
 
 def write_proposals(ds, out: Path) -> float:
-    """MCG-style proposals of every image into an artifact (map "proposals"); returns seconds per image."""
-    from pseudomask.mcg.proposals import proposals_for_image
+    """The workflow's `mcg` stage on the dataset: per true box its best proposal (the "MCG best-for-box"
+    source) and per image the ranked proposals (map "proposals") the CAM peaks choose from; s/image."""
+    from pseudomask.mcg import run_mcg
 
     t = time.perf_counter()
-    with ArtifactWriter(out, stage="mcg", method="mcg-bench", categories=ds.categories) as w:
-        for im in ds.images:
-            w.add_image(im, maps={"proposals": proposals_for_image(read_image(ds.image_path(im))).to_map()})
+    run_mcg(ds, out, workers=2)
     return (time.perf_counter() - t) / max(len(ds.images), 1)
 
 
@@ -99,36 +99,27 @@ def oracle_results(gts, props_path: Path, mode: str) -> list[dict]:
 
 
 def box_results(ds, gts, props_path: Path) -> dict[str, list[dict]]:
-    """Masks from the true boxes: MCG best-for-box, GrabCut (when those modules are present), ellipse, box."""
-    out: dict[str, list[dict]] = {"box (filled)": [], "ellipse in box": []}
-    try:
-        from pseudomask.mcg.select import best_for_box
-        out["MCG best-for-box"] = []
-    except ImportError:
-        best_for_box = None
-    try:
-        from pseudomask.grabcut import grabcut_image
-        out["GrabCut"] = []
-    except ImportError:
-        grabcut_image = None
+    """Masks from the true boxes: the mcg stage's best proposal per box, GrabCut, the ellipse, the box."""
+    from pseudomask.grabcut import grabcut_image
+
+    out: dict[str, list[dict]] = {"MCG best-for-box": [], "GrabCut": [], "ellipse in box": [], "box (filled)": []}
     with Artifact(props_path) as p:
-        for im in ds.images:
-            anns = gts[im["id"]]
-            if not anns:
-                continue
-            h, w = im["height"], im["width"]
-            boxes = [a["bbox"] for a, _ in anns]
-            cats = [a["category_id"] for a, _ in anns]
-            for b, c in zip(boxes, cats):
-                out["box (filled)"].append(result(im["id"], c, box_mask(b, h, w), 1.0))
-                out["ellipse in box"].append(result(im["id"], c, ellipse_mask(b, h, w), 1.0))
-            if best_for_box is not None:
-                props = read_proposals(p, im["id"])
-                for b, c in zip(boxes, cats):
-                    out["MCG best-for-box"].append(result(im["id"], c, best_for_box(props, b)[2], 1.0))
-            if grabcut_image is not None:
-                for r, c in zip(grabcut_image(read_image(ds.image_path(im)), boxes), cats):
-                    out["GrabCut"].append(result(im["id"], c, r["mask"], 1.0))
+        for im, rows, masks in p.iter_images():
+            for r, m in zip(rows, masks):
+                if r["status"] == "kept":
+                    out["MCG best-for-box"].append(result(im["id"], r["category_id"], m, 1.0))
+    for im in ds.images:
+        anns = gts[im["id"]]
+        if not anns:
+            continue
+        h, w = im["height"], im["width"]
+        boxes = [a["bbox"] for a, _ in anns]
+        cats = [a["category_id"] for a, _ in anns]
+        for b, c in zip(boxes, cats):
+            out["box (filled)"].append(result(im["id"], c, box_mask(b, h, w), 1.0))
+            out["ellipse in box"].append(result(im["id"], c, ellipse_mask(b, h, w), 1.0))
+        for r, c in zip(grabcut_image(read_image(ds.image_path(im)), boxes), cats):
+            out["GrabCut"].append(result(im["id"], c, r["mask"], 1.0))
     return out
 
 
@@ -159,7 +150,7 @@ def run(name: str, gt_path: Path, images: Path, work: Path, a) -> None:
           f"loss {h[:k].mean():.3f} (first 10%) -> {h[-k:].mean():.3f} (last 10%), ratio {h[-k:].mean() / h[:k].mean():.2f}")
     props = work / "mcg.h5"
     per = write_proposals(ds, props)
-    print(f"MCG-style proposals: {per:.2f} s/image")
+    print(f"mcg stage (proposals + best per box): {per:.2f} s/image")
     rows = []
     for mode in ("sample", "best"):
         t = time.perf_counter()

@@ -16,12 +16,13 @@ from pseudomask.masks import box_mask, mask_box, segmentation_mask
 from pseudomask.proposals import Proposals, read_proposals
 from pseudomask.store import Artifact, ArtifactWriter
 
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # all train a classifier
+
 FAST = dict(backbone="tiny", batch_size=8, input_size=96, optimizer="adam", lr=3e-3, levels=[-2, -1])
 
 
 @pytest.fixture(scope="module")
 def trained(demo_dataset, tmp_path_factory):
-    torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("cam") / "model.pt"
     result = train_classifier(demo_dataset, out, TrainSettings(iters=30, save_every=1000, **FAST))
     return out, result

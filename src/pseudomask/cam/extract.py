@@ -183,7 +183,7 @@ def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.Path
     props_art = Artifact(proposals) if proposals else None
     if props_art is None and any(t not in stuff for im in ds.images for t in im.get("tags", [])):
         try:
-            from ..mcg.proposals import proposals_for_image
+            from ..mcg import proposals_for_image
         except ImportError as e:
             raise CamError(f"no proposal file given and pseudomask.mcg is unavailable ({e})") from None
     else:

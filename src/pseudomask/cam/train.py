@@ -29,7 +29,7 @@ from .model import (CamError, build_classifier, loss_fn, pick_device, read_check
 
 @dataclass
 class TrainSettings:
-    backbone: str = "auto"  # auto: resnet50 on a GPU, resnet18 on CPU; or tiny, resnet18/50/101, hrnet...
+    backbone: str = "auto"  # auto: resnet50 on a GPU, resnet18 on CPU; tiny; or a pseudomask.backbones name
     backbone_checkpoint: str | None = None  # pretrained backbone weights (e.g. ImageNet); none: random init
     iters: int = 2000
     batch_size: int = 8
@@ -43,6 +43,7 @@ class TrainSettings:
     save_every: int = 100
     workers: int = 0  # image-loading processes
     cache_mb: int = 1024  # decoded images kept in memory (per loading process)
+    device: str = "auto"  # auto: cuda when available
 
     @classmethod
     def from_config(cls, cam: dict) -> "TrainSettings":
@@ -52,7 +53,6 @@ class TrainSettings:
         if "window" in cam:
             kw["win"] = cam["window"]
         return cls(**kw, backbone_checkpoint=cam.get("backbone_checkpoint") or None)
-    device: str = "auto"
 
 
 def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
