@@ -8,7 +8,6 @@ missing image) become that instance's status "failed" with a reason, so the run 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import xml.etree.ElementTree as ET
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import PseudomaskError
+from .errors import PseudomaskError, read_json
 from .images import ImageError, image_size
 from .store import Artifact, ArtifactWriter
 
@@ -107,12 +106,7 @@ def _resolve_images(images: list[dict], image_root: Path, source: str, check_fil
 def load_coco(path: str | os.PathLike, image_root: str | os.PathLike, check_files: bool = True) -> Dataset:
     """Read a COCO instances JSON; annotations without bbox make it a tag-only dataset."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: annotation file not found") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    data = read_json(path, DatasetError, "annotation file")
     if not isinstance(data, dict) or "images" not in data:
         raise DatasetError(f"{path}: not a COCO dataset (no 'images' list)")
     categories = []

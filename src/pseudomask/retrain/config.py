@@ -9,7 +9,6 @@ checkpoint the backbone's `init_cfg` is None (random init, trainable BN, no froz
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import pprint
@@ -17,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import PseudomaskError
+from ..errors import PseudomaskError, read_json
 from .checkpoint import checkpoint_kind
 
 ARCHS = {"r50": 50, "r101": 101}
@@ -103,12 +102,7 @@ def resolve_schedule(s: RetrainSettings, n_images: int) -> tuple[int, list[int],
 def read_training_json(coco_json: str | os.PathLike) -> dict:
     """The training COCO JSON, checked for categories and annotations."""
     path = Path(coco_json)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RetrainError(f"{path}: training annotations not found") from None
-    except json.JSONDecodeError as e:
-        raise RetrainError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    data = read_json(path, RetrainError, "training annotations")
     if not isinstance(data, dict) or not data.get("categories"):
         raise RetrainError(f"{path}: no 'categories' to train on")
     if not data.get("annotations"):
