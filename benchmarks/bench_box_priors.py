@@ -8,7 +8,8 @@ side by side:
   both alike, with the speed ratio (target >= 10x);
 - mask IoU against GT (mean over all instances, and by COCO size and the 64x64 split) of: the filled box and
   the inscribed ellipse (the floors), the reference, fast GrabCut raw (no fallback; target >= reference
-  - 0.01) and with its fallback (the stage's default output), validity with ellipse on the raw masks;
+  - 0.01), with its retry and fallback (the stage's default output) and with the fallback but no retry,
+  validity with ellipse on the raw masks;
 - hybrid networks' invalid rates (box agreement < 0.5) of the reference and of fast GrabCut, next to the
   paper's VOC figures;
 - the real stages end to end (`run_grabcut` with 2 threads, `run_validity`, and when `pseudomask.mcg` is
@@ -105,7 +106,8 @@ def main() -> int:
     print(f"coco-dev: {len(ds.images)} images, {len(ds.instances)} instances ({root}); "
           f"OpenCV {cv2.__version__}, threads for the per-instance timing: 1")
     cv2.setNumThreads(1)
-    fast, raw_p = GrabCutParams(), GrabCutParams(fallback="none", min_fill=0.0, min_box_iou=0.0)
+    fast, raw_p = GrabCutParams(), GrabCutParams(fallback="none", min_fill=0.0, min_box_iou=0.0, retry_core=0.0)
+    no_retry = GrabCutParams(retry_core=0.0)
     rows = []
     by_image = ds.by_image()
     for im in ds.images:
@@ -122,13 +124,15 @@ def main() -> int:
             ours = grabcut_instance(bgr, r["bbox"], fast)
             t2 = time.perf_counter()
             raw = grabcut_instance(bgr, r["bbox"], raw_p)["mask"]
+            once = grabcut_instance(bgr, r["bbox"], no_retry)["mask"]
             ell = ellipse_mask(r["bbox"], h, w)
             raw_b = box_agreement(raw, r["bbox"])
             rows.append({
-                "t_ref": t1 - t0, "t_fast": t2 - t1, "size": size_bucket(gt.area(r["id"])),
+                "image": im["id"], "t_ref": t1 - t0, "t_fast": t2 - t1, "size": size_bucket(gt.area(r["id"])),
                 "small64": is_small64(r["bbox"]), "box": mask_iou(box_mask(r["bbox"], h, w), g),
                 "ellipse": mask_iou(ell, g), "ref": mask_iou(ref, g), "raw": mask_iou(raw, g),
-                "fast": mask_iou(ours["mask"], g), "fallback": ours["fallback"],
+                "fast": mask_iou(ours["mask"], g), "fallback": ours["fallback"], "retried": ours["retried"],
+                "no_retry": mask_iou(once, g),
                 "ref_b": box_agreement(ref, r["bbox"]), "raw_b": raw_b,
                 "raw_valid_ell": mask_iou(raw if raw_b >= 0.5 else ell, g),
                 "ref_valid_ell": mask_iou(ref if box_agreement(ref, r["bbox"]) >= 0.5 else ell, g),
@@ -138,18 +142,24 @@ def main() -> int:
     t_ref, t_fast = col["t_ref"].mean(), col["t_fast"].mean()
     print(f"\n== GrabCut speed ({len(rows)} instances, one thread, interleaved)")
     print(f"reference (full image)  {t_ref * 1000:8.1f} ms/instance")
-    print(f"fast (crop, default)    {t_fast * 1000:8.1f} ms/instance")
+    print(f"fast (crop, default)    {t_fast * 1000:8.1f} ms/instance  (retry included)")
     print(f"speed-up                {t_ref / t_fast:8.1f}x   (target >= 10x)")
     print(f"\n== mask IoU vs GT (n: small {np.sum(sizes == 'small')}, medium {np.sum(sizes == 'medium')}, "
           f"large {np.sum(sizes == 'large')}; <64x64 {s64.sum()}, >=64x64 {(~s64).sum()})")
     print(f"{'':38s}{'mIoU':>6s}  {'small':>6s}  {'medium':>6s}  {'large':>6s}  {'<64²':>6s}  {'>=64²':>6s}")
     for key, name in [("box", "filled box (floor)"), ("ellipse", "inscribed ellipse (floor)"),
                       ("ref", "reference GrabCut (full image)"), ("raw", "fast GrabCut, raw (no fallback)"),
-                      ("fast", "fast GrabCut + fallback (stage)"), ("ref_valid_ell", "reference + validity ellipse"),
+                      ("no_retry", "fast GrabCut + fallback, no retry"),
+                      ("fast", "fast GrabCut + retry + fallback (stage)"),
+                      ("ref_valid_ell", "reference + validity ellipse"),
                       ("raw_valid_ell", "fast raw + validity ellipse")]:
         print(f"{name:38s}{by_size(col[key], sizes, s64)}")
     print(f"fast GrabCut raw - reference: {col['raw'].mean() - col['ref'].mean():+.3f} (target >= -0.01); "
-          f"fallback used for {col['fallback'].mean():.1%} of instances")
+          f"stage: retry used for {col['retried'].mean():.1%}, fallback for {col['fallback'].mean():.1%} of instances")
+    halves = [col["image"] % 2 == k for k in (0, 1)]
+    print("retry gain by image-id parity (a check against tuning on this set): " + ", ".join(
+        f"{['even', 'odd'][k]} {sel.sum()} instances {col['fast'][sel].mean() - col['no_retry'][sel].mean():+.3f}"
+        for k, sel in enumerate(halves)))
     print("\n== invalid rate (box agreement < 0.5)  overall   small <64²   large >=64²")
     print(f"hybrid networks, GrabCut on VOC      {PAPER['invalid']:6.1%} {PAPER['small64']:12.1%} {PAPER['large64']:12.1%}")
     print(f"reference GrabCut on coco-dev        {invalid(col['ref_b'], s64)}")
@@ -165,7 +175,8 @@ def main() -> int:
         print(f"grabcut   {t_gc:7.1f} s  ({t_gc / len(ds.images):.2f} s/image)  mIoU {ev['miou']:.3f}  "
               f"small {ev['miou_small']:.3f} medium {ev['miou_medium']:.3f} large {ev['miou_large']:.3f}  "
               f"invalid {ev['invalid_rate']:.1%}")
-        raw_path = run_grabcut(ds, tmp / "grabcut_raw.h5", {"fallback": "none", "min_fill": 0, "min_box_iou": 0},
+        raw_path = run_grabcut(ds, tmp / "grabcut_raw.h5", {"fallback": "none", "min_fill": 0, "min_box_iou": 0,
+                                                              "retry_core": 0},
                                workers=2)
         t = time.perf_counter()
         val_path = run_validity(raw_path, tmp / "validity.h5", min_iou=0.5, ellipse=True)

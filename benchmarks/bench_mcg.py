@@ -174,7 +174,7 @@ def main() -> int:
     print(f"  instances: {counts}, <64x64 {sum(small64)}, >=64x64 {len(small64) - sum(small64)}")
     print("\ninvalid masks (own box IoU < 0.5 with the GT box)   all      <64x64   >=64x64")
     s64 = np.array(small64)
-    for k, label in (("clip", "MCG best-per-box, clipped"), ("grabcut", "GrabCut before its fallback")):
+    for k, label in (("clip", "MCG best-per-box, clipped"), ("grabcut", "GrabCut, first attempt")):
         if invalid[k]:
             v = np.array(invalid[k], bool)
             print(f"  {label:48s} {v.mean():6.1%}   {v[s64].mean():6.1%}   {v[~s64].mean():6.1%}")

@@ -75,6 +75,26 @@ def test_degenerate_result_gets_the_ellipse_and_says_why():
     assert raw["fallback"] == 0.0 and mask_iou(raw["mask"], gt) > 0.9
 
 
+def test_degenerate_result_is_retried_with_a_large_core_before_the_fallback():
+    rgb, gt, box = _scene()
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    x, y, w, h = box
+    wide = [x, y, w * 1.6, h]  # the disc fills the left part: GrabCut's mask has box IoU ~0.6 with it
+    first = grabcut_instance(bgr, wide, GrabCutParams(retry_core=0))
+    assert first["fallback"] == 1.0 and first["retried"] == 0.0 and 0.5 < first["grabcut_box_iou"] < 0.7
+    res = grabcut_instance(bgr, wide, GrabCutParams())
+    assert res["status"] == "kept" and res["retried"] == 1.0 and res["fallback"] == 0.0
+    assert "retried with a 0.75 sure-foreground core" in res["reason"]
+    assert res["grabcut_box_iou"] == first["grabcut_box_iou"]  # the row keeps what the first attempt did
+    core = ellipse_mask([x + w * 0.8 - w * 0.6, y + h * 0.125, w * 1.2, h * 0.75], *gt.shape)
+    core = cv2.erode(core, np.ones((3, 3), np.uint8))  # resizing the crop may move the rim by a pixel
+    assert not (core & (1 - res["mask"])).any()  # the sure-foreground core is foreground
+    assert gt[res["mask"] == 0].sum() < 0.05 * gt.sum()  # and GrabCut still decides the rest of the box
+    strict = grabcut_instance(bgr, wide, GrabCutParams(retry_min_box_iou=1.0))
+    assert strict["fallback"] == 1.0 and "retry with a 0.75 core" in strict["reason"]
+    assert np.array_equal(strict["mask"], ellipse_mask(wide, *gt.shape))
+
+
 def test_tiny_and_full_image_boxes_do_not_stop_the_stage():
     rgb, _, _ = _scene()
     h, w = rgb.shape[:2]
@@ -103,6 +123,8 @@ def test_bad_parameters_are_named():
         GrabCutParams.from_mapping({"iterationz": 3})
     with pytest.raises(GrabCutError, match="fallback"):
         GrabCutParams(fallback="circle")
+    with pytest.raises(GrabCutError, match="retry_core"):
+        GrabCutParams(retry_core=1.0)
 
 
 def _gray_rgba_dataset(tmp_path):

@@ -9,10 +9,13 @@ Instances of an image run in parallel threads (OpenCV releases the GIL); every c
 result does not depend on the number of workers or the order.
 
 Plain GrabCut often returns an empty mask or a fragment for small and low-contrast objects (hybrid networks:
-~30 % of VOC masks invalid). Such results are replaced by a fallback (the box's inscribed ellipse by default):
-a mask is degenerate when it is empty, covers less than `min_fill` of its box, or its own box has IoU below
-`min_box_iou` with the given box. The row keeps what GrabCut did: `grabcut_box_iou`, `grabcut_fill`,
-`fallback` (1 when replaced) and a reason.
+~30 % of VOC masks invalid). A mask is degenerate when it is empty, covers less than `min_fill` of its box, or
+its own box has IoU below `min_box_iou` with the given box. A degenerate result is first retried with a large
+sure-foreground core (`retry_core`, a strong shape prior that still lets GrabCut decide the box's rim and
+corners) and accepted when that mask's box IoU reaches `retry_min_box_iou`; otherwise it is replaced by a
+fallback (the box's inscribed ellipse by default). The row keeps what happened: `grabcut_box_iou` and
+`grabcut_fill` of the first attempt, `retried` (1 when the retry's mask is used), `fallback` (1 when
+replaced) and a reason.
 """
 
 from __future__ import annotations
@@ -51,22 +54,28 @@ class GrabCutParams:
     fallback: str = "ellipse"    # replacement of degenerate results: ellipse | box | none
     min_box_iou: float = 0.7     # a mask whose own box has a lower IoU with the given box is degenerate
     min_fill: float = 0.1        # a mask covering less than this fraction of its box is degenerate
+    retry_core: float = 0.75     # a degenerate result is retried with this sure-foreground core (0: no retry)
+    retry_min_box_iou: float = 0.5  # ... and the retry's mask is used when its box IoU reaches this
+    retry_iterations: int = 2    # GrabCut iterations of the retry (the large core leaves little to refine)
     seed: int = 0                # cv2.setRNGSeed before each instance: deterministic GMM initialisation
 
     def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise GrabCutError(f"grabcut: iterations must be at least 1, got {self.iterations}")
+        if self.iterations < 1 or self.retry_iterations < 1:
+            raise GrabCutError(f"grabcut: iterations and retry_iterations must be at least 1, "
+                               f"got {self.iterations}, {self.retry_iterations}")
         if self.margin < 0 or self.min_margin < 0:
             raise GrabCutError(f"grabcut: margin and min_margin must be >= 0, got {self.margin}, {self.min_margin}")
         if self.max_side < 16 or self.min_side < 0 or self.min_side > self.max_side:
             raise GrabCutError(f"grabcut: need 16 <= max_side and 0 <= min_side <= max_side, "
                                f"got max_side={self.max_side}, min_side={self.min_side}")
-        if not 0 <= self.core < 1:
-            raise GrabCutError(f"grabcut: core must lie in [0, 1), got {self.core}")
+        for name in ("core", "retry_core"):
+            if not 0 <= getattr(self, name) < 1:
+                raise GrabCutError(f"grabcut: {name} must lie in [0, 1), got {getattr(self, name)}")
         if self.fallback not in FALLBACKS:
             raise GrabCutError(f"grabcut: fallback must be one of {FALLBACKS}, got {self.fallback!r}")
-        if not 0 <= self.min_box_iou <= 1 or not 0 <= self.min_fill <= 1:
-            raise GrabCutError("grabcut: min_box_iou and min_fill must lie in [0, 1]")
+        for name in ("min_box_iou", "min_fill", "retry_min_box_iou"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise GrabCutError(f"grabcut: {name} must lie in [0, 1], got {getattr(self, name)}")
 
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any] | None) -> "GrabCutParams":
@@ -115,8 +124,10 @@ def grabcut_crop(bgr: np.ndarray, rect: tuple[int, int, int, int], iterations: i
     return ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
 
 
-def grabcut_box(bgr: np.ndarray, bbox: Sequence[float], params: GrabCutParams = GrabCutParams()) -> np.ndarray:
-    """Raw GrabCut mask (H, W) of one box, computed on a downscaled crop around it and clipped to the box."""
+def grabcut_box(bgr: np.ndarray, bbox: Sequence[float], params: GrabCutParams = GrabCutParams(),
+                retry: bool = False) -> np.ndarray:
+    """Raw GrabCut mask (H, W) of one box, computed on a downscaled crop around it and clipped to the box;
+    `retry` runs the retry's settings (`retry_core`, `retry_iterations`)."""
     h, w = bgr.shape[:2]
     span = box_pixels(bbox, h, w)
     cx0, cy0, cx1, cy1 = crop_span(span, h, w, params.margin, params.min_margin)
@@ -133,7 +144,8 @@ def grabcut_box(bgr: np.ndarray, bbox: Sequence[float], params: GrabCutParams = 
         rect = (int(np.floor(x0 * fx)), int(np.floor(y0 * fy)), int(np.ceil(x1 * fx)), int(np.ceil(y1 * fy)))
     else:
         rect = (x0, y0, x1, y1)
-    fg = grabcut_crop(np.ascontiguousarray(crop), rect, params.iterations, params.seed, params.core)
+    fg = grabcut_crop(np.ascontiguousarray(crop), rect, params.retry_iterations if retry else params.iterations,
+                      params.seed, params.retry_core if retry else params.core)
     if scale != 1.0:
         fg = (cv2.resize(fg.astype(np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR) >= 0.5).astype(np.uint8)
     out = np.zeros((h, w), np.uint8)
@@ -160,35 +172,57 @@ def fallback_mask(kind: str, bbox: Sequence[float], height: int, width: int) -> 
     return ellipse_mask(bbox, height, width) if kind == "ellipse" else box_mask(bbox, height, width)
 
 
+def degenerate_reason(mask: np.ndarray, bbox: Sequence[float], min_fill: float, min_box_iou: float
+                      ) -> tuple[str, float, float]:
+    """(why the mask is degenerate, "" when it is not; its fill of the box; its own box's IoU with the box)."""
+    h, w = mask.shape
+    x0, y0, x1, y1 = box_pixels(bbox, h, w)
+    fill = float(np.count_nonzero(mask)) / max((x1 - x0) * (y1 - y0), 1)
+    biou = box_agreement(mask, bbox)
+    if fill == 0:
+        return "GrabCut mask is empty", fill, biou
+    if fill < min_fill:
+        return f"GrabCut mask covers {fill:.3f} of its box (< {min_fill})", fill, biou
+    if biou < min_box_iou:
+        return f"GrabCut mask's box IoU {biou:.3f} < {min_box_iou} with its box", fill, biou
+    return "", fill, biou
+
+
 def grabcut_instance(bgr: np.ndarray, bbox: Sequence[float], params: GrabCutParams = GrabCutParams()) -> dict:
-    """GrabCut of one box with the fallback applied: {"mask", "status", "reason", grabcut_box_iou, ...}."""
+    """GrabCut of one box with retry and fallback applied: {"mask", "status", "reason", grabcut_box_iou, ...}."""
     h, w = bgr.shape[:2]
     x0, y0, x1, y1 = box_pixels(bbox, h, w)
     if x1 - x0 < 2 or y1 - y0 < 2:
         why = f"box {x1 - x0}x{y1 - y0} px is smaller than 2 px; GrabCut not run"
         return _degenerate(why, bbox, h, w, params, np.zeros((h, w), np.uint8))
+    row = {"grabcut_box_iou": 0.0, "grabcut_fill": 0.0}
     try:
         raw = grabcut_box(bgr, bbox, params)
+        why, row["grabcut_fill"], row["grabcut_box_iou"] = degenerate_reason(raw, bbox, params.min_fill,
+                                                                             params.min_box_iou)
     except cv2.error as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        return _degenerate(f"OpenCV grabCut failed: {msg}", bbox, h, w, params, np.zeros((h, w), np.uint8))
-    area = max((x1 - x0) * (y1 - y0), 1)
-    fill = float(np.count_nonzero(raw)) / area
-    biou = box_agreement(raw, bbox)
-    row = {"grabcut_box_iou": biou, "grabcut_fill": fill}
-    if fill == 0:
-        return {**_degenerate("GrabCut mask is empty", bbox, h, w, params, raw), **row}
-    if fill < params.min_fill:
-        return {**_degenerate(f"GrabCut mask covers {fill:.3f} of its box (< {params.min_fill})",
-                              bbox, h, w, params, raw), **row}
-    if biou < params.min_box_iou:
-        return {**_degenerate(f"GrabCut mask's box IoU {biou:.3f} < {params.min_box_iou} with its box",
-                              bbox, h, w, params, raw), **row}
-    return {"mask": raw, "status": "kept", "reason": "", "fallback": 0.0, **row}
+        raw, why = np.zeros((h, w), np.uint8), f"OpenCV grabCut failed: {_cv_message(e)}"
+    if not why:
+        return {"mask": raw, "status": "kept", "reason": "", "fallback": 0.0, "retried": 0.0, **row}
+    if params.retry_core > 0:
+        try:
+            retry = grabcut_box(bgr, bbox, params, retry=True)
+            again = degenerate_reason(retry, bbox, params.min_fill, params.retry_min_box_iou)[0]
+        except cv2.error as e:
+            again = f"OpenCV grabCut failed: {_cv_message(e)}"
+        if not again:
+            return {"mask": retry, "status": "kept", "fallback": 0.0, "retried": 1.0, **row,
+                    "reason": f"{why}; retried with a {params.retry_core:g} sure-foreground core"}
+        why = f"{why}; retry with a {params.retry_core:g} core: {again}"
+    return {**_degenerate(why, bbox, h, w, params, raw), **row}
+
+
+def _cv_message(e: cv2.error) -> str:
+    return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
 
 
 def _degenerate(why: str, bbox: Sequence[float], h: int, w: int, params: GrabCutParams, raw: np.ndarray) -> dict:
-    base = {"grabcut_box_iou": 0.0, "grabcut_fill": 0.0}
+    base = {"grabcut_box_iou": 0.0, "grabcut_fill": 0.0, "retried": 0.0}
     if params.fallback == "none":
         status = "kept" if raw.any() else "failed"
         return {**base, "mask": raw, "status": status, "reason": why, "fallback": 0.0}

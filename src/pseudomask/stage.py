@@ -18,7 +18,9 @@ from .store import ArtifactWriter
 # predict(image RGB (H,W,3), usable instance records) -> one result per record:
 #   {"mask": (H,W) uint8, "status": str, "reason": str, **numeric extras}
 # optionally with a second return value: per-image maps for the artifact.
-Predict = Callable[[np.ndarray, list[dict]], Any]
+# With run_mask_stage(every_image=True) it is called as predict(rgb, records, image) for every readable
+# image, records possibly empty, so that a method can store maps of images without usable instances.
+Predict = Callable[..., Any]
 
 PASS_THROUGH = ("failed", "ignored")
 
@@ -40,8 +42,12 @@ def run_mask_stage(
     params: Mapping[str, Any],
     inputs: Sequence[str | os.PathLike] = (),
     usable: Callable[[dict], bool] = lambda r: r["status"] not in PASS_THROUGH,
+    every_image: bool = False,
 ) -> Path:
-    """Run `predict` on each image's usable instances and write every instance to one artifact."""
+    """Run `predict` on each image's usable instances and write every instance to one artifact.
+
+    `every_image` also runs it on images without usable instances (their maps, e.g. proposals of tag-only
+    images) and passes the image record as a third argument."""
     by_image = ds.by_image()
     with ArtifactWriter(out, stage=stage, method=method, params=params, inputs=inputs,
                         categories=ds.categories, attrs={"image_root": str(Path(ds.image_root).resolve())}) as w:
@@ -52,15 +58,18 @@ def run_mask_stage(
             rows = [dict(r) for r in recs]
             todo = [i for i, r in enumerate(recs) if usable(r)]
             maps = None
-            if todo:
+            if todo or every_image:
                 try:
                     rgb = read_image(ds.image_path(im))
                 except ImageError as e:
                     for i in todo:
                         rows[i].update(status="failed", reason=str(e))
+                    if not todo:
+                        print(f"{stage}: image {im['id']} skipped: {e}", file=sys.stderr)
                     todo = []
                 else:
-                    result = predict(rgb, [recs[i] for i in todo])
+                    args = (rgb, [recs[i] for i in todo]) + ((im,) if every_image else ())
+                    result = predict(*args)
                     if isinstance(result, tuple):
                         result, maps = result
                     for i, res in zip(todo, result):

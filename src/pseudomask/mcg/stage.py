@@ -18,13 +18,12 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import h5py
 import numpy as np
 
 from ..dataset import Dataset
 from ..images import ImageError, read_image
 from ..masks import box_pixels
-from ..stage import PASS_THROUGH, progress, run_mask_stage
+from ..stage import PASS_THROUGH, run_mask_stage
 from .matfile import MatFileError, read_mcg_mat
 from .proposals import ProposalPool, proposal_params, proposal_pool
 
@@ -195,20 +194,17 @@ def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike |
     """
     p = proposal_params(**params)
     mat = str(mat_dir) if mat_dir else None
-    out = Path(out)
     images = {im["id"]: {**im, "path": str(ds.image_path(im))} for im in ds.images}
     by_image = ds.by_image()
-    with_boxes = [im["id"] for im in ds.images if any(_usable(r) for r in by_image.get(im["id"], []))]
-    without = [im["id"] for im in ds.images if im["id"] not in set(with_boxes)]
     recorded = {**p, "clip": bool(clip), "mat_dir": mat or ""}
-    method = "mcg-mat" if mat else "mcg-style"
     ahead = None
     if workers > 1:
-        ahead = _Ahead(((images[i], [r for r in by_image[i] if _usable(r)]) for i in with_boxes), (p, mat, clip),
-                       workers)
+        items = ((images[im["id"]], [r for r in by_image.get(im["id"], []) if _usable(r)]) for im in ds.images)
+        ahead = _Ahead(items, (p, mat, clip), workers)
+    skipped: list[str] = []
 
-    def predict(rgb: np.ndarray, recs: list[dict]):
-        image = images[recs[0]["image_id"]]
+    def predict(rgb: np.ndarray, recs: list[dict], im: dict):
+        image = images[im["id"]]
         if ahead is not None:
             result = ahead.get(image["id"])
         else:
@@ -217,52 +213,19 @@ def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike |
             except Exception as e:  # noqa: BLE001 - reported per instance, the stage goes on
                 result = _error(image, e)
         if isinstance(result, str):
+            if not recs:
+                skipped.append(result)
             h, w = image["height"], image["width"]
             return [{"mask": np.zeros((h, w), np.uint8), "status": "failed", "reason": result,
                      "proposal_id": -1, "proposal_iou": 0.0} for _ in recs]
         return result
 
-    tmp = out.with_name(f".{out.name}.mcg-{os.getpid()}.h5")
     try:
-        try:
-            run_mask_stage(ds, tmp, predict, stage="mcg", method=method, params=recorded, inputs=inputs,
-                           usable=_usable)
-        finally:
-            if ahead is not None:
-                ahead.close()
-        _add_image_proposals(tmp, [images[i] for i in without], p, mat, workers)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
-
-
-def _add_image_proposals(path: Path, images: list[dict], params: dict, mat: str | None, workers: int) -> None:
-    """Proposals of images that have no usable box, written into the artifact at proposals/<image_id>/."""
-    if not images:
-        return
-    results: Iterable[tuple[int, Any]]
-    if workers > 1:
-        ahead = _Ahead(((im, []) for im in images), (params, mat, True), workers)
-        results = ((im["id"], ahead.get(im["id"])) for im in images)
-    else:
-        ahead = None
-        results = (_job(im, [], params, mat, True) for im in images)
-    skipped = []
-    try:
-        with h5py.File(path, "a") as f:
-            for image_id, result in progress(results, desc="mcg:images without boxes", total=len(images)):
-                if isinstance(result, str):
-                    skipped.append(result)
-                    continue
-                for key, arr in result[1]["proposals"].items():
-                    name = f"proposals/{image_id}/{key}"
-                    if arr.ndim >= 2 and arr.size:
-                        f.create_dataset(name, data=arr, chunks=arr.shape, compression="gzip", compression_opts=1)
-                    else:
-                        f.create_dataset(name, data=arr)
+        run_mask_stage(ds, out, predict, stage="mcg", method="mcg-mat" if mat else "mcg-style", params=recorded,
+                       inputs=inputs, usable=_usable, every_image=True)
     finally:
         if ahead is not None:
             ahead.close()
     if skipped:
         print(f"mcg: no proposals for {len(skipped)} image(s) without boxes; first: {skipped[0]}", file=sys.stderr)
+    return Path(out)
