@@ -5,10 +5,10 @@ at the CPU default's 71 px and at the paper's 320 px, batch 16, untrained weight
 them). Crops come from the coco-dev images when present, else from the demo scenes.
 
 Quality: BoxCaseg trained from random weights with the CPU settings of config.yaml (boxcaseg.train updated by
-boxcaseg.cpu_train) on the demo scenes the default run renders (24 images, 24 salient images), and once with
+boxcaseg.cpu_train) on the demo scenes the default run renders (24 images, 96 salient images), and once with
 more iterations, then mIoU of its masks on the training boxes (instance mean; class mean = the paper's
-mIoU*), for the fused heads (the method's output) and the weak head alone, next to the filled box and
-GrabCut (pseudomask.grabcut, default parameters). With ../shared/data/coco-dev (or PSEUDOMASK_COCO_DEV):
+mIoU*), for the fused heads (the method's output) and the weak and salient heads alone, next to the filled box
+and GrabCut (pseudomask.grabcut, default parameters). With ../shared/data/coco-dev (or PSEUDOMASK_COCO_DEV):
 the same comparison on its 64 real images, BoxCaseg trained on coco-dev boxes + the demo salient images.
 
     .venv/bin/python benchmarks/bench_boxcaseg.py [--iters N] [--long-iters N] [--threads T] [--quick]
@@ -92,7 +92,7 @@ def speed(data, threads: int, quick: bool) -> None:
 
 def quality(data, model_path: Path | None, title: str) -> dict:
     """mIoU of fused / weak BoxCaseg, box fill and GrabCut on the data's boxes."""
-    ious = {k: [] for k in ("box-fill", "GrabCut", "BoxCaseg fused", "BoxCaseg weak head")}
+    ious = {k: [] for k in ("box-fill", "GrabCut", "BoxCaseg fused", "BoxCaseg weak head", "BoxCaseg salient head")}
     cats: list[int] = []
     model = load_model(model_path) if model_path else None
     size = infer_size(model) if model else 0
@@ -107,23 +107,25 @@ def quality(data, model_path: Path | None, title: str) -> dict:
         fused = predict_boxes(model, rgb, boxes, size)
         t_bc += time.perf_counter() - t
         weak = predict_boxes(model, rgb, boxes, size, head="weak")
-        for r, g, gcr, pf, pw in zip(recs, gts, gc, fused, weak):
+        sal = predict_boxes(model, rgb, boxes, size, head="salient")
+        for r, g, gcr, pf, pw, ps in zip(recs, gts, gc, fused, weak, sal):
             cats.append(r["category_id"])
             ious["box-fill"].append(mask_iou(box_mask(r["bbox"], h, w), g))
             ious["GrabCut"].append(mask_iou(gcr["mask"], g))
             ious["BoxCaseg fused"].append(mask_iou((pf >= 0.5).astype(np.uint8), g))
             ious["BoxCaseg weak head"].append(mask_iou((pw >= 0.5).astype(np.uint8), g))
+            ious["BoxCaseg salient head"].append(mask_iou((ps >= 0.5).astype(np.uint8), g))
     cats_a = np.array(cats)
     print(f"\n== {title}: {len(cats)} instances (BoxCaseg at {size} px; GrabCut {t_gc:.1f} s, BoxCaseg fused "
           f"{t_bc:.1f} s in total)")
-    print(f"{'method':<22}{'mIoU':>8}{'mIoU*':>8}{'IoU>=0.5':>10}{'vs box-fill':>13}")
+    print(f"{'method':<24}{'mIoU':>8}{'mIoU*':>8}{'IoU>=0.5':>10}{'vs box-fill':>13}")
     ref = float(np.mean(ious["box-fill"]))
     res = {}
     for k, v in ious.items():
         v = np.array(v)
         star = float(np.mean([v[cats_a == c].mean() for c in np.unique(cats_a)]))
         res[k] = float(v.mean())
-        print(f"{k:<22}{v.mean():>8.3f}{star:>8.3f}{(v >= 0.5).mean():>10.2f}{v.mean() / ref:>12.2f}x")
+        print(f"{k:<24}{v.mean():>8.3f}{star:>8.3f}{(v >= 0.5).mean():>10.2f}{v.mean() / ref:>12.2f}x")
     return res
 
 
@@ -139,7 +141,7 @@ def run_training(ds, salient: Path, out: Path, settings: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, help="short training (default: config.yaml's cpu_train iters)")
-    ap.add_argument("--long-iters", type=int, default=400, help="the longer CPU training (0: skip)")
+    ap.add_argument("--long-iters", type=int, default=1000, help="the longer CPU training (0: skip)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="fewer crops for the speed table")
     args = ap.parse_args()
@@ -151,7 +153,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_boxcaseg_") as tmp:
         tmp = Path(tmp)
         demo = tmp / "demo"
-        make_demo_data(demo, n_images=24, seed=0)  # the default run's demo: 24 scenes, 24 salient images
+        make_demo_data(demo, n_images=24, seed=0)  # the default run's demo: 24 scenes, 96 salient images
         ds, demo_data = samples(demo / "annotations.json", demo / "images")
         dev = coco_dev()
         have_coco = (dev / "annotations.json").exists()

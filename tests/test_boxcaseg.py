@@ -115,8 +115,10 @@ def test_pixel_loss_is_bce_of_the_alpha_fused_map():
     torch.manual_seed(2)
     a, t = torch.randn(2, 1, 5, 5), torch.randn(2, 1, 5, 5)
     m = (torch.rand(2, 1, 5, 5) > 0.5).float()
-    p = 0.7 * torch.sigmoid(a) + 0.3 * torch.sigmoid(t)
+    p = torch.sigmoid(0.7 * a + 0.3 * t)  # the heads' scores are fused, then the sigmoid (the authors' code)
     assert torch.allclose(fused_probability(a, t, 0.7), p)
+    # a transferred head at S_t = 0 (probability 0.5) does not cap the fused probability
+    assert float(fused_probability(torch.full((1,), 20.0), torch.zeros(1), 0.7)) > 0.99
     manual = -(m * p.log() + (1 - m) * (1 - p).log()).mean()
     assert torch.allclose(pixel_loss(a, t, m, 0.7), manual, atol=1e-6)
     t.requires_grad_(True)

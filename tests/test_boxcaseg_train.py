@@ -17,19 +17,28 @@ from pseudomask.boxcaseg.train import TrainConfig, settings_for_device, train  #
 from pseudomask.images import read_image  # noqa: E402
 from pseudomask.masks import box_mask, mask_iou, segmentation_mask  # noqa: E402
 
-ITERS = 120  # ~0.15 s per iteration on one core
+ITERS = 400  # ~0.065 s per iteration on one core
 TINY = dict(backbone="resnet18_w16", iters=ITERS, batch_size=8, crop_size=64, salient_resize=72,
-            optimizer="adam", lr=3e-3, checkpoint_every=40, log_every=0, device="cpu", seed=0)
+            optimizer="adam", lr=3e-3, checkpoint_every=100, log_every=0, device="cpu", seed=0)
+N_SALIENT = 96  # as the default run's demo (4 per scene); with 8-32 the fused IoU varied 0.48-0.61 over salient sets
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(demo, demo_dataset, tmp_path_factory):
-    """A tiny BoxCaseg trained on the 8 demo scenes + 8 salient images."""
+def salient(tmp_path_factory):
+    """96 demo salient images (the demo fixture has 8)."""
+    from pseudomask.demo import write_salient_set
+
+    return write_salient_set(tmp_path_factory.mktemp("salient"), N_SALIENT, np.random.default_rng(1))
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dataset, salient, tmp_path_factory):
+    """A tiny BoxCaseg trained on the 8 demo scenes + 96 salient images."""
     out = tmp_path_factory.mktemp("boxcaseg") / "model.pt"
-    return out, train([demo_dataset], demo / "salient", out, TINY)
+    return out, train([demo_dataset], salient, out, TINY)
 
 
 def _log(summary) -> list[dict]:
@@ -46,7 +55,7 @@ def test_losses_go_down(trained):
     for key in ("loss", "pixel", "mil"):
         a, b = np.mean([r[key] for r in first]), np.mean([r[key] for r in last])
         assert b < 0.85 * a, f"{key}: first 10 iterations {a:.3f}, last 10 {b:.3f}"
-    assert summary["box_instances"] > 0 and summary["salient_images"] == 8
+    assert summary["box_instances"] > 0 and summary["salient_images"] == N_SALIENT
 
 
 @pytest.mark.slow
@@ -72,24 +81,25 @@ def test_masks_on_training_boxes_beat_box_fill(trained, demo, demo_dataset):
                 ious[k].append(mask_iou((p >= 0.5).astype(np.uint8), g))
     m = {k: float(np.mean(v)) for k, v in ious.items()}
     print("mean IoU on the training boxes:", m)
-    # the MIL-trained weak head beats the filled box after a short CPU run; the fused salient + transferred
-    # heads need far more iterations and salient images (README, BoxCaseg section), so they are only reported
+    # both the method's output (fused salient + transferred heads) and the MIL-trained weak head beat the
+    # filled box after a short CPU run (box 0.54; fused 0.60-0.62 and weak 0.63-0.66 over seeds 0-2)
+    assert m["fused"] > m["box"] + 0.03, m
     assert m["weak"] > m["box"] + 0.03, m
 
 
 @pytest.mark.slow
-def test_resume_extends_a_finished_run(trained, demo, demo_dataset, tmp_path):
+def test_resume_extends_a_finished_run(trained, salient, demo_dataset, tmp_path):
     out, summary = trained
     import shutil
 
     copy = tmp_path / "model.pt"
     shutil.copy(out.with_name("model.resume.pt"), copy.with_name("model.resume.pt"))
-    more = train([demo_dataset], demo / "salient", copy, {**TINY, "iters": ITERS + 2})
+    more = train([demo_dataset], salient, copy, {**TINY, "iters": ITERS + 2})
     assert more["resumed_from"] == ITERS
     rows, old = _log(more), _log(summary)
     assert len(rows) == ITERS + 2 and rows[:ITERS] == old
     # other settings: the resume state is not used
-    fresh = train([demo_dataset], demo / "salient", tmp_path / "model.pt", {**TINY, "iters": 1, "lr": 1e-3})
+    fresh = train([demo_dataset], salient, tmp_path / "model.pt", {**TINY, "iters": 1, "lr": 1e-3})
     assert fresh["resumed_from"] == 0
 
 

@@ -52,6 +52,11 @@ def test_report_is_self_contained_and_from_the_data(results, demo, tmp_path):
         assert f"<td>{row['threshold']:.2f}</td><td>{row['drop_rate']:.3f}</td><td>{row['kept']}</td>" in text
     assert curve[-1]["dropped"] == counts["dropped"] > 0
     assert "mIoU kept" in html
+    # why: the dropped instances' reason, numbers folded, counted like the status table
+    assert "Why: the most frequent reasons per stage" in html
+    why = re.search(r"<td>merge_drop</td><td>dropped</td><td>(\d+)</td><td>[^<]*</td><td>proxy box IoU # &lt; #",
+                    text)
+    assert why and int(why.group(1)) == counts["dropped"], why
 
 
 def test_without_ground_truth_only_drop_rates(results, tmp_path):

@@ -104,9 +104,55 @@ def render_scene(rng: np.random.Generator, h: int, w: int, n_objects: int,
     return img, [(cls, (labels == k).astype(np.uint8)) for k, (cls, _, _) in enumerate(objects)]
 
 
+def render_salient(rng: np.random.Generator, side: int, distractors: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """One DUTS-style salient image: (RGB uint8 (side, side, 3), its object's mask (side, side) uint8).
+
+    Like a salient-object photo, and like the box crops BoxCaseg segments, one object fills a good part of the
+    image (diameter 0.7-1.1 x the side, kept mostly inside it) over a textured background, with up to
+    `distractors` other shapes cut by the border as clutter (not in the mask)."""
+    img = _texture(rng, side, side, rng.uniform(40, 215, 3), amp=rng.uniform(8, 30))
+    for _ in range(distractors):
+        if rng.random() < 0.5:
+            continue
+        along, across = rng.uniform(0, side), rng.choice([rng.uniform(0, 0.15), rng.uniform(0.85, 1.0)]) * side
+        cx, cy = (across, along) if rng.random() < 0.5 else (along, across)
+        m = shape_mask(CLASSES[int(rng.integers(len(CLASSES)))], cx, cy, rng.uniform(0.2, 0.5) * side,
+                       rng.uniform(0, 2 * np.pi), side, side).astype(bool)
+        img[m] = _texture(rng, side, side, rng.uniform(0, 255, 3), amp=rng.uniform(4, 16))[m]
+    size = rng.uniform(0.7, 1.1) * side
+    lo, hi = sorted((min(0.425 * size, side / 2), max(side - 0.425 * size, side / 2)))  # <= 15 % of r outside
+    m = shape_mask(CLASSES[int(rng.integers(len(CLASSES)))], rng.uniform(lo, hi), rng.uniform(lo, hi), size,
+                   rng.uniform(0, 2 * np.pi), side, side).astype(bool)
+    local = img[m].mean(0) if m.any() else img.reshape(-1, 3).mean(0)
+    if rng.random() < 0.15:  # low contrast, as in the scenes
+        colour = local + rng.normal(0, 12, 3)
+    else:
+        colour = rng.uniform(0, 255, 3)
+        while np.abs(colour - local).sum() < 120:
+            colour = rng.uniform(0, 255, 3)
+    shade = np.linspace(rng.uniform(0.85, 1.0), rng.uniform(1.0, 1.15), side)[:, None, None]
+    img[m] = (_texture(rng, side, side, colour, amp=rng.uniform(4, 16)) * shade)[m]
+    img = cv2.GaussianBlur(np.clip(img, 0, 255).astype(np.uint8), (0, 0), 0.7)
+    return img, m.astype(np.uint8)
+
+
+def write_salient_set(out_dir: str | os.PathLike, n: int, rng: np.random.Generator) -> Path:
+    """Write n salient images and masks (images/, masks/, matching stems) under out_dir: BoxCaseg's DUTS stand-in.
+
+    Sides 48-140 px, the size of the scenes' objects, so that resized for training they show the texture and
+    blur of the box crops BoxCaseg is applied to."""
+    out = Path(out_dir)
+    for j in range(n):
+        img, mask = render_salient(rng, int(rng.integers(48, 141)))
+        write_image(out / "images" / f"s{j + 1:06d}.png", img)
+        write_image(out / "masks" / f"s{j + 1:06d}.png", mask * 255)
+    return out
+
+
 def make_demo_data(out_dir: str | os.PathLike, n_images: int = 24, seed: int = 0, size: tuple[int, int] = (320, 240),
                    n_salient: int | None = None) -> Path:
-    """Write annotations.json (COCO, RLE masks), images/, and salient/{images,masks}/ under out_dir."""
+    """Write annotations.json (COCO, RLE masks), images/, and salient/{images,masks}/ (by default 4 salient
+    images per scene) under out_dir."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     w, h = size
@@ -121,11 +167,7 @@ def make_demo_data(out_dir: str | os.PathLike, n_images: int = 24, seed: int = 0
             box = mask_box(m)
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cls + 1, "bbox": box,
                          "area": int(m.sum()), "iscrowd": 0, "segmentation": rle_encode(m)})
-    for j in range(n_images if n_salient is None else n_salient):
-        side = 320
-        img, objs = render_scene(rng, side, side, 1, min_size=side * 0.45, max_frac=0.85)
-        write_image(out / "salient" / "images" / f"s{j + 1:06d}.png", img)
-        write_image(out / "salient" / "masks" / f"s{j + 1:06d}.png", objs[0][1] * 255)
+    write_salient_set(out / "salient", 4 * n_images if n_salient is None else n_salient, rng)
     coco = {"info": {"description": "pseudomask demo scenes", "seed": seed}, "images": images,
             "categories": categories, "annotations": anns}
     tmp = out / ".annotations.json.tmp"

@@ -92,6 +92,18 @@ def status_counts(files: Sequence[Path]) -> Counter:
     return c
 
 
+def stage_reasons(files: Sequence[Path]) -> Counter:
+    """(status, reason pattern) counts over the shards of one stage."""
+    from .summary import reason_counts
+
+    c: Counter = Counter()
+    for f in files:
+        with Artifact(f) as a:
+            inst = a.instances
+            c.update(reason_counts(inst.get("status", []), inst.get("reason", [])))
+    return c
+
+
 def category_status(files: Sequence[Path]) -> tuple[list[dict], dict[int, Counter], dict[int, list[float]]]:
     """Categories, per category the counts by status, and per category the proxy box IoUs (if any)."""
     cats: list[dict] = []
@@ -230,7 +242,7 @@ figure{margin:0}figure img{width:100%;display:block}figcaption{font-size:12px;co
 def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
                  ground_truth: str | os.PathLike | None = None, samples: int = 4,
                  stages: Sequence[str] | None = None, thresholds: Sequence[float] = THRESHOLDS,
-                 thumb_width: int = 320) -> Path:
+                 thumb_width: int = 320, reasons: int = 5) -> Path:
     """Write the HTML report to `out`, of a results folder or of a list of artifacts (files or folders)."""
     from .visualize import STATUS_COLOURS, render_artifact_image
 
@@ -260,6 +272,14 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
             for s, fs in files.items()]
     parts.append("<h2>Instances by status and stage</h2>"
                  + _table(["stage", "shards", *STATUSES, "total"], rows))
+    why = []
+    for s, fs in files.items():
+        for (st, reason), n in stage_reasons(fs).most_common(reasons):
+            why.append([s, st, n, f"{n / max(sum(counts[s].values()), 1):.1%}", reason])
+    if why:
+        parts.append(f"<h2>Why: the most frequent reasons per stage</h2><p class='note'>up to {reasons} per stage, "
+                     "numbers in a reason shown as #; the rows of each instance keep the full reason.</p>"
+                     + _table(["stage", "status", "instances", "share", "reason"], why))
 
     # drop curve and histogram
     md = files.get("merge_drop")

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from .store import Artifact
+
+
+def reason_pattern(reason: str) -> str:
+    """A reason with its numbers replaced by '#', so that reasons of one kind count together."""
+    return re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", reason)
+
+
+def reason_counts(statuses: Iterable[Any], reasons: Iterable[Any]) -> Counter:
+    """Counts of (status, reason pattern) over the instances that carry a reason."""
+    return Counter((str(s), reason_pattern(str(r))) for s, r in zip(statuses, reasons) if str(r))
 
 
 def artifact_summary(path: str | os.PathLike) -> dict[str, Any]:
@@ -23,7 +34,7 @@ def artifact_summary(path: str | os.PathLike) -> dict[str, Any]:
             by_cat.setdefault(names.get(int(c), str(int(c))), Counter())[str(s)] += 1
         bbox = inst.get("bbox", np.zeros((0, 4)))
         area = bbox[:, 2] * bbox[:, 3] if n else np.zeros(0)
-        reasons = Counter(str(r) for r, s in zip(inst.get("reason", []), status) if str(r) and s != "kept")
+        reasons = reason_counts(status, inst.get("reason", []))
         extra = sorted(set(inst) - {"id", "image_id", "category_id", "bbox", "status", "reason"})
         return {
             "path": str(path), "stage": a.stage, "method": a.method, "parameters": a.params,
@@ -36,7 +47,7 @@ def artifact_summary(path: str | os.PathLike) -> dict[str, Any]:
                       "large (>=96^2)": int(np.sum(area >= 96 ** 2)),
                       "under 64x64": int(np.sum(area < 64 * 64))},
             "box_area_quantiles": [float(q) for q in np.quantile(area, [0, 0.25, 0.5, 0.75, 1])] if n else [],
-            "top_reasons": dict(reasons.most_common(5)),
+            "top_reasons": {f"{st}: {r}": c for (st, r), c in reasons.most_common(5)},
             "columns": extra, "maps": a.map_names(), "has_masks": a.has_masks(),
         }
 

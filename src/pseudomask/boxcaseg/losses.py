@@ -3,7 +3,9 @@
 MIL over row/column bags (BBTP's box tightness prior): every row and column crossing the box holds at least
 one object pixel (positive bag), no row or column outside it holds any (negative bag); a bag's probability
 is the max over its pixels. Plus 0.05 x an 8-neighbour smoothness term, and for salient images a pixel BCE
-on the fused map alpha * S_a + (1 - alpha) * S_t.
+on the fused map S = alpha * S_a + (1 - alpha) * S_t. As in the authors' code (hustvl/BoxCaseg), S_a and S_t are
+the heads' score maps (logits) and the sigmoid comes after the fusion: fusing probabilities instead lets a
+transferred head that has not learnt yet (S_t ~ 0.5 everywhere) cap the fused map at alpha + 0.15.
 
 All maps are (N, 1, H, W) logits; box supervision is given as a (N, 1, H, W) {0, 1} box mask, whose
 row/column maxima are the bag labels (1 = positive bag, 0 = negative bag).
@@ -15,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 SMOOTH_WEIGHT = 0.05
-_EPS = 1e-6
 
 
 def bag_labels(box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,13 +70,18 @@ def weak_loss(logits: torch.Tensor, box: torch.Tensor, smooth_weight: float = SM
     return mil_loss(logits, box) + smooth_weight * smoothness(torch.sigmoid(logits))
 
 
+def fused_logits(salient_logits: torch.Tensor, transferred_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * S_a + (1 - alpha) * S_t on the score maps: the map BoxCaseg is supervised on and predicts with."""
+    return alpha * salient_logits + (1.0 - alpha) * transferred_logits
+
+
 def fused_probability(salient_logits: torch.Tensor, transferred_logits: torch.Tensor, alpha: float) -> torch.Tensor:
-    """alpha * S_a + (1 - alpha) * S_t: the map BoxCaseg is supervised on and predicts with."""
-    return alpha * torch.sigmoid(salient_logits) + (1.0 - alpha) * torch.sigmoid(transferred_logits)
+    """Foreground probability of the fused map: sigmoid(alpha * S_a + (1 - alpha) * S_t)."""
+    return torch.sigmoid(fused_logits(salient_logits, transferred_logits, alpha))
 
 
 def pixel_loss(salient_logits: torch.Tensor, transferred_logits: torch.Tensor, mask: torch.Tensor,
                alpha: float) -> torch.Tensor:
-    """Eq. 3: pixel BCE of the fused probability against the salient mask (mean over pixels)."""
-    p = fused_probability(salient_logits, transferred_logits, alpha).clamp(_EPS, 1.0 - _EPS)
-    return F.binary_cross_entropy(p, mask.to(p.dtype))
+    """Eq. 3: pixel BCE of the fused map against the salient mask (mean over pixels)."""
+    z = fused_logits(salient_logits, transferred_logits, alpha)
+    return F.binary_cross_entropy_with_logits(z, mask.to(z.dtype))

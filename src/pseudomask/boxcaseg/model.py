@@ -16,6 +16,7 @@ from torch import nn
 
 from ..backbones import Backbone, BackboneError, build_backbone
 from ..errors import PseudomaskError
+from .losses import fused_probability
 
 CHECKPOINT_FORMAT = "pseudomask-boxcaseg"
 CHECKPOINT_VERSION = 1
@@ -86,7 +87,8 @@ class BoxCasegNet(nn.Module):
 
     forward(x, salient) with x RGB in [0, 1] (N, 3, H, W) returns logits at input resolution:
     {"weak": (N,1,H,W)} and, for the images selected by the boolean `salient` (all when None),
-    {"salient": ..., "transferred": ...}. `predict(x)` gives the fused probability alpha*S_a + (1-alpha)*S_t."""
+    {"salient": ..., "transferred": ...}. `predict(x)` gives the fused probability sigmoid(alpha*S_a +
+    (1-alpha)*S_t) of the two heads' logits S_a, S_t."""
 
     def __init__(self, backbone: Backbone, alpha: float = 0.7):
         super().__init__()
@@ -125,15 +127,15 @@ class BoxCasegNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, head: str = "fused") -> torch.Tensor:
-        """Foreground probability (N, H, W). "fused" (the paper's inference): alpha*S_a + (1-alpha)*S_t;
-        "weak", "salient" or "transferred": one head alone (the paper's Table 4 ablation)."""
+        """Foreground probability (N, H, W). "fused" (the paper's inference): sigmoid(alpha*S_a + (1-alpha)*S_t)
+        of the two heads' logits; "weak", "salient" or "transferred": one head alone (the paper's Table 4
+        ablation)."""
         if head not in HEADS:
             raise BoxCasegError(f"unknown BoxCaseg head {head!r}; choose one of {', '.join(HEADS)}")
         if head != "fused":
             return torch.sigmoid(self.forward(x, heads=(head,))[head])[:, 0]
         out = self.forward(x, heads=("salient", "transferred"))
-        p = self.alpha * torch.sigmoid(out["salient"]) + (1 - self.alpha) * torch.sigmoid(out["transferred"])
-        return p[:, 0]
+        return fused_probability(out["salient"], out["transferred"], self.alpha)[:, 0]
 
 
 def build_model(backbone: str, backbone_checkpoint: str | os.PathLike | None = None, alpha: float = 0.7,

@@ -7,7 +7,7 @@ def register(sub) -> None:
     p.add_argument("--images", type=int, default=24, help="number of scenes (default 24)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
-    p.add_argument("--salient", type=int, default=None, help="salient images (default: as many as scenes)")
+    p.add_argument("--salient", type=int, default=None, help="salient images (default: 4 per scene)")
     p.set_defaults(func=run)
 
 
