@@ -39,7 +39,7 @@ from pseudomask.dataset import load_dataset  # noqa: E402
 from pseudomask.grabcut import GrabCutParams, grabcut_instance, run_grabcut  # noqa: E402
 from pseudomask.images import read_image  # noqa: E402
 from pseudomask.masks import (box_agreement, box_mask, box_pixels, ellipse_mask, is_small64, mask_iou,  # noqa: E402
-                              segmentation_mask, size_bucket)
+                              size_bucket)
 from pseudomask.metrics import GroundTruth, instance_scores, summarize  # noqa: E402
 from pseudomask.store import IGNORE, Artifact  # noqa: E402
 from pseudomask.validity import run_validity  # noqa: E402
@@ -80,6 +80,12 @@ def invalid(biou: np.ndarray, small64: np.ndarray) -> str:
     inv = biou < 0.5
     return (f"{inv.mean():6.1%} {inv[small64].mean() if small64.any() else float('nan'):12.1%} "
             f"{inv[~small64].mean() if (~small64).any() else float('nan'):12.1%}")
+
+
+def stage_line(name: str, seconds: float, label: str, ev: dict, note: str = "") -> str:
+    """One stage's line: wall time, what the mIoU is of, mIoU overall and by size, then a note."""
+    return (f"{name:9s} {seconds:7.1f} s  {label}mIoU {ev['miou']:.3f}  small {ev['miou_small']:.3f} "
+            f"medium {ev['miou_medium']:.3f} large {ev['miou_large']:.3f}{'  ' + note if note else ''}")
 
 
 def main() -> int:
@@ -172,9 +178,8 @@ def main() -> int:
         gc_path = run_grabcut(ds, tmp / "grabcut.h5", workers=2)
         t_gc = time.perf_counter() - t
         ev = evaluate_pseudo(gc_path, gt_json)
-        print(f"grabcut   {t_gc:7.1f} s  ({t_gc / len(ds.images):.2f} s/image)  mIoU {ev['miou']:.3f}  "
-              f"small {ev['miou_small']:.3f} medium {ev['miou_medium']:.3f} large {ev['miou_large']:.3f}  "
-              f"invalid {ev['invalid_rate']:.1%}")
+        print(stage_line("grabcut", t_gc, f"({t_gc / len(ds.images):.2f} s/image)  ", ev,
+                         f"invalid {ev['invalid_rate']:.1%}"))
         raw_path = run_grabcut(ds, tmp / "grabcut_raw.h5", {"fallback": "none", "min_fill": 0, "min_box_iou": 0,
                                                               "retry_core": 0},
                                workers=2)
@@ -184,10 +189,9 @@ def main() -> int:
         ev = evaluate_pseudo(val_path, gt_json)
         with Artifact(val_path) as a:
             rates = json.loads(a.attrs["invalid_rates"])
-        print(f"validity  {t_val:7.1f} s  (on raw GrabCut, ellipse)  mIoU {ev['miou']:.3f}  small {ev['miou_small']:.3f}"
-              f" medium {ev['miou_medium']:.3f} large {ev['miou_large']:.3f}  invalid before replacement "
-              f"{rates['invalid_rate']:.1%} (small {rates['invalid_rate_small64']:.1%}, "
-              f"large {rates['invalid_rate_large64']:.1%})")
+        print(stage_line("validity", t_val, "(on raw GrabCut, ellipse)  ", ev,
+                         f"invalid before replacement {rates['invalid_rate']:.1%} (small "
+                         f"{rates['invalid_rate_small64']:.1%}, large {rates['invalid_rate_large64']:.1%})"))
         if args.no_mcg:
             print("MCG-style stage and agreement: skipped (--no-mcg)")
             return 0
@@ -201,9 +205,7 @@ def main() -> int:
         mcg_path = run_mcg(ds, tmp / "mcg.h5", workers=2)
         t_mcg = time.perf_counter() - t
         ev = evaluate_pseudo(mcg_path, gt_json)
-        print(f"mcg       {t_mcg:7.1f} s  ({t_mcg / len(ds.images):.2f} s/image, 2 workers)  best-per-box mIoU "
-              f"{ev['miou']:.3f}  small {ev['miou_small']:.3f} medium {ev['miou_medium']:.3f} "
-              f"large {ev['miou_large']:.3f}")
+        print(stage_line("mcg", t_mcg, f"({t_mcg / len(ds.images):.2f} s/image, 2 workers)  best-per-box ", ev))
         t = time.perf_counter()
         ag_path = run_agree(gc_path, mcg_path, tmp / "agree.h5")
         t_ag = time.perf_counter() - t

@@ -26,22 +26,15 @@ class BackboneError(PseudomaskError, ValueError):
 
 
 def _hrnet_extra(width: int, small: bool = False) -> dict:
-    c = width
-    if small:  # HRNet-W18-small (v1 schedule): one module per stage, two blocks per branch
-        return dict(
-            stage1=dict(num_modules=1, num_branches=1, block="BOTTLENECK", num_blocks=(1,), num_channels=(32,)),
-            stage2=dict(num_modules=1, num_branches=2, block="BASIC", num_blocks=(2, 2), num_channels=(c, 2 * c)),
-            stage3=dict(num_modules=1, num_branches=3, block="BASIC", num_blocks=(2, 2, 2),
-                        num_channels=(c, 2 * c, 4 * c)),
-            stage4=dict(num_modules=1, num_branches=4, block="BASIC", num_blocks=(2, 2, 2, 2),
-                        num_channels=(c, 2 * c, 4 * c, 8 * c)))
-    return dict(
-        stage1=dict(num_modules=1, num_branches=1, block="BOTTLENECK", num_blocks=(4,), num_channels=(64,)),
-        stage2=dict(num_modules=1, num_branches=2, block="BASIC", num_blocks=(4, 4), num_channels=(c, 2 * c)),
-        stage3=dict(num_modules=4, num_branches=3, block="BASIC", num_blocks=(4, 4, 4),
-                    num_channels=(c, 2 * c, 4 * c)),
-        stage4=dict(num_modules=3, num_branches=4, block="BASIC", num_blocks=(4, 4, 4, 4),
-                    num_channels=(c, 2 * c, 4 * c, 8 * c)))
+    """MMDetection HRNet stages: HRNetV2 (modules 1/1/4/3, four blocks per branch) or its small variant
+    (HRNet-W18-small v1 schedule: one module per stage, two blocks per branch); branch k has width x 2^k."""
+    modules, blocks = ((1, 1, 1, 1), 2) if small else ((1, 1, 4, 3), 4)
+    extra = {"stage1": dict(num_modules=1, num_branches=1, block="BOTTLENECK", num_blocks=(1 if small else 4,),
+                            num_channels=(32 if small else 64,))}
+    for n in (2, 3, 4):
+        extra[f"stage{n}"] = dict(num_modules=modules[n - 1], num_branches=n, block="BASIC", num_blocks=(blocks,) * n,
+                                  num_channels=tuple(width * 2 ** k for k in range(n)))
+    return extra
 
 
 # name -> (kind, constructor kwargs, channels of the 4 levels); strides are 4, 8, 16, 32 for all of them

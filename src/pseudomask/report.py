@@ -84,24 +84,18 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], cls: str = "") 
 
 # ---------------------------------------------------------------- data
 
-def status_counts(files: Sequence[Path]) -> Counter:
-    c: Counter = Counter()
-    for f in files:
-        with Artifact(f) as a:
-            c.update(a.status_counts())
-    return c
-
-
-def stage_reasons(files: Sequence[Path]) -> Counter:
-    """(status, reason pattern) counts over the shards of one stage."""
+def stage_tallies(files: Sequence[Path]) -> tuple[Counter, Counter]:
+    """Counts by status and by (status, reason pattern) over the shards of one stage, in one read of each."""
     from .summary import reason_counts
 
-    c: Counter = Counter()
+    status: Counter = Counter()
+    reasons: Counter = Counter()
     for f in files:
         with Artifact(f) as a:
             inst = a.instances
-            c.update(reason_counts(inst.get("status", []), inst.get("reason", [])))
-    return c
+            status.update(a.status_counts())
+            reasons.update(reason_counts(inst.get("status", []), inst.get("reason", [])))
+    return status, reasons
 
 
 def category_status(files: Sequence[Path]) -> tuple[list[dict], dict[int, Counter], dict[int, list[float]]]:
@@ -267,14 +261,15 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
              f"{time.strftime('%Y-%m-%d %H:%M')} · pseudomask {__version__} · {gt_note}</div>"]
 
     # counts by status per stage
-    counts = {s: status_counts(fs) for s, fs in files.items()}
+    tallies = {s: stage_tallies(fs) for s, fs in files.items()}
+    counts = {s: t[0] for s, t in tallies.items()}
     rows = [[s, len(fs)] + [counts[s].get(st, 0) for st in STATUSES] + [sum(counts[s].values())]
             for s, fs in files.items()]
     parts.append("<h2>Instances by status and stage</h2>"
                  + _table(["stage", "shards", *STATUSES, "total"], rows))
     why = []
-    for s, fs in files.items():
-        for (st, reason), n in stage_reasons(fs).most_common(reasons):
+    for s in files:
+        for (st, reason), n in tallies[s][1].most_common(reasons):
             why.append([s, st, n, f"{n / max(sum(counts[s].values()), 1):.1%}", reason])
     if why:
         parts.append(f"<h2>Why: the most frequent reasons per stage</h2><p class='note'>up to {reasons} per stage, "

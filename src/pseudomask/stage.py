@@ -25,6 +25,11 @@ Predict = Callable[..., Any]
 PASS_THROUGH = ("failed", "ignored")
 
 
+def usable(record: dict) -> bool:
+    """Whether a method runs on this instance: everything but what an earlier stage failed or ignored."""
+    return record["status"] not in PASS_THROUGH
+
+
 def progress(items: Iterable, desc: str, total: int | None = None, unit: str = "img") -> Iterable:
     """tqdm to stderr (a rule's log), with sparse updates when stderr is not a terminal."""
     tty = sys.stderr.isatty()
@@ -41,7 +46,7 @@ def run_mask_stage(
     method: str,
     params: Mapping[str, Any],
     inputs: Sequence[str | os.PathLike] = (),
-    usable: Callable[[dict], bool] = lambda r: r["status"] not in PASS_THROUGH,
+    usable: Callable[[dict], bool] = usable,
     every_image: bool = False,
 ) -> Path:
     """Run `predict` on each image's usable instances and write every instance to one artifact.

@@ -23,7 +23,7 @@ import numpy as np
 from ..dataset import Dataset
 from ..images import ImageError, read_image
 from ..masks import box_pixels
-from ..stage import PASS_THROUGH, run_mask_stage
+from ..stage import run_mask_stage, usable
 from .matfile import MatFileError, read_mcg_mat
 from .proposals import ProposalPool, proposal_params, proposal_pool
 
@@ -181,10 +181,6 @@ class _Ahead:
         self._ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _usable(r: dict) -> bool:
-    return r["status"] not in PASS_THROUGH
-
-
 def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike | None = None, clip: bool = True,
             workers: int = 1, inputs: Sequence[str | os.PathLike] = (), **params: Any) -> Path:
     """Write the `mcg` artifact of a dataset (shard): per box the best proposal, per image its proposals.
@@ -199,7 +195,7 @@ def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike |
     recorded = {**p, "clip": bool(clip), "mat_dir": mat or ""}
     ahead = None
     if workers > 1:
-        items = ((images[im["id"]], [r for r in by_image.get(im["id"], []) if _usable(r)]) for im in ds.images)
+        items = ((images[im["id"]], [r for r in by_image.get(im["id"], []) if usable(r)]) for im in ds.images)
         ahead = _Ahead(items, (p, mat, clip), workers)
     skipped: list[str] = []
 
@@ -222,7 +218,7 @@ def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike |
 
     try:
         run_mask_stage(ds, out, predict, stage="mcg", method="mcg-mat" if mat else "mcg-style", params=recorded,
-                       inputs=inputs, usable=_usable, every_image=True)
+                       inputs=inputs, every_image=True)
     finally:
         if ahead is not None:
             ahead.close()
