@@ -1,7 +1,10 @@
 # pseudomask: pseudo instance masks from boxes or image-level tags.
-# Stage graph, config keys and HDF5 layout: README.md.  Run: `make run` or `snakemake --cores all`.
+# Stages: src/pseudomask/stages.py (README's stage table); keys: docs/configuration.md.
+# Run: `make run` or `snakemake --cores all`.
 
 from snakemake.utils import min_version, validate
+
+from pseudomask.configuration import complete_config
 
 min_version("8.20")
 
@@ -9,6 +12,8 @@ min_version("8.20")
 configfile: "config.yaml"
 
 
+# unknown keys (with the closest valid key), types and ranges; then every missing key at its default
+config.update(complete_config(config))
 validate(config, "schemas/config.schema.yaml")
 
 

@@ -1,60 +1,59 @@
-# Box priors (issue 3): fast GrabCut per box, GrabCut ∩ MCG agreement, box-agreement validity.
+# Box priors: fast GrabCut per box, GrabCut ∩ MCG agreement, box-agreement validity.
 
 
 rule grabcut:
     input:
         shard=f"{R}/ingest/shards/{{shard}}.h5",
     output:
-        f"{R}/grabcut/{{shard}}.h5",
+        out=mask_artifact("grabcut"),
     params:
-        grabcut={k: v for k, v in config["grabcut"].items() if k not in ("threads", "mem_mb", "runtime")},
+        settings=settings("grabcut"),
     log:
         f"{LOGS}/grabcut/{{shard}}.log",
-    threads: config["grabcut"]["threads"]
+    threads: res("grabcut", "threads")
     resources:
-        mem_mb=config["grabcut"]["mem_mb"],
-        runtime=config["grabcut"]["runtime"],
+        mem_mb=res("grabcut", "mem_mb"),
+        runtime=res("grabcut", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:
-        "../scripts/grabcut.py"
+        "../scripts/run_stage.py"
 
 
 rule agree:
     input:
-        grabcut=f"{R}/grabcut/{{shard}}.h5",
-        mcg=f"{R}/mcg/{{shard}}.h5",
+        grabcut=mask_artifact("grabcut"),
+        mcg=mask_artifact("mcg"),
     output:
-        f"{R}/agree/{{shard}}.h5",
+        out=mask_artifact("agree"),
     params:
-        rest_of_box=config["agree"]["rest_of_box"],
+        settings=settings("agree"),
     log:
         f"{LOGS}/agree/{{shard}}.log",
-    threads: 1
+    threads: res("agree", "threads")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=res("agree", "mem_mb"),
+        runtime=res("agree", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:
-        "../scripts/agree.py"
+        "../scripts/run_stage.py"
 
 
 rule validity:
     input:
-        masks=validity_input_path(),
+        masks=mask_artifact(config["workflow"]["validity_input"]),
     output:
-        f"{R}/validity/{{shard}}.h5",
+        out=mask_artifact("validity"),
     params:
-        min_iou=config["validity"]["min_iou"],
-        ellipse=config["validity"]["ellipse"],
+        settings=settings("validity"),
     log:
         f"{LOGS}/validity/{{shard}}.log",
-    threads: 1
+    threads: res("validity", "threads")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=res("validity", "mem_mb"),
+        runtime=res("validity", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:
-        "../scripts/validity.py"
+        "../scripts/run_stage.py"

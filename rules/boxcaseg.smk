@@ -1,50 +1,46 @@
-# BoxCaseg (issue 6): joint training on all shards' boxes + the salient folder, then per-shard inference.
-# GPU stages: they declare gpu=1 for cluster profiles and run on the CPU when there is none (device: auto),
-# training then with the short `cpu_train` settings.
+# BoxCaseg: joint training on all shards' boxes + the salient folder, then per-shard inference. GPU stages:
+# they declare gpu=1 for cluster profiles and run on the CPU when there is none, training then with the
+# stage's short CPU profile (boxcaseg_train.cpu).
 
 
 rule boxcaseg_train:
     input:
         shards=per_shard(f"{R}/ingest/shards/{{shard}}.h5"),
-        # an unset dataset.salient shows up as this missing input, so the message says what to do
-        salient=config["dataset"].get("salient") or "<set dataset.salient: BoxCaseg's salient-object folder>",
+        salient=config["dataset"]["salient"] or "<set dataset.salient: BoxCaseg's salient-object folder>",
     output:
         model=f"{R}/boxcaseg/model.pt",
         losses=f"{R}/boxcaseg/losses.csv",
     params:
-        train=config["boxcaseg"]["train"],
-        cpu_train=config["boxcaseg"]["cpu_train"],
-        device=config["boxcaseg"]["device"],
+        settings=settings("boxcaseg_train"),
     log:
         f"{LOGS}/boxcaseg_train.log",
-    threads: config["boxcaseg"]["threads"]
+    threads: res("boxcaseg_train", "threads")
     resources:
-        mem_mb=config["boxcaseg"]["mem_mb"],
-        runtime=config["boxcaseg"]["train_runtime"],
+        mem_mb=res("boxcaseg_train", "mem_mb"),
+        runtime=res("boxcaseg_train", "runtime"),
         gpu=1,
     conda:
         "../envs/torch.yaml"
     script:
-        "../scripts/boxcaseg_train.py"
+        "../scripts/run_stage.py"
 
 
-rule boxcaseg_infer:
+rule boxcaseg:
     input:
         shard=f"{R}/ingest/shards/{{shard}}.h5",
         model=f"{R}/boxcaseg/model.pt",
     output:
-        f"{R}/boxcaseg/{{shard}}.h5",
+        out=mask_artifact("boxcaseg"),
     params:
-        infer=config["boxcaseg"]["infer"],
-        device=config["boxcaseg"]["device"],
+        settings=settings("boxcaseg"),
     log:
-        f"{LOGS}/boxcaseg_infer/{{shard}}.log",
-    threads: config["boxcaseg"]["threads"]
+        f"{LOGS}/boxcaseg/{{shard}}.log",
+    threads: res("boxcaseg", "threads")
     resources:
-        mem_mb=config["boxcaseg"]["mem_mb"],
-        runtime=config["boxcaseg"]["infer_runtime"],
+        mem_mb=res("boxcaseg", "mem_mb"),
+        runtime=res("boxcaseg", "runtime"),
         gpu=1,
     conda:
         "../envs/torch.yaml"
     script:
-        "../scripts/boxcaseg_infer.py"
+        "../scripts/run_stage.py"

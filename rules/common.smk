@@ -1,11 +1,27 @@
-# Paths, shard discovery and the list of final targets. Functions only; rules live in the other files.
+# Paths, shard discovery, settings and the list of final targets. Functions only; rules live in the other
+# files. A stage's settings and resources come from its config section (pseudomask.configuration).
 
 import json
-import os
+
+from pseudomask.configuration import stage_resource, stage_settings
 
 R = config["results"]
 LOGS = config["logs"]
 RESOURCES = config["resources"]
+
+
+wildcard_constraints:
+    shard=r"s\d+",
+
+
+def settings(stage):
+    """The stage's settings (its config section without resources): the rule's params."""
+    return stage_settings(config, stage)
+
+
+def res(stage, key):
+    """One of the stage's cluster resources: threads, mem_mb or runtime."""
+    return stage_resource(config, stage, key)
 
 
 def shard_names():
@@ -24,30 +40,22 @@ def per_shard(pattern):
     return inner
 
 
+def mask_artifact(stage):
+    """The per-shard artifact of a mask stage: every one writes results/<stage>/<shard>.h5."""
+    return f"{R}/{stage}/{{shard}}.h5"
+
+
 def supervision():
     return config["dataset"]["supervision"]
 
 
-def mask_source_path():
-    """The per-shard artifact that feeds merge-drop, as chosen by config `merge_drop.source`."""
-    return {
-        "grabcut": f"{R}/grabcut/{{shard}}.h5",
-        "mcg": f"{R}/mcg/{{shard}}.h5",
-        "agreement": f"{R}/agree/{{shard}}.h5",
-        "validity": f"{R}/validity/{{shard}}.h5",
-        "boxcaseg": f"{R}/boxcaseg/{{shard}}.h5",
-        "cam": f"{R}/cam/{{shard}}.h5",
-    }[config["merge_drop"]["source"]]
-
-
-def validity_input_path():
-    """The per-shard artifact whose masks validity checks (config `validity.input`)."""
-    stage = {"agreement": "agree"}.get(config["validity"]["input"], config["validity"]["input"])
-    return f"{R}/{stage}/{{shard}}.h5"
-
-
 def ground_truth():
-    return config["dataset"].get("ground_truth") or ""
+    return config["dataset"]["ground_truth"]
+
+
+def test_annotations():
+    """The COCO JSON whose images the retrained model predicts: workflow.test_annotations, else the export."""
+    return config["workflow"]["test_annotations"] or f"{R}/export/pseudo.json"
 
 
 def final_targets(wildcards):
@@ -55,18 +63,18 @@ def final_targets(wildcards):
     t = [f"{R}/ingest/manifest.json"]
     if supervision() == "boxes":
         for stage in ("grabcut", "mcg", "agree", "validity"):
-            t += expand(f"{R}/{stage}/{{shard}}.h5", shard=shards)
-        if config["boxcaseg"]["enabled"]:
-            t += expand(f"{R}/boxcaseg/{{shard}}.h5", shard=shards)
+            t += expand(mask_artifact(stage), shard=shards)
+        if config["workflow"]["boxcaseg"]:
+            t += expand(mask_artifact("boxcaseg"), shard=shards)
     else:
-        t += expand(f"{R}/cam/{{shard}}.h5", shard=shards)
-    t += expand(f"{R}/merge_drop/{{shard}}.h5", shard=shards)
+        t += expand(mask_artifact("cam"), shard=shards)
+    t += expand(mask_artifact("merge_drop"), shard=shards)
     t += [f"{R}/export/pseudo.json", f"{R}/report/report.html"]
     if ground_truth() and supervision() == "boxes":
         # id-matched mask quality; tag-only instances have no GT ids (benchmarks/bench_cam.py scores them by AP^r)
         t += [f"{R}/evaluate/pseudo_masks.json"]
-    if config["retrain"]["enabled"]:
+    if config["workflow"]["retrain"]:
         t += [f"{R}/retrain/predictions.json"]
-        if config["retrain"].get("test_annotations") or ground_truth():
+        if config["workflow"]["test_annotations"] or ground_truth():
             t += [f"{R}/evaluate/model.json"]
     return t

@@ -7,19 +7,17 @@ rule demo_data:
         images=directory(f"{RESOURCES}/demo/images"),
         salient=directory(f"{RESOURCES}/demo/salient"),
     params:
-        images=config["demo"]["images"],
-        seed=config["demo"]["seed"],
-        size=[config["demo"]["width"], config["demo"]["height"]],
+        settings=settings("demo_data"),
     log:
         f"{LOGS}/demo_data.log",
-    threads: 1
+    threads: res("demo_data", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=res("demo_data", "mem_mb"),
+        runtime=res("demo_data", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:
-        "../scripts/demo_data.py"
+        "../scripts/run_stage.py"
 
 
 checkpoint ingest:
@@ -30,15 +28,14 @@ checkpoint ingest:
         manifest=f"{R}/ingest/manifest.json",
         shards=directory(f"{R}/ingest/shards"),
     params:
-        shard_size=config["dataset"]["shard_size"],
-        format=config["dataset"]["format"],
+        settings=settings("ingest"),
     log:
         f"{LOGS}/ingest.log",
-    threads: 1
+    threads: res("ingest", "threads")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=res("ingest", "mem_mb"),
+        runtime=res("ingest", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:
-        "../scripts/ingest.py"
+        "../scripts/run_stage.py"

@@ -1,23 +1,21 @@
-# MCG-style proposals (issue 3): per image a ranked proposal list (also for images without boxes: the CAM
-# stage picks from it), per box the proposal with the highest IoU with the box.
+# MCG-style proposals: per image a ranked proposal list (also for images without boxes: the CAM stage picks
+# from it), per box the proposal with the highest IoU with the box.
 
 
 rule mcg:
     input:
         shard=f"{R}/ingest/shards/{{shard}}.h5",
     output:
-        f"{R}/mcg/{{shard}}.h5",
-    wildcard_constraints:
-        shard=r"[^/.]+",
+        out=mask_artifact("mcg"),
     params:
-        mcg={k: v for k, v in config["mcg"].items() if k not in ("threads", "mem_mb", "runtime")},
+        settings=settings("mcg"),
     log:
         f"{LOGS}/mcg/{{shard}}.log",
-    threads: config["mcg"].get("threads", 1)
+    threads: res("mcg", "threads")
     resources:
-        mem_mb=config["mcg"].get("mem_mb", 2000),
-        runtime=config["mcg"].get("runtime", 60),
+        mem_mb=res("mcg", "mem_mb"),
+        runtime=res("mcg", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:
-        "../scripts/mcg.py"
+        "../scripts/run_stage.py"

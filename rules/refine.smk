@@ -3,53 +3,57 @@
 
 rule merge_drop:
     input:
-        masks=mask_source_path(),
+        masks=mask_artifact(config["workflow"]["merge_drop_source"]),
     output:
-        f"{R}/merge_drop/{{shard}}.h5",
+        out=mask_artifact("merge_drop"),
     params:
-        threshold=config["merge_drop"]["threshold"],
+        settings=settings("merge_drop"),
     log:
         f"{LOGS}/merge_drop/{{shard}}.log",
-    threads: 1
+    threads: res("merge_drop", "threads")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=res("merge_drop", "mem_mb"),
+        runtime=res("merge_drop", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:
-        "../scripts/merge_drop.py"
+        "../scripts/run_stage.py"
 
 
 rule export:
     input:
-        per_shard(f"{R}/merge_drop/{{shard}}.h5"),
+        artifacts=per_shard(mask_artifact("merge_drop")),
     output:
-        f"{R}/export/pseudo.json",
+        out=f"{R}/export/pseudo.json",
+    params:
+        settings=settings("export"),
     log:
         f"{LOGS}/export.log",
-    threads: 1
+    threads: res("export", "threads")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=res("export", "mem_mb"),
+        runtime=res("export", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:
-        "../scripts/export.py"
+        "../scripts/run_stage.py"
 
 
 rule evaluate_masks:
     input:
         pseudo=f"{R}/export/pseudo.json",
-        ground_truth=lambda wildcards: ground_truth(),
+        ground_truth=ground_truth(),
     output:
-        f"{R}/evaluate/pseudo_masks.json",
+        out=f"{R}/evaluate/pseudo_masks.json",
+    params:
+        settings=settings("evaluate_masks"),
     log:
         f"{LOGS}/evaluate_masks.log",
-    threads: 1
+    threads: res("evaluate_masks", "threads")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=res("evaluate_masks", "mem_mb"),
+        runtime=res("evaluate_masks", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:
-        "../scripts/evaluate_masks.py"
+        "../scripts/run_stage.py"

@@ -1,25 +1,24 @@
-# The self-contained HTML report of a run: overlays per stage, proxy box IoU histogram, drop curve, counts.
+# The self-contained HTML report of a run: counts and reasons per stage, drop curve, quality, overlays. It is a
+# Snakemake report() output: `snakemake --report report.zip` bundles it with the run's provenance.
 
 
 rule report:
     input:
         # every per-shard artifact the run builds (mask stages, merge_drop) and the ingest shards
-        artifacts=lambda wildcards: [t for t in final_targets(wildcards) if t.endswith(".h5")],
-        ingest=f"{R}/ingest/shards",
-        export=f"{R}/export/pseudo.json",
+        artifacts=lambda wildcards: [f"{R}/ingest/shards"]
+        + [t for t in final_targets(wildcards) if t.endswith(".h5")],
         ground_truth=lambda wildcards: ground_truth() or [],
     output:
-        f"{R}/report/report.html",
+        out=report(f"{R}/report/report.html", category="Report", labels={"file": "pseudomask report"}),
     params:
-        samples=config["report"]["samples"],
-        thresholds=config["report"]["thresholds"],
+        settings=settings("report"),
     log:
         f"{LOGS}/report.log",
-    threads: 1
+    threads: res("report", "threads")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:
-        "../scripts/report.py"
+        "../scripts/run_stage.py"

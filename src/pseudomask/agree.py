@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from .errors import PseudomaskError
 from .masks import box_pixels
+from .settings import Settings, setting
 from .stage import PASS_THROUGH, progress
 from .store import IGNORE, Artifact, ArtifactError, ArtifactWriter
 
 REST_OF_BOX = ("background", "ignore")
+
+
+@dataclass(frozen=True)
+class AgreeSettings(Settings):
+    SECTION = "agree"
+    rest_of_box: str = setting("background", "label of box pixels both call background", choices=REST_OF_BOX)
 
 
 def agree_masks(gc: np.ndarray, mcg: np.ndarray, boxes: Sequence[Sequence[float]], categories: Sequence[int],
@@ -98,3 +106,11 @@ def run_agree(grabcut: str | os.PathLike, mcg: str | os.PathLike, out: str | os.
                 w.add_image(a.image(image_id), rows, masks, maps={"semantic": sem, "instance": inst},
                             tags=a.tags.get(image_id, []))
     return Path(out)
+
+
+def run_stage(s: AgreeSettings, *, grabcut: str, mcg: str, out: str, threads: int = 1) -> dict:
+    """The `agree` stage (see pseudomask.stages)."""
+    from .summary import artifact_summary
+
+    run_agree(grabcut, mcg, out, s.rest_of_box)
+    return {"out": out, "status": artifact_summary(out)["status"]}

@@ -1,24 +1,75 @@
-"""`pseudomask` command line: one subcommand per module of pseudomask.commands, discovered at start.
+"""`pseudomask` command line: one subcommand per stage of the registry, plus the tools (init, inspect, show,
+evaluate) of pseudomask.commands.
 
-Each command module defines `register(subparsers)` that adds its parser and sets `func`; commands call
-the same library functions as the workflow's scripts.
+A stage's subcommand takes its ports as options (`--shard`, `--out`, ...), its settings as options generated
+from the settings dataclass, `--config FILE` to take the stage's section of a config file, and `--threads`.
+It runs the registry's function with `Stage.resolve`, as the workflow's rule does: same code, same defaults,
+same device profile.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pkgutil
 import sys
 
 from . import __version__, commands
 from .errors import PseudomaskError
+from .settings import add_arguments, given_arguments, option
+from .stages import STAGES, Stage
+
+
+def add_stage_parser(sub, stage: Stage) -> None:
+    p = sub.add_parser(stage.command, help=stage.help, description=f"{stage.help}. Settings: config section "
+                       f"`{stage.name}` (docs/configuration.md); stage page: docs/stages/{stage.name}.md.")
+    g = p.add_argument_group("inputs and outputs")
+    for port in stage.inputs + stage.outputs:
+        g.add_argument(option(port.name), dest=f"p_{port.name}", required=not port.optional,
+                       nargs="+" if port.many else None, help=port.help, metavar="PATH")
+    p.add_argument("--config", metavar="YAML", help=f"take the settings of section `{stage.name}` of this config "
+                                                    "file (options given here override them)")
+    p.add_argument("--threads", type=int, default=stage.resources.get("threads", 1),
+                   help=f"CPU threads (default: the rule's, {stage.resources.get('threads', 1)})")
+    add_arguments(p, stage.settings_class())
+    p.set_defaults(func=lambda args: run_stage_command(stage, args))
+
+
+def run_stage_command(stage: Stage, args: argparse.Namespace) -> int:
+    section = {}
+    if args.config:
+        from .configuration import complete_config
+
+        section = complete_config(_read_yaml(args.config))[stage.name]
+    settings = stage.resolve(section, given_arguments(args))
+    ports = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_")}
+    summary = stage(settings, threads=args.threads, **ports)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise PseudomaskError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise PseudomaskError(f"{path}: malformed YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise PseudomaskError(f"{path}: a config file is a mapping of sections, got {type(data).__name__}")
+    return data
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pseudomask", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pseudomask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage in STAGES.values():
+        add_stage_parser(sub, stage)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
     return parser

@@ -268,6 +268,9 @@ def _unique(ids: Iterable[Any], path: Path, what: str) -> None:
         seen.add(i)
 
 
+FORMATS = ("auto", "coco", "voc", "tags-csv")
+
+
 def load_dataset(annotations: str | os.PathLike, images: str | os.PathLike | None = None,
                  fmt: str = "auto") -> Dataset:
     """Load any supported input: COCO JSON, VOC folder, tags CSV, or an ingested shard (.h5)."""

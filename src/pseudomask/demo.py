@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .images import write_image
+from .settings import Settings, SettingsError, setting
 from .masks import mask_box, rle_encode
 
 CLASSES = ("disc", "square", "triangle", "star", "ring", "cross")
+
+
+@dataclass(frozen=True)
+class DemoSettings(Settings):
+    SECTION = "demo_data"
+    images: int = setting(24, "number of scenes", minimum=1)
+    seed: int = setting(0, "seed of the scenes and the salient set")
+    width: int = setting(320, "scene width (px)", minimum=32)
+    height: int = setting(240, "scene height (px)", minimum=32)
+    salient: int | None = setting(None, "salient images; null = 4 per scene", minimum=1)
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, base: np.ndarray, amp: float) -> np.ndarray:
@@ -174,3 +186,12 @@ def make_demo_data(out_dir: str | os.PathLike, n_images: int = 24, seed: int = 0
     tmp.write_text(json.dumps(coco))
     os.replace(tmp, out / "annotations.json")
     return out / "annotations.json"
+
+
+def run_stage(s: DemoSettings, *, annotations: str, images: str, salient: str, threads: int = 1) -> dict:
+    """The `demo_data` stage (see pseudomask.stages): the three outputs share one folder."""
+    root = Path(annotations).parent
+    if Path(images) != root / "images" or Path(salient) != root / "salient":
+        raise SettingsError(f"demo_data: images and salient must be {root / 'images'} and {root / 'salient'}")
+    path = make_demo_data(root, s.images, s.seed, (s.width, s.height), s.salient)
+    return {"annotations": str(path), "images": s.images}

@@ -275,3 +275,8 @@ def evaluate_to_file(gt_json: str | os.PathLike, results_json: str | os.PathLike
     tmp.write_text(json.dumps(metrics, indent=1))
     os.replace(tmp, out)
     return metrics
+
+
+def run_stage(s, *, predictions: str, ground_truth: str, out: str, threads: int = 1) -> dict:
+    """The `evaluate_model` stage (see pseudomask.stages)."""
+    return evaluate_to_file(ground_truth, predictions, out)

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,10 +31,18 @@ from pycocotools import mask as mask_utils
 from . import __version__
 from .errors import PseudomaskError
 from .masks import box_agreement
-from .merge_drop import JUDGED, MASK_STAGES, fg_boxes
+from .merge_drop import JUDGED, fg_boxes
+from .settings import Settings
+from .stages import mask_stages
 from .store import IGNORE, Artifact
 
-EXPORTABLE = ("merge_drop",) + MASK_STAGES
+
+
+@dataclass(frozen=True)
+class ExportSettings(Settings):
+    """No settings: every instance of every input artifact is written."""
+
+    SECTION = "export"
 
 
 def sparse_rle(mask: np.ndarray, span: Sequence[int] | None = None) -> dict:
@@ -119,7 +128,7 @@ def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | No
     seen_images: dict[int, str] = {}
     seen_anns: dict[int, str] = {}
     for path in inputs:
-        with Artifact(path, stage=EXPORTABLE) as a:
+        with Artifact(path, stage=mask_stages()) as a:
             cats = [{"id": c["id"], "name": c["name"], "isthing": c["isthing"]} for c in a.categories]
             if categories is None:
                 categories, first = cats, path
@@ -176,3 +185,8 @@ def export_summary(data: dict) -> dict:
         status[a["status"]] = status.get(a["status"], 0) + 1
     return {"images": len(data["images"]), "annotations": len(anns), "status": status,
             "mask_ignore": sum(bool(a["mask_ignore"]) for a in anns)}
+
+
+def run_stage(s: ExportSettings, *, artifacts: list[str], out: str, threads: int = 1) -> dict:
+    """The `export` stage (see pseudomask.stages)."""
+    return {"out": out, **export_summary(export_coco(artifacts, out))}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,62 +30,46 @@ import cv2
 import numpy as np
 
 from .dataset import Dataset
-from .errors import PseudomaskError
+from .settings import Settings, SettingsError, setting
 from .masks import box_agreement, box_mask, box_pixels, ellipse_mask
 
 FALLBACKS = ("ellipse", "box", "none")
 
 
-class GrabCutError(PseudomaskError, ValueError):
+class GrabCutError(SettingsError):
     """Invalid GrabCut parameters."""
 
 
 @dataclass(frozen=True)
-class GrabCutParams:
+class GrabCutParams(Settings):
     """Parameters of the fast GrabCut stage (config section `grabcut:`)."""
 
-    iterations: int = 5          # GrabCut iterations (the papers' 5)
-    margin: float = 0.25         # background margin around the box, as a fraction of the box's side
-    min_margin: int = 10         # ... but at least this many pixels on each side
-    max_side: int = 160          # crops whose longer side exceeds this are downscaled to it
-    min_side: int = 80           # crops whose longer side is below this are upscaled to it (small objects)
-    core: float = 0.2            # sure-foreground ellipse at the box centre, as a fraction of the box (0: none)
-    clean: bool = True           # fill holes and keep the largest connected component
-    fallback: str = "ellipse"    # replacement of degenerate results: ellipse | box | none
-    min_box_iou: float = 0.7     # a mask whose own box has a lower IoU with the given box is degenerate
-    min_fill: float = 0.1        # a mask covering less than this fraction of its box is degenerate
-    retry_core: float = 0.75     # a degenerate result is retried with this sure-foreground core (0: no retry)
-    retry_min_box_iou: float = 0.5  # ... and the retry's mask is used when its box IoU reaches this
-    retry_iterations: int = 2    # GrabCut iterations of the retry (the large core leaves little to refine)
-    seed: int = 0                # cv2.setRNGSeed before each instance: deterministic GMM initialisation
+    SECTION = "grabcut"
+    iterations: int = setting(5, "GrabCut iterations (the papers' 5)", minimum=1)
+    margin: float = setting(0.25, "background margin around the box, fraction of the box side ...", minimum=0)
+    min_margin: int = setting(10, "... but at least this many pixels", minimum=0)
+    max_side: int = setting(160, "crops with a longer side are downscaled to it", minimum=16)
+    min_side: int = setting(80, "crops with a shorter longer side are upscaled to it (small objects)", minimum=0)
+    core: float = setting(0.2, "sure-foreground ellipse at the box centre, fraction of the box (0 = plain rect "
+                               "init)", minimum=0, exclusive_maximum=1)
+    clean: bool = setting(True, "keep the largest component and fill its holes")
+    fallback: str = setting("ellipse", "replacement of empty / fragment / invalid results", choices=FALLBACKS)
+    min_box_iou: float = setting(0.7, "a result whose own box has a lower IoU with the given box is degenerate",
+                                 minimum=0, maximum=1)
+    min_fill: float = setting(0.1, "... and so is one covering less than this fraction of its box",
+                              minimum=0, maximum=1)
+    retry_core: float = setting(0.75, "a degenerate result is retried with this sure-foreground core (0 = no "
+                                      "retry) ...", minimum=0, exclusive_maximum=1)
+    retry_min_box_iou: float = setting(0.5, "... and that mask is kept when its box IoU reaches this; else the "
+                                            "fallback", minimum=0, maximum=1)
+    retry_iterations: int = setting(2, "GrabCut iterations of the retry (the large core leaves little to refine)",
+                                    minimum=1)
+    seed: int = setting(0, "OpenCV RNG seed per instance: deterministic")
 
-    def __post_init__(self) -> None:
-        if self.iterations < 1 or self.retry_iterations < 1:
-            raise GrabCutError(f"grabcut: iterations and retry_iterations must be at least 1, "
-                               f"got {self.iterations}, {self.retry_iterations}")
-        if self.margin < 0 or self.min_margin < 0:
-            raise GrabCutError(f"grabcut: margin and min_margin must be >= 0, got {self.margin}, {self.min_margin}")
-        if self.max_side < 16 or self.min_side < 0 or self.min_side > self.max_side:
-            raise GrabCutError(f"grabcut: need 16 <= max_side and 0 <= min_side <= max_side, "
-                               f"got max_side={self.max_side}, min_side={self.min_side}")
-        for name in ("core", "retry_core"):
-            if not 0 <= getattr(self, name) < 1:
-                raise GrabCutError(f"grabcut: {name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.fallback not in FALLBACKS:
-            raise GrabCutError(f"grabcut: fallback must be one of {FALLBACKS}, got {self.fallback!r}")
-        for name in ("min_box_iou", "min_fill", "retry_min_box_iou"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise GrabCutError(f"grabcut: {name} must lie in [0, 1], got {getattr(self, name)}")
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any] | None) -> "GrabCutParams":
-        """Build from a config mapping, rejecting unknown keys by name."""
-        params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise GrabCutError(f"grabcut: unknown parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**params)
+    def check(self) -> None:
+        if self.min_side > self.max_side:
+            raise GrabCutError(f"grabcut: need min_side <= max_side, got min_side={self.min_side}, "
+                               f"max_side={self.max_side}")
 
 
 def crop_span(span: tuple[int, int, int, int], height: int, width: int, margin: float,
@@ -260,4 +244,14 @@ def run_grabcut(ds: Dataset, out: str | os.PathLike, params: GrabCutParams | Map
     def predict(rgb: np.ndarray, recs: list[dict]) -> list[dict]:
         return grabcut_image(rgb, [r["bbox"] for r in recs], p, n)
 
-    return run_mask_stage(ds, out, predict, stage="grabcut", method="grabcut-crop", params=asdict(p), inputs=inputs)
+    return run_mask_stage(ds, out, predict, stage="grabcut", method="grabcut-crop", params=p.to_dict(),
+                          inputs=inputs)
+
+
+def run_stage(s: GrabCutParams, *, shard: str, images: str | None, out: str, threads: int = 1) -> dict:
+    """The `grabcut` stage (see pseudomask.stages)."""
+    from .dataset import load_dataset
+    from .summary import artifact_summary
+
+    run_grabcut(load_dataset(shard, images), out, s, workers=threads, inputs=[shard])
+    return {"out": out, "status": artifact_summary(out)["status"]}

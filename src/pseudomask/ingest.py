@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from .dataset import load_dataset, shard, write_shard
+from .dataset import FORMATS
+from .settings import Settings, setting
 from .stage import progress
 from .store import file_digest
+
+
+@dataclass(frozen=True)
+class IngestSettings(Settings):
+    SECTION = "ingest"
+    format: str = setting("auto", "annotation format: auto (by file name), coco, voc, tags-csv", choices=FORMATS)
+    shard_size: int = setting(500, "images per shard; a per-shard stage runs once per shard", minimum=1)
 
 
 def shard_name(i: int) -> str:
@@ -38,3 +48,13 @@ def ingest(annotations: str | os.PathLike, images: str | os.PathLike | None, out
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, out / "manifest.json")
     return manifest
+
+
+def run_stage(s: IngestSettings, *, annotations: str, images: str | None, manifest: str, shards: str,
+              threads: int = 1) -> dict:
+    """The `ingest` stage (see pseudomask.stages): shard records in `shards`, the manifest at `manifest`."""
+    m = ingest(annotations, images, shards, shard_size=s.shard_size, fmt=s.format)
+    if Path(manifest).resolve() != (Path(shards) / "manifest.json").resolve():
+        Path(manifest).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(Path(shards) / "manifest.json", manifest)
+    return m

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import PseudomaskError
 from .masks import box_iou
+from .settings import Settings, setting
+from .stages import mask_stages
+from .stage import progress
 from .store import Artifact, ArtifactWriter
 
-MASK_STAGES = ("grabcut", "mcg", "agree", "validity", "boxcaseg", "cam")
 JUDGED = ("kept", "invalid")
 THRESHOLDS = (0.0, 0.75, 0.85, 0.90, 0.95)
 METHOD = "smaller-box-merge+proxy-box-drop"
@@ -127,6 +130,13 @@ def merge_drop_image(masks: np.ndarray, rows: Sequence[Mapping[str, Any]], thres
     return merged, rows
 
 
+@dataclass(frozen=True)
+class MergeDropSettings(Settings):
+    SECTION = "merge_drop"
+    threshold: float = setting(0.95, "masks whose proxy box IoU is below this are dropped (mask-ignored, box kept)",
+                               minimum=0, maximum=1)
+
+
 def _check_threshold(threshold: float) -> float:
     t = float(threshold)
     if not (0.0 <= t <= 1.0) or math.isnan(t):
@@ -136,10 +146,9 @@ def _check_threshold(threshold: float) -> float:
 
 def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float = 0.95) -> dict:
     """Run merge-and-drop over one mask-source artifact and write a `merge_drop` artifact; returns a summary."""
-    from .stage import progress
 
     threshold = _check_threshold(threshold)
-    with Artifact(src, stage=MASK_STAGES) as a:
+    with Artifact(src, stage=[m for m in mask_stages() if m != "merge_drop"]) as a:
         params = {"threshold": threshold, "source_stage": a.stage, "source_method": a.method}
         attrs = {"image_root": a.attrs.get("image_root", ""), "source_stage": a.stage, "source_method": a.method}
         with ArtifactWriter(out, stage="merge_drop", method=METHOD, params=params, inputs=[src],
@@ -191,3 +200,8 @@ def drop_curve(proxy_iou: Iterable[float], thresholds: Sequence[float] = THRESHO
             row["miou_all"] = float(g.mean()) if len(g) else None
         out.append(row)
     return out
+
+
+def run_stage(s: MergeDropSettings, *, masks: str, out: str, threads: int = 1) -> dict:
+    """The `merge_drop` stage (see pseudomask.stages)."""
+    return {"out": out, **merge_drop(masks, out, threshold=s.threshold)}

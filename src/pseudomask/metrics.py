@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,9 +18,17 @@ import numpy as np
 
 from .errors import PseudomaskError
 from .masks import box_agreement, is_small64, mask_iou, segmentation_mask, size_bucket
+from .settings import Settings
 from .store import Artifact
 
 INVALID_BELOW = 0.5
+
+
+@dataclass(frozen=True)
+class EvaluateSettings(Settings):
+    """No settings: the metrics are fixed (mIoU by size, AP^r, ABO; COCO AP for detections)."""
+
+    SECTION = "evaluate"
 
 
 class GroundTruth:
@@ -135,3 +144,12 @@ def is_detection_results(path: str | os.PathLike) -> bool:
     with open(p) as fh:
         head = fh.read(4096).lstrip()
     return head.startswith("[")
+
+
+def run_stage(s: EvaluateSettings, *, pseudo: str, ground_truth: str, out: str, threads: int = 1) -> dict:
+    """The `evaluate_masks` stage (see pseudomask.stages)."""
+    from .export import write_json
+
+    result = evaluate_pseudo(pseudo, ground_truth)
+    write_json(result, out, indent=2)
+    return result

@@ -15,6 +15,7 @@ import io
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -24,9 +25,18 @@ import numpy as np
 from . import __version__
 from .errors import PseudomaskError
 from .merge_drop import THRESHOLDS, drop_curve, is_dropped, judged
+from .settings import Settings, setting
+from .stages import mask_stages
 from .store import STATUSES, Artifact
 
-STAGES = ("ingest", "grabcut", "mcg", "agree", "validity", "boxcaseg", "cam", "merge_drop")
+STAGES = ("ingest",) + mask_stages()
+
+
+@dataclass(frozen=True)
+class ReportSettings(Settings):
+    SECTION = "report"
+    samples: int = setting(4, "sample images shown stage by stage", minimum=0)
+    thresholds: tuple[float, ...] = setting(list(THRESHOLDS), "drop-curve thresholds (BoxCaseg Table 8)")
 
 
 def stage_files(results: str | os.PathLike, stages: Sequence[str] | None = None) -> dict[str, list[Path]]:
@@ -380,3 +390,12 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
     tmp.write_text(doc, encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+def run_stage(s: ReportSettings, *, artifacts: list[str], ground_truth: str | None, out: str,
+              threads: int = 1) -> dict:
+    """The `report` stage (see pseudomask.stages): of artifacts and folders of them, or of one results folder."""
+    one = Path(artifacts[0]) if len(artifacts) == 1 else None
+    where = str(one) if one is not None and (one / "ingest").is_dir() else list(artifacts)
+    return {"out": str(build_report(where, out, ground_truth=ground_truth or None, samples=s.samples,
+                                    thresholds=s.thresholds))}

@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .masks import box_agreement, ellipse_mask, is_small64
+from .settings import Settings, setting
 from .stage import PASS_THROUGH, progress
+from .stages import mask_stages
 from .store import Artifact, ArtifactWriter
 
-MASK_STAGES = ("grabcut", "mcg", "agree", "boxcaseg", "cam", "merge_drop")
+
+
+@dataclass(frozen=True)
+class ValiditySettings(Settings):
+    SECTION = "validity"
+    min_iou: float = setting(0.5, "invalid when IoU(box of the mask, given box) is below this", minimum=0, maximum=1)
+    ellipse: bool = setting(True, "replace invalid masks by the box's inscribed ellipse (status kept, replaced=1)")
 
 
 def invalid_rates(box_ious: np.ndarray, small: np.ndarray, min_iou: float = 0.5) -> dict:
@@ -34,7 +43,7 @@ def invalid_rates(box_ious: np.ndarray, small: np.ndarray, min_iou: float = 0.5)
 def run_validity(src: str | os.PathLike, out: str | os.PathLike, min_iou: float = 0.5, ellipse: bool = False) -> Path:
     """Write a `validity` artifact: every instance with its `box_iou`, invalid ones flagged or replaced."""
     ious, small = [], []
-    with Artifact(src, stage=MASK_STAGES) as a:
+    with Artifact(src, stage=[m for m in mask_stages() if m != "validity"]) as a:
         params = {"min_iou": min_iou, "ellipse": ellipse, "input_stage": a.stage}
         with ArtifactWriter(out, stage="validity", method="box-agreement", params=params, inputs=[src],
                             categories=a.categories, attrs={"image_root": a.attrs.get("image_root", "")}) as w:
@@ -62,3 +71,10 @@ def run_validity(src: str | os.PathLike, out: str | os.PathLike, min_iou: float 
                 w.add_image(im, rows, masks, tags=a.tags.get(image_id, []))
             w.set_attrs(invalid_rates=json.dumps(invalid_rates(np.array(ious), np.array(small, bool), min_iou)))
     return Path(out)
+
+
+def run_stage(s: ValiditySettings, *, masks: str, out: str, threads: int = 1) -> dict:
+    """The `validity` stage (see pseudomask.stages)."""
+    run_validity(masks, out, s.min_iou, s.ellipse)
+    with Artifact(out) as a:
+        return {"out": out, "status": a.status_counts(), **json.loads(a.attrs["invalid_rates"])}

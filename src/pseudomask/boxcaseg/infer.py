@@ -19,7 +19,8 @@ from ..dataset import Dataset
 from ..masks import box_pixels
 from ..stage import run_mask_stage
 from .model import HEADS, BoxCasegError, BoxCasegNet, load_model
-from .train import pick_device
+from ..devices import pick_device
+from .settings import InferSettings
 
 
 def infer_size(model: BoxCasegNet, size: int | str = "auto") -> int:
@@ -97,3 +98,15 @@ def infer(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.PathLike, si
     predict = make_predict(model, size, batch_size, threshold, keep_probabilities, dev, head)
     return run_mask_stage(ds, out, predict, stage="boxcaseg", method="boxcaseg", params=params,
                           inputs=[*inputs, checkpoint])
+
+
+def run_stage(s: InferSettings, *, shard: str, images: str | None, model: str, out: str, threads: int = 1) -> dict:
+    """The `boxcaseg` stage (see pseudomask.stages)."""
+    from ..dataset import load_dataset
+    from ..store import Artifact
+
+    torch.set_num_threads(threads)
+    infer(load_dataset(shard, images), model, out, size=s.size, batch_size=s.batch_size, threshold=s.threshold,
+          keep_probabilities=s.keep_probabilities, device=s.device, head=s.head, inputs=[shard])
+    with Artifact(out) as a:
+        return {"out": out, "images": len(a.image_ids), "status": a.status_counts()}

@@ -23,7 +23,7 @@ CHECKPOINT_VERSION = 1
 # ImageNet statistics; inputs are RGB in [0, 1]
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-HEADS = ("fused", "weak", "salient", "transferred")
+from .settings import HEADS
 
 
 class BoxCasegError(PseudomaskError, ValueError):

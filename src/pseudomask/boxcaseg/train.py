@@ -13,12 +13,10 @@ same settings continues from it (after an interruption, or to extend a finished 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,75 +26,12 @@ import torch
 from ..dataset import Dataset
 from ..stage import progress
 from .data import BoxCasegDataError, JointDataset, RatioBatchSampler, SalientFolder, box_items, collate
-from .losses import SMOOTH_WEIGHT, mil_loss, pixel_loss, smoothness
+from .losses import mil_loss, pixel_loss, smoothness
+from ..devices import pick_device
 from .model import BoxCasegError, architecture, build_model, load_state, save_checkpoint
+from .settings import TrainConfig
 
 LOG_COLUMNS = ("iteration", "loss", "mil", "mil_box", "mil_salient", "smooth", "pixel", "lr", "seconds")
-
-
-@dataclass
-class TrainConfig:
-    """Training settings; the defaults are the paper's (HRNetV2-W48, 288 crops, batch 16 at 9:7, alpha 0.7)."""
-
-    backbone: str = "hrnetv2_w48"
-    backbone_checkpoint: str | None = None  # local ImageNet weights for the backbone; None = random init
-    iters: int = 20000
-    batch_size: int = 16
-    ratio: tuple[float, float] = (9, 7)  # box : salient images per batch (r_ws)
-    crop_size: int = 288
-    salient_resize: int = 320
-    jitter_shift: float = 0.25
-    jitter_scale: tuple[float, float] = (0.5, 1.5)
-    alpha: float = 0.7
-    smooth_weight: float = SMOOTH_WEIGHT
-    optimizer: str = "sgd"  # sgd | adam
-    lr: float = 4e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    checkpoint_every: int = 100
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    log_every: int = 10
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise BoxCasegError(f"unknown BoxCaseg training setting(s): {', '.join(unknown)}")
-        if not d.get("backbone_checkpoint"):
-            d["backbone_checkpoint"] = None
-        for k in ("ratio", "jitter_scale"):
-            if k in d:
-                v = d[k]
-                d[k] = tuple(float(x) for x in (v.split(":") if isinstance(v, str) else v))
-        return cls(**d)
-
-    def resume_key(self) -> dict[str, Any]:
-        """Settings a resume state must share with this run (everything but the length and logistics)."""
-        d = dataclasses.asdict(self)
-        for k in ("iters", "checkpoint_every", "device", "workers", "log_every"):
-            d.pop(k)
-        return json.loads(json.dumps(d))
-
-
-def settings_for_device(train: dict[str, Any], cpu_train: dict[str, Any] | None, device: str = "auto") -> dict:
-    """The training settings for the device: `train` (the paper's, for a GPU) with `cpu_train` merged over it
-    when the device resolves to the CPU, so a CPU run stays short."""
-    d = dict(train or {})
-    if pick_device(device).type == "cpu":
-        d.update(cpu_train or {})
-    d["device"] = device
-    return d
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resume_path(out: str | os.PathLike) -> Path:
@@ -154,7 +89,7 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
           cfg: TrainConfig | dict | None = None, loss_log: str | os.PathLike | None = None,
           resume: bool = True) -> dict[str, Any]:
     """Train BoxCaseg and write the checkpoint `out` (and the loss log CSV); returns a summary."""
-    cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
+    cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_mapping(cfg)
     out = Path(out)
     loss_log = Path(loss_log) if loss_log else out.with_name(out.stem + "_losses.csv")
     device = pick_device(cfg.device)
@@ -167,7 +102,7 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
         sources = ", ".join(str(ds.source or ds.image_root) for ds in datasets) or "no dataset given"
         raise BoxCasegDataError(f"no usable box to train BoxCaseg on (status kept and positive size) in {sources}")
     sampler_seed = cfg.seed
-    model = build_model(cfg.backbone, cfg.backbone_checkpoint, alpha=cfg.alpha).to(device)
+    model = build_model(cfg.backbone, cfg.backbone_checkpoint or None, alpha=cfg.alpha).to(device)
     opt = _optimizer(model, cfg)
     rows: list[dict] = []
     start = 0
@@ -222,7 +157,7 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
     if start < cfg.iters:
         save_state(cfg.iters)
     model.eval()
-    save_checkpoint(out, model, iteration=cfg.iters, config=dataclasses.asdict(cfg),
+    save_checkpoint(out, model, iteration=cfg.iters, config=cfg.to_dict(),
                     data={"box_instances": len(boxes), "salient_images": len(folder), "salient": str(salient)})
     write_log(loss_log, rows)
     first = float(np.mean([r["loss"] for r in rows[:10]])) if rows else float("nan")
@@ -230,3 +165,12 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
     return {"checkpoint": str(out), "loss_log": str(loss_log), "iterations": cfg.iters, "resumed_from": start,
             "box_instances": len(boxes), "salient_images": len(folder), "loss_first10": first, "loss_last10": last,
             "seconds": rows[-1]["seconds"] if rows else 0.0, "device": str(device)}
+
+
+def run_stage(s: TrainConfig, *, shards: list[str], images: str | None, salient: str, model: str, losses: str,
+              threads: int = 1) -> dict:
+    """The `boxcaseg_train` stage (see pseudomask.stages)."""
+    from ..dataset import load_dataset
+
+    torch.set_num_threads(threads)
+    return train([load_dataset(p, images) for p in shards], salient, model, s, loss_log=losses)

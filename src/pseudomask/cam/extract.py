@@ -13,7 +13,6 @@ The low-resolution maps of the tagged classes are stored as map "cam" (/cam/<ima
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,33 +26,15 @@ from ..masks import mask_box
 from ..proposals import Proposals, read_proposals
 from ..stage import progress
 from ..store import Artifact, ArtifactWriter
-from .model import CamError, load_classifier, pick_device
+from ..devices import pick_device
+from .model import CamError, load_classifier
 from .peaks import find_peaks, peak_stimulation
 from .sampling import MODES, ProposalPicker
+from .settings import PeakSettings
 from .stuff import grad_cam, stuff_regions
 from .train import prepare
 
 ID_STRIDE = 1000  # instance id = image_id * ID_STRIDE + k
-
-
-@dataclass
-class PeakSettings:
-    select: str = "sample"  # sample: by objectness (WISE); best: the top proposal containing the peak
-    seed: int = 0
-    peak_threshold: float = 0.5  # keep peaks >= median + t * (max - median) of their class map
-    max_peaks: int = 10  # per class and image
-    win: int | None = None  # peak window; None: the one the classifier was trained with
-    stuff_classes: Sequence[str] = field(default_factory=list)  # category names treated as stuff
-    stuff_threshold: float = 0.5  # Grad-CAM threshold, fraction of its maximum (Li et al.: 50 %)
-    dedupe: bool = True
-    device: str = "auto"
-    mcg: dict = field(default_factory=dict)  # parameters of on-the-fly proposals when no proposal file is given
-
-    @classmethod
-    def from_config(cls, cam: dict) -> "PeakSettings":
-        """Settings from config.yaml's `cam:` section (keys named as there; unrelated keys ignored)."""
-        kw = {k: cam[k] for k in {f.name for f in fields(cls)} - {"win", "mcg"} if k in cam}
-        return cls(**kw)
 
 
 def stuff_ids(ds: Dataset, names: Sequence[str]) -> set[int]:
@@ -99,7 +80,7 @@ def extract_image(model, config: dict, im: dict, rgb: np.ndarray, proposals: Pro
     """Rows, (K, H, W) masks and low-res CAMs of one image's tags."""
     H, W = rgb.shape[:2]
     col = {c: k for k, c in enumerate(config["class_ids"])}
-    win = int(s.win or config["win"])
+    win = int(s.window or config["win"])
     tags = [int(t) for t in im.get("tags", [])]
     base = int(im["id"]) * ID_STRIDE
     rows: list[dict] = []
@@ -188,7 +169,7 @@ def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.Path
             raise CamError(f"no proposal file given and pseudomask.mcg is unavailable ({e})") from None
     else:
         proposals_for_image = None
-    params: dict[str, Any] = {**asdict(s), "checkpoint": str(checkpoint), "proposals": str(proposals or ""),
+    params: dict[str, Any] = {**s.to_dict(), "checkpoint": str(checkpoint), "proposals": str(proposals or ""),
                               "classifier": config}
     try:
         with ArtifactWriter(out, stage="cam", method=f"wise-peaks-{s.select}", params=params,
@@ -238,3 +219,15 @@ def _one_image(model, config, ds, im, tags, props_art, proposals_for_image, stuf
             if r["reason"] == "no proposals for this image":
                 r["reason"] = f"{props_art.path}: no proposals for image {im['id']}"
     return rows, masks, maps
+
+
+def run_stage(s: PeakSettings, *, shard: str, images: str | None, model: str, proposals: str | None, out: str,
+              threads: int = 1) -> dict:
+    """The `cam` stage (see pseudomask.stages)."""
+    from ..dataset import load_dataset
+
+    torch.set_num_threads(threads)
+    extract_peaks(load_dataset(shard, images), model, out, proposals, s, inputs=[shard])
+    with Artifact(out) as a:
+        return {"out": out, "images": len(a.image_ids), "instances": len(a.instances.get("id", [])),
+                "status": a.status_counts()}

@@ -123,12 +123,6 @@ def loss_fn(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.multilabel_soft_margin_loss(scores, targets)
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def build_classifier(config: dict[str, Any], backbone_checkpoint: str | None = None) -> PeakClassifier:
     """Classifier from the `config` stored in a checkpoint (backbone, classes, win, levels)."""
     return PeakClassifier(build_features(config["backbone"], backbone_checkpoint), len(config["class_ids"]),

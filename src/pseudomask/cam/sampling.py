@@ -13,7 +13,7 @@ import numpy as np
 from ..masks import mask_box
 from ..proposals import Proposals
 
-MODES = ("sample", "best")
+from .settings import MODES
 
 
 def objectness_probabilities(scores: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ import hashlib
 import math
 import os
 import sys
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -23,36 +22,10 @@ import torch
 from ..dataset import Dataset
 from ..images import ImageError, read_image
 from ..stage import progress
-from .model import (CamError, build_classifier, loss_fn, pick_device, read_checkpoint, resolve_backbone_name,
+from .settings import TrainSettings
+from ..devices import pick_device
+from .model import (CamError, build_classifier, loss_fn, read_checkpoint, resolve_backbone_name,
                     save_checkpoint)
-
-
-@dataclass
-class TrainSettings:
-    backbone: str = "auto"  # auto: resnet50 on a GPU, resnet18 on CPU; tiny; or a pseudomask.backbones name
-    backbone_checkpoint: str | None = None  # pretrained backbone weights (e.g. ImageNet); none: random init
-    iters: int = 2000
-    batch_size: int = 8
-    lr: float = 0.01
-    optimizer: str = "sgd"  # sgd (momentum 0.9, as PRM) | adam
-    weight_decay: float = 1e-4
-    input_size: int = 448  # images are resized to input_size x input_size (PRM trains at 448)
-    win: int = 3  # peak window r, in cells of the class response map
-    levels: Sequence[int] = field(default_factory=lambda: [-1])
-    seed: int = 0
-    save_every: int = 100
-    workers: int = 0  # image-loading processes
-    cache_mb: int = 1024  # decoded images kept in memory (per loading process)
-    device: str = "auto"  # auto: cuda when available
-
-    @classmethod
-    def from_config(cls, cam: dict) -> "TrainSettings":
-        """Settings from config.yaml's `cam:` section (keys named as there; unrelated keys ignored)."""
-        names = {f.name for f in fields(cls)} - {"win", "backbone_checkpoint"}
-        kw = {k: cam[k] for k in names if k in cam}
-        if "window" in cam:
-            kw["win"] = cam["window"]
-        return cls(**kw, backbone_checkpoint=cam.get("backbone_checkpoint") or None)
 
 
 def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -127,8 +100,6 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
     s = settings or TrainSettings()
     if s.input_size < 64:
         raise CamError(f"input_size must be at least 64 pixels, got {s.input_size}")
-    if s.win < 1 or s.win % 2 == 0:
-        raise CamError(f"the peak window must be a positive odd number, got {s.win}")
     parts = [ds] if isinstance(ds, Dataset) else list(ds)
     if not parts:
         raise CamError("no dataset to train the tag classifier on")
@@ -149,9 +120,9 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
     if not any(im.get("tags") for im in images):
         raise CamError(f"{source}: no image has a tag; the classifier has nothing to learn")
     config = {"backbone": resolve_backbone_name(s.backbone, device), "class_ids": class_ids,
-              "class_names": [c["name"] for c in categories], "win": s.win, "levels": list(s.levels),
+              "class_names": [c["name"] for c in categories], "win": s.window, "levels": list(s.levels),
               "input_size": s.input_size}
-    model = build_classifier(config, s.backbone_checkpoint).to(device)
+    model = build_classifier(config, s.backbone_checkpoint or None).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if s.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
@@ -204,7 +175,18 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
         return {"config": config, "history": history, "checkpoint": str(partial)}
     model.eval()
     save_checkpoint(out, {"config": config, "model": model.state_dict(), "iteration": s.iters, "history": history,
-                          "settings": {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                                       for k, v in vars(s).items()}})
+                          "settings": s.to_dict()})
     partial.unlink(missing_ok=True)
     return {"config": config, "history": history, "checkpoint": str(out)}
+
+
+def run_stage(s: TrainSettings, *, shards: list[str], images: str | None, model: str, threads: int = 1) -> dict:
+    """The `cam_train` stage (see pseudomask.stages)."""
+    from ..dataset import load_dataset
+
+    torch.set_num_threads(threads)
+    r = train_classifier([load_dataset(p, images) for p in shards], model, s)
+    h = r["history"]
+    k = max(1, len(h) // 10)
+    return {"checkpoint": r["checkpoint"], "backbone": r["config"]["backbone"], "iterations": len(h),
+            "loss_first": sum(h[:k]) / k if h else None, "loss_last": sum(h[-k:]) / k if h else None}

@@ -8,43 +8,64 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import PseudomaskError
+from ..settings import Settings, SettingsError, setting, unknown_keys
 from ..proposals import Proposals
 from .grouping import (Candidates, deduplicate, grouped_candidates, leaf_totals, nested_duplicates, objectness,
                        suppress_near_duplicates, tree_candidates, weighted_sums)
 from .hierarchy import adjacency, base_superpixels, boundary_strength, merge_tree, region_features
 
-DEFAULTS: dict[str, Any] = {
-    "max_side": 640,  # the image is processed with its longer side at most this (pixels)
-    "superpixel_scale": 50.0,  # Felzenszwalb scale of the base superpixels (smaller: finer)
-    "superpixel_sigma": 0.8,
-    "superpixel_min_size": 10,
-    # one merge tree per entry: the image scale its boundary map is measured at, and the weights of the
-    # merge cost's terms (boundary strength, colour histogram distance, size, fill)
-    "trees": [
-        {"scale": 1.0, "boundary": 1.0, "colour": 1.0, "size": 1.0, "fill": 1.0},
-        {"scale": 0.5, "boundary": 1.0, "colour": 1.0, "size": 1.0, "fill": 1.0},
-        {"scale": 0.25, "boundary": 1.0, "colour": 1.0, "size": 1.0, "fill": 1.0},
-    ],
-    "pair_levels": [4, 8, 16, 32, 64, 128],  # partitions whose adjacent pairs become candidates
-    "triplet_levels": [4, 8, 16, 32],  # partitions whose adjacent triplets become candidates
-    "min_area": 9,  # candidates smaller than this (pixels, full resolution) are dropped
-    "max_area_fraction": 0.95,  # ...and those covering more than this share of the image
-    "max_proposals": 1000,  # the best-scored proposals kept per image
-    "nms": 0.9,  # ...after dropping those with mask IoU above this with a better one (1: keep all)
-}
+TREE_SCHEMA = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "additionalProperties": False, "required": ["scale"],
+    "properties": {"scale": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                   **{k: {"type": "number", "minimum": 0} for k in ("boundary", "colour", "size", "fill")}}}}
 
 
-class McgError(PseudomaskError, ValueError):
+@dataclass(frozen=True)
+class McgSettings(Settings):
+    """The `mcg` stage: where proposals come from, how they are computed, and how many are stored."""
+
+    SECTION = "mcg"
+    mat_dir: str = setting("", "folder of precomputed MCG .mat files (<image stem>.mat); \"\" = compute MCG-style "
+                               "proposals")
+    clip: bool = setting(True, "clip each chosen proposal to its box (a tight box holds the whole object)")
+    max_side: int = setting(640, "proposals are computed with the longer image side at most this (px)", minimum=16)
+    superpixel_scale: float = setting(50.0, "Felzenszwalb scale of the base superpixels (smaller: finer, slower)",
+                                      exclusive_minimum=0)
+    superpixel_sigma: float = setting(0.8, "Felzenszwalb smoothing of the base superpixels", minimum=0)
+    superpixel_min_size: int = setting(10, "smallest base superpixel (px)", minimum=1)
+    trees: tuple = setting(
+        [{"scale": 1.0, "boundary": 1.0, "colour": 1.0, "size": 1.0, "fill": 1.0},
+         {"scale": 0.5, "boundary": 1.0, "colour": 1.0, "size": 1.0, "fill": 1.0},
+         {"scale": 0.25, "boundary": 1.0, "colour": 1.0, "size": 1.0, "fill": 1.0}],
+        "one merge tree each: image scale of its boundary map, weights of its merge cost (boundary strength, "
+        "colour histogram distance, size, fill)", schema=TREE_SCHEMA)
+    pair_levels: tuple[int, ...] = setting([4, 8, 16, 32, 64, 128],
+                                           "tree partitions whose adjacent pairs become candidates")
+    triplet_levels: tuple[int, ...] = setting([4, 8, 16, 32], "... and whose adjacent triplets do")
+    min_area: float = setting(9, "candidates smaller than this (px, full resolution) are dropped", minimum=0)
+    max_area_fraction: float = setting(0.95, "... and those covering more of the image than this",
+                                       exclusive_minimum=0, maximum=1)
+    max_proposals: int = setting(1000, "proposals stored per image (plus every proposal chosen for a box)",
+                                 minimum=1)
+    nms: float = setting(0.9, "stored proposals: drop one whose IoU with a better one exceeds this (1 = keep all)",
+                         exclusive_minimum=0, maximum=1)
+
+    def proposal_params(self) -> dict[str, Any]:
+        """The keyword arguments of `proposals_for_image` / `proposal_pool`."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("mat_dir", "clip")}
+
+
+class McgError(SettingsError):
     """Invalid MCG parameters."""
 
 
+DEFAULTS: dict[str, Any] = McgSettings().proposal_params()
+
+
 def proposal_params(**params: Any) -> dict[str, Any]:
-    """DEFAULTS updated by `params`; unknown names are an error (a typo in config must not pass silently)."""
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise McgError(f"mcg: unknown parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **params}
+    """DEFAULTS updated by `params`; unknown names are an error naming them (a typo must not pass silently)."""
+    unknown_keys(params, DEFAULTS, "mcg")
+    return McgSettings.from_mapping(params).proposal_params()
 
 
 @dataclass

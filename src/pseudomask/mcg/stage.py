@@ -225,3 +225,20 @@ def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike |
     if skipped:
         print(f"mcg: no proposals for {len(skipped)} image(s) without boxes; first: {skipped[0]}", file=sys.stderr)
     return Path(out)
+
+
+def run_stage(s, *, shard: str, images: str | None, out: str, threads: int = 1) -> dict:
+    """The `mcg` stage (see pseudomask.stages): `threads` worker processes compute images in parallel."""
+    from ..dataset import load_dataset
+    from ..store import Artifact
+
+    run_mcg(load_dataset(shard, images), out, mat_dir=s.mat_dir or None, clip=s.clip, workers=threads,
+            inputs=[shard], **s.proposal_params())
+    with Artifact(out, stage="mcg") as a:
+        props = [a.map("proposals", i) for i in a.image_ids]
+        n = [len(p["scores"]) for p in props if p]
+        kept = a.instances.get("status", np.zeros(0, object)) == "kept"
+        iou = a.instances.get("proposal_iou", np.zeros(0))
+        return {"out": out, "images": len(a.image_ids), "proposals_per_image": round(sum(n) / max(len(n), 1), 1),
+                "mean_proposal_box_iou": round(float(iou[kept].mean()), 4) if kept.any() else None,
+                "status": a.status_counts()}

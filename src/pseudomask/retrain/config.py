@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import PseudomaskError, read_json
+from ..settings import Settings, SettingsError, setting
 from .checkpoint import checkpoint_kind
 
 ARCHS = {"r50": 50, "r101": 101}
@@ -26,52 +27,56 @@ CUSTOM_MODULE = "pseudomask.retrain.modules"
 CONFIG_NAME = "mask_rcnn.py"
 
 
-class RetrainError(PseudomaskError, ValueError):
+class RetrainError(SettingsError):
     """Unusable training input or settings; names the file and the record."""
 
 
-@dataclass
-class RetrainSettings:
-    """The knobs of a training run (config.yaml `retrain:`; README documents each)."""
+SCALE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 32},
+                          {"type": "array", "items": {"type": "integer", "minimum": 32}, "minItems": 2,
+                           "maxItems": 2}]}
+TEST_SCORE_THR = 0.05  # MMDetection's; `predict.score_thr` sets the one used for predictions
 
-    arch: str = "r50"                      # r50 | r101: ResNet depth of the Mask R-CNN FPN backbone
-    schedule: str = "iters"                # iters: max_iters/lr_steps/warmup_iters below; 1x | 2x: 12 | 24
-                                           # epochs of the training images, steps at 8,11 | 16,22, warm-up 500
-    init_checkpoint: str | None = None     # local .pth: ImageNet backbone or a whole detector; None: random
-    max_iters: int = 20                    # training iterations (a COCO 1x schedule is 90000 at batch 16)
-    batch_size: int = 2                    # images per iteration
-    lr: float = 0.01                       # SGD learning rate (momentum 0.9, weight decay 1e-4)
-    clip_grad: float | None = 35.0         # gradient L2-norm clip (random init diverges without); None: off
-    warmup_iters: int = 10                 # linear warm-up from lr/1000
-    lr_steps: Sequence[float] = (0.67, 0.92)  # lr x 0.1 at these fractions of max_iters
-    scale: Any = 320                       # int: longest image side; [long, short]: MMDetection's scale
-    flip: float = 0.5                      # horizontal flip probability
-    workers: int = 0                       # data loader processes (0: in the training process)
-    checkpoint_interval: int = 0           # save every N iterations; 0: only at the end
-    log_interval: int = 10
-    seed: int = 0
-    score_thr: float = 0.05                # prediction: lowest detection score kept
-    max_per_img: int = 100                 # prediction: most detections per image
+
+@dataclass(frozen=True)
+class RetrainSettings(Settings):
+    """The knobs of a Mask R-CNN training run (config section `retrain:`)."""
+
+    SECTION = "retrain"
+    arch: str = setting("r50", "ResNet depth of the Mask R-CNN FPN backbone", choices=tuple(ARCHS))
+    schedule: str = setting("iters", "iters: max_iters / lr_steps / warmup_iters below; 1x | 2x: 12 | 24 epochs, "
+                                     "lr steps at 8,11 | 16,22, warm-up 500", choices=tuple(SCHEDULES))
+    init_checkpoint: str = setting("", "local .pth: ImageNet ResNet (backbone) or a whole MMDetection model; "
+                                       "\"\" = random init")
+    max_iters: int = setting(20, "training iterations (demo: a few CPU iterations; COCO 1x is 90000 at batch 16)",
+                             minimum=1)
+    batch_size: int = setting(2, "images per iteration", minimum=1)
+    lr: float = setting(0.01, "SGD learning rate, momentum 0.9, weight decay 1e-4 (MMDetection: 0.02 at batch 16)",
+                        exclusive_minimum=0)
+    clip_grad: float | None = setting(35.0, "gradient L2-norm clip (random init diverges without); null = off",
+                                      exclusive_minimum=0)
+    warmup_iters: int = setting(10, "linear warm-up from lr/1000", minimum=0)
+    lr_steps: tuple[float, ...] = setting([0.67, 0.92], "lr x 0.1 at these fractions of max_iters")
+    scale: Any = setting(320, "longest image side (int), or [long, short] as MMDetection's (1333, 800)",
+                         schema=SCALE_SCHEMA)
+    flip: float = setting(0.5, "horizontal flip probability", minimum=0, maximum=1)
+    workers: int = setting(0, "data loader processes (0: in the training process)", minimum=0)
+    checkpoint_interval: int = setting(0, "save a resumable checkpoint every N iterations; 0 = only at the end",
+                                       minimum=0)
+    log_interval: int = setting(10, "iterations between log lines", minimum=1)
+    seed: int = setting(0, "seed of weights and data order")
+    max_per_img: int = setting(100, "most detections per image (the model's test config)", minimum=1)
 
     @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any] | None) -> "RetrainSettings":
-        """Settings from a config dict, ignoring keys that are not settings (enabled, paths)."""
-        names = {f.name for f in fields(cls)}
-        s = cls(**{k: v for k, v in (cfg or {}).items() if k in names})
-        s.check()
-        return s
+    def from_mapping(cls, values: Mapping[str, Any] | None, where: str | None = None) -> "RetrainSettings":
+        values = dict(values or {})
+        if isinstance(values.get("scale"), tuple):
+            values["scale"] = list(values["scale"])
+        return super().from_mapping(values, where)
 
     def check(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise RetrainError(f"retrain.schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
-        if self.arch not in ARCHS:
-            raise RetrainError(f"retrain.arch must be one of {sorted(ARCHS)}, got {self.arch!r}")
-        for name in ("max_iters", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise RetrainError(f"retrain.{name} must be at least 1, got {getattr(self, name)!r}")
         if self.init_checkpoint and not Path(self.init_checkpoint).is_file():
             raise RetrainError(f"{self.init_checkpoint}: init checkpoint not found (retrain.init_checkpoint); "
-                               "nothing is downloaded, set it to a local file or null for random init")
+                               "nothing is downloaded, set it to a local file or \"\" for random init")
         scale_pair(self.scale)
 
 
@@ -186,7 +191,7 @@ def model_config(num_classes: int, s: RetrainSettings, init_kind: str | None) ->
                       mask_size=28, pos_weight=-1, debug=False)),
         test_cfg=dict(
             rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
-            rcnn=dict(score_thr=float(s.score_thr), nms=dict(type="nms", iou_threshold=0.5),
+            rcnn=dict(score_thr=TEST_SCORE_THR, nms=dict(type="nms", iou_threshold=0.5),
                       max_per_img=int(s.max_per_img), mask_thr_binary=0.5)),
     )
 

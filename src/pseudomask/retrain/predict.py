@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from ..images import ImageError, read_image
 from ..masks import rle_encode
+from ..settings import Settings, setting
 from .checkpoint import trusted_checkpoints
 from .config import CONFIG_NAME, RetrainError
 
@@ -164,3 +166,25 @@ def write_results(results: list[dict], out: str | os.PathLike) -> Path:
     tmp.write_text(json.dumps(results))
     os.replace(tmp, out)
     return out
+
+
+@dataclass(frozen=True)
+class PredictSettings(Settings):
+    SECTION = "predict"
+    score_thr: float = setting(0.05, "lowest detection score kept", minimum=0, maximum=1)
+    batch_size: int = setting(2, "images per forward pass", minimum=1)
+    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda, ...")
+
+
+def run_stage(s: PredictSettings, *, checkpoint: str, config: str | None, images: str, coco: str | None, out: str,
+              threads: int = 1) -> dict:
+    """The `predict` stage (see pseudomask.stages)."""
+    import torch
+
+    from ..devices import pick_device
+
+    torch.set_num_threads(threads)
+    results, summary = predict(checkpoint, images, coco=coco, config=config, device=str(pick_device(s.device)),
+                               batch_size=s.batch_size, score_thr=s.score_thr)
+    write_results(results, out)
+    return {"out": out, **summary}

@@ -1,0 +1,63 @@
+"""Settings of the tag classifier's training and of peak extraction (config sections `cam_train:`, `cam:`).
+
+`cam_train.cpu` is the short profile used when the device is the CPU, for the CLI and the workflow alike.
+Torch-free, so that the CLI and the config checks load without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..settings import Settings, setting
+
+MODES = ("sample", "best")
+CPU_PROFILE = {"iters": 300, "batch_size": 4, "input_size": 224}
+
+
+@dataclass(frozen=True)
+class TrainSettings(Settings):
+    SECTION = "cam_train"
+    backbone: str = setting("auto", "auto: resnet50 on a GPU, resnet18 on CPU; tiny (no MMDetection); or a "
+                                    "pseudomask.backbones name")
+    backbone_checkpoint: str = setting("", "pretrained backbone weights (local file); \"\" = random initialisation")
+    iters: int = setting(2000, "training iterations (batches)", minimum=1)
+    batch_size: int = setting(8, "images per batch", minimum=1)
+    lr: float = setting(0.01, "peak learning rate (linear warm-up over 5 %, then cosine decay)", exclusive_minimum=0)
+    optimizer: str = setting("sgd", "sgd (momentum 0.9, as PRM) | adam", choices=("sgd", "adam"))
+    weight_decay: float = setting(0.0001, "weight decay", minimum=0)
+    input_size: int = setting(448, "images are resized to this square for the classifier (PRM: 448)", minimum=64)
+    window: int = setting(3, "peak window r, in cells of the class response map (odd)", minimum=1)
+    levels: tuple[int, ...] = setting([-1], "backbone levels feeding the class maps (-1: the last, as PRM)")
+    save_every: int = setting(100, "iterations between resumable snapshots (<model>.partial)", minimum=1)
+    workers: int = setting(0, "image-loading processes", minimum=0)
+    cache_mb: int = setting(1024, "decoded images kept in memory (per loading process)", minimum=0)
+    seed: int = setting(0, "seed of weights and batches")
+    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda, ...")
+    cpu: dict = setting(CPU_PROFILE, "keys replacing the others when the device is the CPU (a short run)")
+
+    def check(self) -> None:
+        if self.window % 2 == 0:
+            self.fail(f"window must be odd, got {self.window}")
+        if self.cpu:
+            from ..settings import unknown_keys
+
+            unknown_keys(self.cpu, [k for k in self.__dataclass_fields__ if k != "cpu"], "cam_train.cpu")
+
+
+@dataclass(frozen=True)
+class PeakSettings(Settings):
+    SECTION = "cam"
+    select: str = setting("sample", "sample: proposal drawn by objectness (WISE); best: the top proposal "
+                                    "containing the peak", choices=MODES)
+    seed: int = setting(0, "seed of the proposal sampling")
+    peak_threshold: float = setting(0.5, "keep peaks >= median + t * (max - median) of their class map",
+                                    minimum=0, maximum=1)
+    max_peaks: int = setting(10, "per class and image", minimum=1)
+    window: int | None = setting(None, "peak window; null = the one the classifier was trained with", minimum=1)
+    stuff_classes: tuple[str, ...] = setting([], "category names segmented by Grad-CAM, one region per image, "
+                                                 "instead of peaks")
+    stuff_threshold: float = setting(0.5, "Grad-CAM threshold as a fraction of its maximum (Li et al.: 50 %)",
+                                     minimum=0, maximum=1)
+    dedupe: bool = setting(True, "a peak that picks an already chosen proposal is ignored (a duplicate)")
+    mcg: dict = setting({}, "mcg settings of on-the-fly proposals when no proposal artifact is given")
+    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda, ...")

@@ -1,0 +1,299 @@
+"""The workflow's configuration as a whole, derived from the stage registry and the settings dataclasses.
+
+Layout: the folders (`results`, `logs`, `resources`), `dataset` (what to read), `workflow` (which stages run
+and how they are wired), then one section per stage named after it, holding the stage's settings and a
+`resources` subsection (threads, mem_mb, runtime) for the cluster, which is not a parameter and never reruns
+a stage.
+
+From here come `complete_config` (what the Snakefile and the CLI check a config with: unknown keys named with
+the closest valid key, values checked, defaults filled), the JSON schema (`schemas/config.schema.yaml`), the
+default `config.yaml` with every key's help as a comment, `pseudomask init`'s config, and
+`docs/configuration.md`. `python -m pseudomask.configuration` rewrites the three generated files; a test
+fails when one is stale.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .settings import Settings, SettingsError, defaults, field_default, section_schema, setting, unknown_keys
+from .stages import STAGES, Stage, mask_stages
+
+SCHEMA_FILE = "schemas/config.schema.yaml"
+CONFIG_FILE = "config.yaml"
+DOCS_FILE = "docs/configuration.md"
+GENERATED_BY = "python -m pseudomask.configuration"
+
+
+@dataclasses.dataclass(frozen=True)
+class Folders(Settings):
+    """Top-level keys: where the run's files go."""
+
+    SECTION = ""
+    results: str = setting("results", "where stage artifacts go")
+    logs: str = setting("logs", "one log file per rule (and shard)")
+    resources: str = setting("resources", "generated inputs (the demo dataset)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSettings(Settings):
+    """What the run reads; the defaults are the demo dataset that rule demo_data renders."""
+
+    SECTION = "dataset"
+    annotations: str = setting("resources/demo/annotations.json", "COCO JSON, Pascal VOC folder, or CSV of image,tag")
+    images: str = setting("resources/demo/images", "image folder (for VOC: the folder of JPEGImages)")
+    supervision: str = setting("boxes", "which entry point of the pipeline runs: boxes | tags (image-level only)",
+                               choices=("boxes", "tags"))
+    ground_truth: str = setting("resources/demo/annotations.json", "COCO JSON with true masks, for evaluation "
+                                                                   "only; \"\" = none")
+    salient: str = setting("resources/demo/salient", "DUTS-style images/ + masks/ folder for BoxCaseg")
+
+
+def _sources(exclude: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(s for s in mask_stages() if s not in exclude)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowSettings(Settings):
+    """How the stages are wired: which optional stages run and which artifact feeds which stage."""
+
+    SECTION = "workflow"
+    boxcaseg: bool = setting(True, "train BoxCaseg and infer its masks (box supervision)")
+    retrain: bool = setting(True, "retrain Mask R-CNN on the export, predict and evaluate")
+    validity_input: str = setting("grabcut", "the mask stage whose masks validity checks",
+                                  choices=_sources(("validity", "merge_drop")))
+    merge_drop_source: str = setting("validity", "the mask stage whose masks merge-drop refines "
+                                                 "(with supervision tags: cam)", choices=_sources(("merge_drop",)))
+    test_annotations: str = setting("", "COCO JSON with true masks to predict and evaluate on; \"\" = the training "
+                                        "images against dataset.ground_truth")
+    test_images: str = setting("", "image folder of test_annotations; \"\" = dataset.images")
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources(Settings):
+    """Cluster resources of a stage's rule (Snakemake's threads and resources); not parameters."""
+
+    SECTION = "resources"
+    threads: int = setting(1, "CPU threads of each job (the stage's workers)", minimum=1)
+    mem_mb: int = setting(2000, "memory per job (MB)", minimum=1)
+    runtime: int = setting(30, "wall time per job (minutes; Slurm's time limit)", minimum=1)
+
+
+SECTIONS: dict[str, type] = {"dataset": DatasetSettings, "workflow": WorkflowSettings}
+# the default run's departures from the defaults: small shards, so that the demo shows sharding
+DEMO = {"ingest": {"shard_size": 8}}
+
+
+def _stage_defaults(stage: Stage) -> dict[str, Any]:
+    return {**defaults(stage.settings_class()), "resources": {**defaults(Resources), **stage.resources}}
+
+
+def default_config() -> dict[str, Any]:
+    """Every key at its default."""
+    cfg: dict[str, Any] = defaults(Folders)
+    cfg.update({name: defaults(cls) for name, cls in SECTIONS.items()})
+    cfg.update({name: _stage_defaults(st) for name, st in STAGES.items()})
+    return cfg
+
+
+def deep_update(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def demo_config() -> dict[str, Any]:
+    """The repository's config.yaml: the defaults with the demo's departures (DEMO)."""
+    return deep_update(default_config(), DEMO)
+
+
+def complete_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`cfg` checked and completed with the defaults: an unknown key anywhere, a wrong type or a value out of
+    range raises SettingsError naming the section and the key (and the closest valid key)."""
+    cfg = dict(cfg or {})
+    base = default_config()
+    unknown_keys(cfg, base, "config")
+    for key, value in cfg.items():
+        if isinstance(base[key], dict) and not isinstance(value, Mapping):
+            raise SettingsError(f"config: {key} must be a mapping of settings, got {value!r}")
+    out = deep_update(base, {k: v for k, v in cfg.items() if isinstance(base[k], dict)})
+    out.update({k: v for k, v in cfg.items() if not isinstance(base[k], dict)})
+    Folders.from_mapping({k: out[k] for k in defaults(Folders)}, "config")
+    for name, cls in SECTIONS.items():
+        cls.from_mapping(cfg.get(name), name)
+    for name, stage in STAGES.items():
+        given = dict(cfg.get(name) or {})
+        res = given.pop("resources", None) or {}
+        if not isinstance(res, Mapping):
+            raise SettingsError(f"{name}.resources: must be a mapping of threads, mem_mb, runtime; got {res!r}")
+        stage.settings_class().from_mapping(given, name)
+        Resources.from_mapping(res, f"{name}.resources")
+    return out
+
+
+def stage_settings(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A stage's section without its resources: the rule's `params` (a change reruns the stage)."""
+    return {k: v for k, v in cfg[name].items() if k != "resources"}
+
+
+def stage_resource(cfg: Mapping[str, Any], name: str, key: str) -> int:
+    return int(cfg[name]["resources"][key])
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON schema of config.yaml, every section closed (`additionalProperties: false`)."""
+    props: dict[str, Any] = {f.name: {"type": "string", "default": field_default(f), "description": f.metadata["help"]}
+                             for f in dataclasses.fields(Folders)}
+    props.update({name: section_schema(cls) for name, cls in SECTIONS.items()})
+    for name, st in STAGES.items():
+        res = section_schema(Resources)
+        for k, v in st.resources.items():
+            res["properties"][k]["default"] = v
+        props[name] = section_schema(st.settings_class(), {"resources": res})
+        props[name]["description"] = st.help
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "description": f"pseudomask workflow configuration (config.yaml); generated by `{GENERATED_BY}` from "
+                           "the settings dataclasses of the stage registry: do not edit",
+            "type": "object", "additionalProperties": False, "properties": props}
+
+
+def _flow(value: Any) -> str:
+    """A value as one line of YAML flow style."""
+    return yaml.safe_dump([value], default_flow_style=True, width=10 ** 6, allow_unicode=True, sort_keys=False).strip()[1:-1]
+
+
+def _line(indent: str, key: str, value: Any, help_: str) -> str:
+    text = f"{indent}{key}: {_flow(value)}"
+    return f"{text:<40} # {help_}" if help_ else text
+
+
+HEADER = f"""\
+# pseudomask configuration. Every key is optional (a missing key takes its default) and checked when the
+# workflow starts; each stage's section holds its settings and the resources of its rule.
+# Reference: docs/configuration.md. This file is generated by `{GENERATED_BY}`."""
+
+
+def render_config(cfg: Mapping[str, Any], header: str = HEADER) -> str:
+    """`cfg` (complete) as YAML with every key's help as a comment, in the order of default_config()."""
+    lines = [header, ""] if header else []
+    for f in dataclasses.fields(Folders):
+        lines.append(_line("", f.name, cfg[f.name], f.metadata["help"]))
+    sections = [(n, c, c.__doc__.splitlines()[0]) for n, c in SECTIONS.items()]
+    sections += [(n, st.settings_class(), st.help) for n, st in STAGES.items()]
+    for name, cls, help_ in sections:
+        lines += ["", f"{name + ':':<40} # {help_}"]
+        for f in dataclasses.fields(cls):
+            lines.append(_line("  ", f.name, cfg[name][f.name], f.metadata["help"]))
+        if name in STAGES:
+            lines.append(_line("  ", "resources", cfg[name]["resources"], "rule threads, memory (MB), wall time "
+                                                                           "(min)"))
+    return "\n".join(lines) + "\n"
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    m = f.metadata
+    if m.get("choices"):
+        return " \\| ".join(f"`{c}`" for c in m["choices"])
+    parts = [f"{op} {m[k]}" for k, op in (("minimum", "≥"), ("exclusive_minimum", ">"), ("maximum", "≤"),
+                                           ("exclusive_maximum", "<")) if m.get(k) is not None]
+    return ", ".join(parts)
+
+
+def _table(cls: type, values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        default = _flow(values[f.name]).replace("|", "\\|")
+        rows.append(f"| `{prefix}{f.name}` | `{default}` | {_allowed(f)} | {f.metadata['help'].replace('|', '/')} |")
+    return rows
+
+
+def config_docs() -> str:
+    """docs/configuration.md: every section and key with its default, allowed values and meaning."""
+    cfg = default_config()
+    out = ["# Configuration", "",
+           f"Generated by `{GENERATED_BY}` from the settings dataclasses of the stage registry "
+           "(`src/pseudomask/stages.py`); a test fails when it is stale. Every key is optional: a missing key "
+           "takes the default below, an unknown key stops the run naming the closest valid key. The CLI takes "
+           "the same settings as options (`pseudomask <stage> --help`) or a section of a config file "
+           "(`pseudomask <stage> --config my.yaml`).", "",
+           "## Folders (top level)", "", *_table(Folders, cfg)]
+    for name, cls in SECTIONS.items():
+        out += ["", f"## `{name}`", "", cls.__doc__.splitlines()[0], "", *_table(cls, cfg[name])]
+    for name, st in STAGES.items():
+        out += ["", f"## `{name}`", "", f"{st.help}. Stage page: [stages/{name}.md](stages/{name}.md); "
+                f"CLI: `pseudomask {st.command}`; one job {'per shard' if st.per_shard else 'per run'}"
+                f"{'; asks for a GPU' if st.gpu else ''}.", ""]
+        out += _table(st.settings_class(), cfg[name])
+        res = cfg[name]["resources"]
+        out += ["", f"`{name}.resources`: " + ", ".join(f"`{k}` {v}" for k, v in res.items())
+                + " (threads, MB, minutes)."]
+    return "\n".join(out) + "\n"
+
+
+def rule_files(root: str | Path = ".") -> dict[str, str]:
+    """{rule name: rules/*.smk file that defines it} of a checkout."""
+    import re
+
+    out = {}
+    for f in sorted(Path(root, "rules").glob("*.smk")):
+        for m in re.finditer(r"^(?:rule|checkpoint) (\w+):", f.read_text(), re.M):
+            out[m.group(1)] = f"rules/{f.name}"
+    return out
+
+
+def stage_table(root: str | Path = ".") -> str:
+    """The README's stage table: per stage its rule file, library module, tests and docs page (one hop each)."""
+    rules = rule_files(root)
+    rows = ["| stage (CLI) | per | what it does | rule | library | tests | docs |", "|---|---|---|---|---|---|---|"]
+    for name, st in STAGES.items():
+        mod = st.module.replace(".", "/")
+        mod = f"src/{mod}.py" if Path(root, f"src/{mod}.py").exists() else f"src/{mod}/"
+        tests = ", ".join(f"[{Path(t).name}]({t})" for t in st.tests)
+        rows.append(f"| `{name}` (`pseudomask {st.command}`) | {'shard' if st.per_shard else 'run'}"
+                    f"{', GPU' if st.gpu else ''} | {st.help} | [{Path(rules.get(name, '?')).name}]"
+                    f"({rules.get(name, '?')}) | [{st.module}]({mod}) | {tests} | "
+                    f"[{name}.md](docs/stages/{name}.md) |")
+    return "\n".join(rows) + "\n"
+
+
+def generated_files() -> dict[str, str]:
+    """{path relative to the repository: content} of every file made from the registry."""
+    schema = yaml.safe_dump(config_schema(), sort_keys=False, width=120, allow_unicode=True)
+    return {SCHEMA_FILE: f"# generated by `{GENERATED_BY}`: do not edit\n" + schema,
+            CONFIG_FILE: render_config(demo_config()), DOCS_FILE: config_docs()}
+
+
+TABLE_START, TABLE_END = "<!-- stage-table: generated -->\n", "<!-- /stage-table -->\n"
+
+
+def readme_with_table(text: str, root: str | Path = ".") -> str:
+    """README text with the block between the stage-table markers replaced by `stage_table()`."""
+    if TABLE_START not in text or TABLE_END not in text:
+        return text
+    head, rest = text.split(TABLE_START, 1)
+    return head + TABLE_START + stage_table(root) + TABLE_END + rest.split(TABLE_END, 1)[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the generated files (and the README's stage table) under a repository root (default: here)."""
+    root = Path((argv or sys.argv[1:] or ["."])[0])
+    for rel, text in generated_files().items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        print(f"wrote {p}")
+    readme = root / "README.md"
+    if readme.exists():
+        readme.write_text(readme_with_table(readme.read_text(), root))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

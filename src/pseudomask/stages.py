@@ -1,0 +1,226 @@
+"""The stage registry: every stage of the pipeline declared once.
+
+A stage is a name (also its config section, its rule, its CLI subcommand with '-' for '_', and the `stage`
+attribute of the artifacts it writes), the library function it runs, its settings dataclass, its named inputs
+and outputs, whether it runs once per shard, whether it wants a GPU, and its default cluster resources.
+The CLI (`pseudomask.cli`), the workflow's generic script (`scripts/run_stage.py`), the config schema and the
+configuration docs (`pseudomask.configuration`) are derived from it, so the two doors run the same code with
+the same defaults.
+
+Every stage function has the signature `fn(settings, *, threads, **ports) -> dict`: the settings object, the
+number of CPU threads it may use, and one path (or list of paths, or None) per declared port; it returns a
+JSON-able summary that the CLI prints and the rule logs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+
+@dataclass(frozen=True)
+class Port:
+    """A named input or output of a stage: one path, several (`many`), or none (`optional`)."""
+
+    name: str
+    help: str
+    many: bool = False
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    run: str                    # "module:function", relative to the pseudomask package
+    settings: str               # "module:Class"
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    per_shard: bool = False
+    gpu: bool = False
+    masks: bool = False         # writes an artifact with one mask per instance (a mask source)
+    resources: Mapping[str, int] = field(default_factory=lambda: {"threads": 1, "mem_mb": 2000, "runtime": 30})
+    tests: tuple[str, ...] = ()  # the test files that exercise it
+
+    @property
+    def command(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def module(self) -> str:
+        return f"pseudomask.{self.run.split(':')[0]}"
+
+    def settings_class(self) -> type:
+        mod, cls = self.settings.split(":")
+        return getattr(importlib.import_module(f"pseudomask.{mod}"), cls)
+
+    def function(self) -> Callable[..., dict]:
+        mod, fn = self.run.split(":")
+        return getattr(importlib.import_module(f"pseudomask.{mod}"), fn)
+
+    def resolve(self, section: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None):
+        """The settings this stage runs with: its config section (without `resources`) over the defaults,
+        then the device profile (e.g. BoxCaseg's short CPU training), then options given explicitly."""
+        values = {k: v for k, v in (section or {}).items() if k != "resources"}
+        s = self.settings_class().from_mapping(values, self.name).for_device()
+        return s.replace(**given) if given else s
+
+    def __call__(self, settings, *, threads: int = 1, **ports: Any) -> dict:
+        names = {p.name for p in self.inputs + self.outputs}
+        unknown = set(ports) - names
+        if unknown:
+            raise TypeError(f"stage {self.name}: unknown port(s) {sorted(unknown)}; ports: {sorted(names)}")
+        return self.function()(settings, threads=threads, **{n: ports.get(n) for n in names})
+
+
+def _p(name: str, help: str, **kw: Any) -> Port:
+    return Port(name, help, **kw)
+
+
+DATASET = _p("shard", "ingested shard (.h5), or a COCO JSON / VOC folder / tags CSV with --images")
+IMAGES = _p("images", "image folder of a COCO JSON or tags CSV (a shard knows its own)", optional=True)
+OUT = _p("out", "artifact to write (.h5)")
+SHARDS = _p("shards", "ingested shards (.h5), or one COCO JSON with --images", many=True)
+GPU_RESOURCES = {"threads": 1, "mem_mb": 8000, "runtime": 120}
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("demo_data", "render the synthetic demo dataset (COCO JSON with masks, images, salient set)",
+          "demo:run_stage", "demo:DemoSettings", inputs=(),
+          outputs=(_p("annotations", "COCO JSON to write (its folder also gets images/ and salient/)"),
+                   _p("images", "image folder to write: <annotations folder>/images"),
+                   _p("salient", "salient-object folder to write: <annotations folder>/salient")),
+          resources={"threads": 1, "mem_mb": 1000, "runtime": 10}, tests=("tests/test_dataset.py",)),
+    Stage("ingest", "read COCO / VOC / tags input, check it, and split it into shard records (HDF5)",
+          "ingest:run_stage", "ingest:IngestSettings",
+          inputs=(_p("annotations", "COCO JSON, Pascal VOC folder, or CSV of image,tag"),
+                  _p("images", "image folder (not needed for VOC)", optional=True)),
+          outputs=(_p("manifest", "manifest JSON to write (shard names, counts)"),
+                   _p("shards", "folder to write the shard records into")),
+          tests=("tests/test_dataset.py",)),
+    Stage("grabcut", "fast GrabCut from each box (crop, downscale, retry, fallback; deterministic)",
+          "grabcut:run_stage", "grabcut:GrabCutParams", inputs=(DATASET, IMAGES), outputs=(OUT,),
+          per_shard=True, masks=True, resources={"threads": 2, "mem_mb": 2000, "runtime": 60},
+          tests=("tests/test_grabcut.py",)),
+    Stage("mcg", "MCG-style proposals per image; per box the proposal with the highest IoU with it",
+          "mcg.stage:run_stage", "mcg.proposals:McgSettings", inputs=(DATASET, IMAGES), outputs=(OUT,),
+          per_shard=True, masks=True, resources={"threads": 1, "mem_mb": 2000, "runtime": 60},
+          tests=("tests/test_mcg.py",)),
+    Stage("agree", "GrabCut ∩ MCG agreement: foreground where both agree, ignore where they differ",
+          "agree:run_stage", "agree:AgreeSettings",
+          inputs=(_p("grabcut", "grabcut artifact (.h5)"), _p("mcg", "mcg artifact of the same shard (.h5)")),
+          outputs=(OUT,), per_shard=True, masks=True, tests=("tests/test_agree.py",)),
+    Stage("validity", "box-agreement validity: invalid when IoU(box of the mask, given box) is low",
+          "validity:run_stage", "validity:ValiditySettings",
+          inputs=(_p("masks", "artifact of a mask stage (.h5)"),), outputs=(OUT,), per_shard=True, masks=True,
+          tests=("tests/test_validity.py",)),
+    Stage("boxcaseg_train", "train BoxCaseg on the boxes and a salient-object folder",
+          "boxcaseg.train:run_stage", "boxcaseg.settings:TrainConfig",
+          inputs=(SHARDS, IMAGES, _p("salient", "salient-object folder with images/ and masks/")),
+          outputs=(_p("model", "checkpoint to write (.pt)"), _p("losses", "loss log to write (.csv)")),
+          gpu=True, resources={**GPU_RESOURCES, "runtime": 1440},
+          tests=("tests/test_boxcaseg_train.py", "tests/test_boxcaseg.py")),
+    Stage("boxcaseg", "BoxCaseg mask in every box with a trained checkpoint",
+          "boxcaseg.infer:run_stage", "boxcaseg.settings:InferSettings",
+          inputs=(DATASET, IMAGES, _p("model", "checkpoint written by boxcaseg-train")), outputs=(OUT,),
+          per_shard=True, gpu=True, masks=True, resources=GPU_RESOURCES, tests=("tests/test_boxcaseg.py",)),
+    Stage("cam_train", "train the tag classifier (CAM + peak stimulation) on image-level tags",
+          "cam.train:run_stage", "cam.settings:TrainSettings", inputs=(SHARDS, IMAGES),
+          outputs=(_p("model", "checkpoint to write (.pt)"),), gpu=True,
+          resources={**GPU_RESOURCES, "threads": 2, "runtime": 240}, tests=("tests/test_cam.py",)),
+    Stage("cam", "CAM peaks of the tagged classes pick proposal masks (WISE); Grad-CAM for stuff",
+          "cam.extract:run_stage", "cam.settings:PeakSettings",
+          inputs=(DATASET, IMAGES, _p("model", "classifier written by cam-train"),
+                  _p("proposals", "mcg artifact of the shard (its proposals); none: computed on the fly",
+                     optional=True)),
+          outputs=(OUT,), per_shard=True, gpu=True, masks=True, resources={**GPU_RESOURCES, "threads": 2},
+          tests=("tests/test_cam_peaks.py", "tests/test_cam.py")),
+    Stage("merge_drop", "merge (smaller box wins) and drop (proxy box IoU) of a mask artifact",
+          "merge_drop:run_stage", "merge_drop:MergeDropSettings",
+          inputs=(_p("masks", "artifact of a mask stage (.h5)"),), outputs=(OUT,), per_shard=True, masks=True,
+          tests=("tests/test_merge_drop.py",)),
+    Stage("export", "pseudo masks of merge_drop (or any mask) artifacts as one COCO JSON",
+          "export:run_stage", "export:ExportSettings",
+          inputs=(_p("artifacts", "artifacts (.h5), e.g. every shard of merge_drop", many=True),),
+          outputs=(_p("out", "COCO instances JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30},
+          tests=("tests/test_export.py",)),
+    Stage("evaluate_masks", "pseudo masks (COCO JSON or artifact) against true masks: mIoU, AP^r, ABO",
+          "metrics:run_stage", "metrics:EvaluateSettings",
+          inputs=(_p("pseudo", "COCO JSON of pseudo masks or an artifact"),
+                  _p("ground_truth", "COCO JSON with true masks")),
+          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30},
+          tests=("tests/test_metrics.py",)),
+    Stage("retrain", "train MMDetection Mask R-CNN on pseudo masks (mask_ignore rows train box and class only)",
+          "retrain.train:run_stage", "retrain.config:RetrainSettings",
+          inputs=(_p("annotations", "COCO JSON of pseudo masks (mask_ignore honoured)"), _p("images", "image folder of the training JSON"),
+                  _p("val", "COCO JSON with true masks, evaluated at the end of training", optional=True),
+                  _p("val_images", "image folder of --val", optional=True)),
+          outputs=(_p("checkpoint", "weights to write (.pth); MMEngine's run folder is work/ beside it"),
+                   _p("config", "MMDetection config to write (.py)")),
+          gpu=True, resources={"threads": 2, "mem_mb": 8000, "runtime": 60},
+          tests=("tests/test_retrain.py", "tests/test_retrain_config.py")),
+    Stage("predict", "COCO results (RLE masks, boxes, scores) of a trained Mask R-CNN",
+          "retrain.predict:run_stage", "retrain.predict:PredictSettings",
+          inputs=(_p("checkpoint", "weights written by retrain"),
+                  _p("config", "MMDetection config (default: mask_rcnn.py beside the checkpoint)", optional=True),
+                  _p("images", "image folder"),
+                  _p("coco", "COCO JSON of the images to predict; none: every image file, ids 1.. in name order",
+                     optional=True)),
+          outputs=(_p("out", "COCO results JSON to write"),), gpu=True,
+          resources={"threads": 2, "mem_mb": 8000, "runtime": 60}, tests=("tests/test_retrain_predict.py",)),
+    Stage("evaluate_model", "detector predictions against true masks: COCO AP and VOC-style AP^r, ABO",
+          "detection_metrics:run_stage", "metrics:EvaluateSettings",
+          inputs=(_p("predictions", "COCO results JSON"), _p("ground_truth", "COCO JSON with true masks")),
+          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30},
+          tests=("tests/test_detection_metrics.py",)),
+    Stage("report", "self-contained HTML report: counts, reasons, drop curve, quality, overlays, provenance",
+          "report:run_stage", "report:ReportSettings",
+          inputs=(_p("artifacts", "artifacts (.h5) or folders of them", many=True),
+                  _p("ground_truth", "COCO JSON with true masks", optional=True)),
+          outputs=(_p("out", "HTML file to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30},
+          tests=("tests/test_report.py",)),
+)}
+
+
+def run_rule(smk: Any) -> dict:
+    """Run the stage named after a Snakemake rule from its `snakemake` object (input, output, params.settings,
+    threads, log), logging to the rule's log; the rule's input and output names must be the stage's ports."""
+    import json
+    import os
+
+    from .logs import redirect_output
+
+    stage = get(smk.rule)
+    names = {p.name for p in stage.inputs + stage.outputs}
+    given = set(smk.input.keys()) | set(smk.output.keys())
+    if given - names:
+        raise TypeError(f"rule {smk.rule}: input/output names {sorted(given - names)} are not ports of the stage "
+                        f"(ports: {sorted(names)})")
+    ports: dict[str, Any] = {}
+    for p in stage.inputs + stage.outputs:
+        files = smk.input if p in stage.inputs else smk.output
+        value = files.get(p.name) if p.name in files.keys() else None
+        if p.many:
+            value = [str(v) for v in value] if value else None
+        elif value is not None and not isinstance(value, str):
+            value = str(value[0]) if len(value) else None
+        ports[p.name] = value or None
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads stall shared CPUs
+    with redirect_output(smk.log[0] if smk.log else None):
+        summary = stage(stage.resolve(smk.params.settings), threads=smk.threads, **ports)
+        print(json.dumps(summary, default=str))
+    return summary
+
+
+def get(name: str) -> Stage:
+    try:
+        return STAGES[name.replace("-", "_")]
+    except KeyError:
+        from .settings import SettingsError, suggest
+
+        raise SettingsError(f"no stage {name!r}{suggest(name, STAGES)}; stages: {', '.join(STAGES)}") from None
+
+
+def mask_stages() -> tuple[str, ...]:
+    """Names of the stages whose artifacts hold one mask per instance, in pipeline order."""
+    return tuple(s.name for s in STAGES.values() if s.masks)
