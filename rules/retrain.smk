@@ -9,7 +9,7 @@ rule retrain:
         images=config["dataset"]["images"],
     output:
         checkpoint=f"{R}/retrain/latest.pth",
-        config=f"{R}/retrain/mask_rcnn.py",
+        mmdet_config=f"{R}/retrain/mask_rcnn.py",
     params:
         settings=settings("retrain"),
     log:
@@ -28,7 +28,7 @@ rule retrain:
 rule predict:
     input:
         checkpoint=f"{R}/retrain/latest.pth",
-        config=f"{R}/retrain/mask_rcnn.py",
+        mmdet_config=f"{R}/retrain/mask_rcnn.py",
         images=config["workflow"]["test_images"] or config["dataset"]["images"],
         coco=test_annotations(),
     output:

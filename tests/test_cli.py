@@ -11,10 +11,11 @@ from pseudomask.images import read_image
 
 def test_demo_ingest_inspect_show_evaluate(tmp_path, capsys):
     demo = tmp_path / "demo"
-    assert main(["demo-data", str(demo), "--images", "3", "--seed", "2", "--salient", "1"]) == 0
-    assert main(["ingest", str(demo / "annotations.json"), "--images", str(demo / "images"), "--shard-size", "2",
-                 "--out", str(tmp_path / "ing")]) == 0
-    manifest = json.loads((tmp_path / "ing/manifest.json").read_text())
+    assert main(["demo-data", "--annotations", str(demo / "annotations.json"), "--scenes", "3", "--seed", "2",
+                 "--salient-images", "1"]) == 0
+    assert main(["ingest", "--annotations", str(demo / "annotations.json"), "--images", str(demo / "images"),
+                 "--shard-size", "2", "--shards", str(tmp_path / "ing"), "--manifest", str(tmp_path / "m.json")]) == 0
+    manifest = json.loads((tmp_path / "m.json").read_text())
     assert manifest["shards"] == ["s00000", "s00001"] and manifest["supervision"] == "boxes"
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "ing/s00000.h5"), "--json"]) == 0
@@ -39,8 +40,9 @@ def test_demo_ingest_inspect_show_evaluate(tmp_path, capsys):
 def test_errors_are_messages_not_tracebacks(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    proc = subprocess.run([sys.executable, "-m", "pseudomask", "ingest", str(bad), "--images", str(tmp_path),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pseudomask", "ingest", "--annotations", str(bad), "--images",
+                           str(tmp_path), "--shards", str(tmp_path / "o"), "--manifest", str(tmp_path / "o.json")],
+                          capture_output=True, text=True)
     assert proc.returncode == 2
     assert "bad.json: malformed JSON at line 1" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "pseudomask", "inspect", str(bad)], capture_output=True, text=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pseudomask.dataset import load_dataset
+from pseudomask.settings import SettingsError
 from pseudomask.grabcut import (GrabCutError, GrabCutParams, clean_mask, grabcut_image, grabcut_instance,
                                 run_grabcut)
 from pseudomask.images import write_image
@@ -119,12 +120,14 @@ def test_clean_mask_keeps_largest_component_and_fills_holes():
 
 
 def test_bad_parameters_are_named():
-    with pytest.raises(GrabCutError, match="unknown parameter"):
+    with pytest.raises(SettingsError, match=r"grabcut: unknown key 'iterationz' \(did you mean 'iterations'\?\)"):
         GrabCutParams.from_mapping({"iterationz": 3})
-    with pytest.raises(GrabCutError, match="fallback"):
+    with pytest.raises(SettingsError, match=r"grabcut.fallback: must be one of \['ellipse', 'box', 'none'\]"):
         GrabCutParams(fallback="circle")
-    with pytest.raises(GrabCutError, match="retry_core"):
+    with pytest.raises(SettingsError, match=r"grabcut.retry_core: must be < 1"):
         GrabCutParams(retry_core=1.0)
+    with pytest.raises(GrabCutError, match="min_side <= max_side"):
+        GrabCutParams(min_side=200)
 
 
 def _gray_rgba_dataset(tmp_path):
@@ -163,7 +166,7 @@ def test_stage_on_demo_beats_the_ellipse_and_keeps_every_instance(demo, demo_sha
     from pseudomask.cli import main
 
     out = tmp_path / "gc.h5"
-    assert main(["grabcut", "--coco", str(demo_shard), "--out", str(out), "--workers", "2"]) == 0
+    assert main(["grabcut", "--shard", str(demo_shard), "--out", str(out), "--threads", "2"]) == 0
     coco = json.loads((demo / "annotations.json").read_text())
     ims = {im["id"]: im for im in coco["images"]}
     gts = {a["id"]: a for a in coco["annotations"]}

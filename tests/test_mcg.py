@@ -10,9 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from pseudomask.settings import SettingsError
+
 from pseudomask.images import write_image
 from pseudomask.masks import box_mask, mask_iou, segmentation_mask
-from pseudomask.mcg import (MatFileError, McgError, ProposalPool, image_result, proposal_params,
+from pseudomask.mcg import (MatFileError, ProposalPool, image_result, proposal_params,
                             proposals_for_image, read_mcg_mat, run_mcg, select_for_boxes, write_mcg_mat)
 from pseudomask.mcg.grouping import (grouped_candidates, leaf_totals, nested_duplicates, suppress_near_duplicates,
                                      tree_candidates)
@@ -147,8 +149,10 @@ def test_proposals_of_a_downscaled_image_cover_the_full_resolution():
 
 
 def test_unknown_parameter_is_an_error():
-    with pytest.raises(McgError, match="superpixel_scal"):
+    with pytest.raises(SettingsError, match=r"mcg: unknown key 'superpixel_scal' \(did you mean 'superpixel_scale'\?\)"):
         proposal_params(superpixel_scal=10)
+    with pytest.raises(SettingsError, match=r"mcg.nms: must be <= 1"):
+        proposal_params(nms=2.0)
 
 
 def test_select_for_boxes_picks_the_highest_box_iou():
@@ -324,8 +328,8 @@ def test_parallel_workers_and_cli_match_the_library(tmp_path):
     make_bad_dataset(tmp_path)
     ds = load_coco(tmp_path / "ann.json", tmp_path / "images", check_files=False)
     one = run_mcg(ds, tmp_path / "one.h5", **SMALL)
-    assert main(["mcg", "--coco", str(tmp_path / "ann.json"), "--images", str(tmp_path / "images"),
-                 "--out", str(tmp_path / "two.h5"), "--workers", "2", "--max-proposals", "300"]) == 0
+    assert main(["mcg", "--shard", str(tmp_path / "ann.json"), "--images", str(tmp_path / "images"),
+                 "--out", str(tmp_path / "two.h5"), "--threads", "2", "--max-proposals", "300"]) == 0
     with Artifact(one) as a, Artifact(tmp_path / "two.h5") as b:
         assert a.status_counts() == b.status_counts()
         for i in a.image_ids:

@@ -69,7 +69,7 @@ def test_without_ground_truth_only_drop_rates(results, tmp_path):
 
 def test_cli_report_renders_in_headless_chromium(results, demo, tmp_path):
     out = tmp_path / "report.html"
-    p = subprocess.run([sys.executable, "-m", "pseudomask", "report", str(results), "--out", str(out),
+    p = subprocess.run([sys.executable, "-m", "pseudomask", "report", "--artifacts", str(results), "--out", str(out),
                         "--ground-truth", str(demo / "annotations.json"), "--samples", "2"],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr

@@ -134,7 +134,7 @@ def test_workflow_runs_through_the_slurm_profile(cluster, tmp_path):
         if jobid == cancelled:
             assert state == "CANCELLED", line
     manifest = json.loads((wd / "results/ingest/manifest.json").read_text())
-    n_shards = math.ceil(cfg["demo"]["images"] / cfg["dataset"]["shard_size"])
+    n_shards = math.ceil(cfg["demo_data"]["scenes"] / cfg["ingest"]["shard_size"])
     assert len(manifest["shards"]) == n_shards
     for rule in chain.needs:
         states = by_rule.get(rule, [])

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from pseudomask.store import Artifact
-from workflow_run import (REPO, SNAKEMAKE, cheapest_chain, deep_update, digests, job_stats, outputs, reference_run,
+from pseudomask.configuration import deep_update
+from workflow_run import (REPO, SNAKEMAKE, cheapest_chain, digests, job_stats, outputs, reference_run,
                           snakemake, write_config)
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 def test_every_rule_has_a_log_directive(tmp_path):
     """Snakemake's own linter, over the whole workflow (all optional stages on), finds no rule without a log."""
-    write_config(tmp_path, {"retrain": {"enabled": True}, "boxcaseg": {"enabled": True}})
+    write_config(tmp_path, {"workflow": {"retrain": True, "boxcaseg": True}})
     p = snakemake(tmp_path, "--lint", check=False)
     text = p.stdout + p.stderr
     assert "Lints for rule" in text or "Congratulations" in text, text[-3000:]

@@ -7,7 +7,6 @@ nor touches the checkout's results/ and .snakemake/.
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -22,6 +21,8 @@ import h5py
 import numpy as np
 import yaml
 
+from pseudomask.configuration import deep_update
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 # attributes that legitimately differ between two runs of the same stage on the same input: the creation
@@ -30,18 +31,11 @@ VOLATILE_ATTRS = {"created"}
 VOLATILE_JSON_KEYS = {"created", "date_created"}  # e.g. COCO's info.date_created
 
 
-def deep_update(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def write_config(workdir: Path, overrides: dict | None = None, images: int = 4, shard_size: int = 2) -> dict:
     """The repository's config.yaml with a tiny demo dataset and the GPU-sized stages switched off."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg = deep_update(cfg, {"demo": {"images": images}, "dataset": {"shard_size": shard_size},
-                            "retrain": {"enabled": False}, "boxcaseg": {"enabled": False}})
+    cfg = deep_update(cfg, {"demo_data": {"scenes": images}, "ingest": {"shard_size": shard_size},
+                            "workflow": {"retrain": False, "boxcaseg": False}})
     cfg = deep_update(cfg, overrides or {})
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -86,7 +80,7 @@ class Chain:
     overrides: dict = field(default_factory=dict)
     stage: str = "ingest"
     stage_dir: str = "ingest/shards"
-    param: tuple[str, ...] = ("dataset", "shard_size")
+    param: tuple[str, ...] = ("ingest", "shard_size")
     new_value: object = 1
     downstream: frozenset[str] = frozenset()
     upstream: frozenset[str] = frozenset({"demo_data"})
@@ -96,12 +90,12 @@ class Chain:
 CHAINS = [
     # demo_data -> ingest -> grabcut (per shard) -> merge_drop (per shard) -> export
     Chain("grabcut-export", "export", frozenset({"demo_data", "ingest", "grabcut", "merge_drop", "export"}),
-          overrides={"merge_drop": {"source": "grabcut"}}, stage="grabcut", stage_dir="grabcut",
+          overrides={"workflow": {"merge_drop_source": "grabcut"}}, stage="grabcut", stage_dir="grabcut",
           param=("grabcut", "iterations"), new_value=3, downstream=frozenset({"merge_drop", "export"}),
           upstream=frozenset({"demo_data", "ingest"}), per_shard=frozenset({"grabcut", "merge_drop"})),
     # demo_data -> ingest -> mcg (per shard) -> merge_drop (per shard) -> export
     Chain("mcg-export", "export", frozenset({"demo_data", "ingest", "mcg", "merge_drop", "export"}),
-          overrides={"merge_drop": {"source": "mcg"}}, stage="mcg", stage_dir="mcg",
+          overrides={"workflow": {"merge_drop_source": "mcg"}}, stage="mcg", stage_dir="mcg",
           param=("mcg", "max_proposals"), new_value=500, downstream=frozenset({"merge_drop", "export"}),
           upstream=frozenset({"demo_data", "ingest"}), per_shard=frozenset({"mcg", "merge_drop"})),
     # what exists on day one: demo_data -> ingest (checkpoint)

@@ -1,5 +1,7 @@
-"""`pseudomask` command line: one subcommand per stage of the registry, plus the tools (init, inspect, show,
-evaluate) of pseudomask.commands.
+"""pseudomask: pseudo instance masks from boxes or tags; one subcommand per stage, plus tools.
+
+The stage subcommands come from the stage registry; the tools (init, inspect, show, evaluate) from the
+modules of pseudomask.commands.
 
 A stage's subcommand takes its ports as options (`--shard`, `--out`, ...), its settings as options generated
 from the settings dataclass, `--config FILE` to take the stage's section of a config file, and `--threads`.

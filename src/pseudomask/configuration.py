@@ -28,6 +28,7 @@ from .stages import STAGES, Stage, mask_stages
 SCHEMA_FILE = "schemas/config.schema.yaml"
 CONFIG_FILE = "config.yaml"
 DOCS_FILE = "docs/configuration.md"
+README_FILE = "README.md"
 GENERATED_BY = "python -m pseudomask.configuration"
 
 
@@ -130,6 +131,7 @@ def complete_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         cls.from_mapping(cfg.get(name), name)
     for name, stage in STAGES.items():
         given = dict(cfg.get(name) or {})
+        unknown_keys(given, [*defaults(stage.settings_class()), "resources"], name)
         res = given.pop("resources", None) or {}
         if not isinstance(res, Mapping):
             raise SettingsError(f"{name}.resources: must be a mapping of threads, mem_mb, runtime; got {res!r}")
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
         print(f"wrote {p}")
-    readme = root / "README.md"
+    readme = root / README_FILE
     if readme.exists():
         readme.write_text(readme_with_table(readme.read_text(), root))
     return 0

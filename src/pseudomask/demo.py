@@ -24,11 +24,11 @@ CLASSES = ("disc", "square", "triangle", "star", "ring", "cross")
 @dataclass(frozen=True)
 class DemoSettings(Settings):
     SECTION = "demo_data"
-    images: int = setting(24, "number of scenes", minimum=1)
+    scenes: int = setting(24, "number of scenes (images)", minimum=1)
     seed: int = setting(0, "seed of the scenes and the salient set")
     width: int = setting(320, "scene width (px)", minimum=32)
     height: int = setting(240, "scene height (px)", minimum=32)
-    salient: int | None = setting(None, "salient images; null = 4 per scene", minimum=1)
+    salient_images: int | None = setting(None, "images of the salient set; null = 4 per scene", minimum=1)
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, base: np.ndarray, amp: float) -> np.ndarray:
@@ -188,10 +188,11 @@ def make_demo_data(out_dir: str | os.PathLike, n_images: int = 24, seed: int = 0
     return out / "annotations.json"
 
 
-def run_stage(s: DemoSettings, *, annotations: str, images: str, salient: str, threads: int = 1) -> dict:
+def run_stage(s: DemoSettings, *, annotations: str, images: str | None, salient: str | None,
+              threads: int = 1) -> dict:
     """The `demo_data` stage (see pseudomask.stages): the three outputs share one folder."""
     root = Path(annotations).parent
-    if Path(images) != root / "images" or Path(salient) != root / "salient":
+    if Path(images or root / "images") != root / "images" or Path(salient or root / "salient") != root / "salient":
         raise SettingsError(f"demo_data: images and salient must be {root / 'images'} and {root / 'salient'}")
-    path = make_demo_data(root, s.images, s.seed, (s.width, s.height), s.salient)
-    return {"annotations": str(path), "images": s.images}
+    path = make_demo_data(root, s.scenes, s.seed, (s.width, s.height), s.salient_images)
+    return {"annotations": str(path), "scenes": s.scenes}

@@ -219,8 +219,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, dest_prefix: str =
         elif k in ("int", "float", "str"):
             conv = {"int": int, "float": float, "str": str}[k]
             kw["type"] = (lambda c: (lambda s: None if s in ("none", "null") else c(s)))(conv) if optional else conv
+            kw["metavar"] = f.name.upper()
             if m.get("choices"):
-                kw["choices"] = list(m["choices"])
+                kw.update(choices=list(m["choices"]), metavar="{" + ",".join(map(str, m["choices"])) + "}")
         else:
             kw.update(type=yaml.safe_load, metavar="YAML")
         g.add_argument(option(f.name), **kw)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
@@ -71,6 +72,10 @@ class Stage:
         unknown = set(ports) - names
         if unknown:
             raise TypeError(f"stage {self.name}: unknown port(s) {sorted(unknown)}; ports: {sorted(names)}")
+        for p in self.outputs:  # as Snakemake does for a rule's outputs
+            for path in ([] if ports.get(p.name) is None else
+                         ports[p.name] if isinstance(ports[p.name], list) else [ports[p.name]]):
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
         return self.function()(settings, threads=threads, **{n: ports.get(n) for n in names})
 
 
@@ -88,8 +93,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("demo_data", "render the synthetic demo dataset (COCO JSON with masks, images, salient set)",
           "demo:run_stage", "demo:DemoSettings", inputs=(),
           outputs=(_p("annotations", "COCO JSON to write (its folder also gets images/ and salient/)"),
-                   _p("images", "image folder to write: <annotations folder>/images"),
-                   _p("salient", "salient-object folder to write: <annotations folder>/salient")),
+                   _p("images", "image folder written: <annotations folder>/images", optional=True),
+                   _p("salient", "salient-object folder written: <annotations folder>/salient", optional=True)),
           resources={"threads": 1, "mem_mb": 1000, "runtime": 10}, tests=("tests/test_dataset.py",)),
     Stage("ingest", "read COCO / VOC / tags input, check it, and split it into shard records (HDF5)",
           "ingest:run_stage", "ingest:IngestSettings",
@@ -156,13 +161,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   _p("val", "COCO JSON with true masks, evaluated at the end of training", optional=True),
                   _p("val_images", "image folder of --val", optional=True)),
           outputs=(_p("checkpoint", "weights to write (.pth); MMEngine's run folder is work/ beside it"),
-                   _p("config", "MMDetection config to write (.py)")),
+                   _p("mmdet_config", "MMDetection config to write (.py)")),
           gpu=True, resources={"threads": 2, "mem_mb": 8000, "runtime": 60},
           tests=("tests/test_retrain.py", "tests/test_retrain_config.py")),
     Stage("predict", "COCO results (RLE masks, boxes, scores) of a trained Mask R-CNN",
           "retrain.predict:run_stage", "retrain.predict:PredictSettings",
           inputs=(_p("checkpoint", "weights written by retrain"),
-                  _p("config", "MMDetection config (default: mask_rcnn.py beside the checkpoint)", optional=True),
+                  _p("mmdet_config", "MMDetection config (default: mask_rcnn.py beside the checkpoint)", optional=True),
                   _p("images", "image folder"),
                   _p("coco", "COCO JSON of the images to predict; none: every image file, ids 1.. in name order",
                      optional=True)),

@@ -7,10 +7,10 @@ proposals; select/stage: per-box choice and the artifact; matfile: precomputed M
 """
 
 from .matfile import MatFileError, read_mcg_mat, write_mcg_mat
-from .proposals import DEFAULTS, McgError, McgSettings, ProposalPool, proposal_params, proposal_pool, proposals_for_image
+from .proposals import DEFAULTS, McgSettings, ProposalPool, proposal_params, proposal_pool, proposals_for_image
 from .stage import MIN_BOX, image_result, run_mcg, select_for_boxes
 
 __all__ = [
-    "DEFAULTS", "MIN_BOX", "MatFileError", "McgError", "McgSettings", "ProposalPool", "image_result", "proposal_params",
+    "DEFAULTS", "MIN_BOX", "MatFileError", "McgSettings", "ProposalPool", "image_result", "proposal_params",
     "proposal_pool", "proposals_for_image", "read_mcg_mat", "run_mcg", "select_for_boxes", "write_mcg_mat",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..settings import Settings, SettingsError, setting, unknown_keys
+from ..settings import Settings, setting, unknown_keys
 from ..proposals import Proposals
 from .grouping import (Candidates, deduplicate, grouped_candidates, leaf_totals, nested_duplicates, objectness,
                        suppress_near_duplicates, tree_candidates, weighted_sums)
@@ -53,10 +53,6 @@ class McgSettings(Settings):
     def proposal_params(self) -> dict[str, Any]:
         """The keyword arguments of `proposals_for_image` / `proposal_pool`."""
         return {k: v for k, v in self.to_dict().items() if k not in ("mat_dir", "clip")}
-
-
-class McgError(SettingsError):
-    """Invalid MCG parameters."""
 
 
 DEFAULTS: dict[str, Any] = McgSettings().proposal_params()

@@ -176,7 +176,7 @@ class PredictSettings(Settings):
     device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda, ...")
 
 
-def run_stage(s: PredictSettings, *, checkpoint: str, config: str | None, images: str, coco: str | None, out: str,
+def run_stage(s: PredictSettings, *, checkpoint: str, mmdet_config: str | None, images: str, coco: str | None, out: str,
               threads: int = 1) -> dict:
     """The `predict` stage (see pseudomask.stages)."""
     import torch
@@ -184,7 +184,7 @@ def run_stage(s: PredictSettings, *, checkpoint: str, config: str | None, images
     from ..devices import pick_device
 
     torch.set_num_threads(threads)
-    results, summary = predict(checkpoint, images, coco=coco, config=config, device=str(pick_device(s.device)),
+    results, summary = predict(checkpoint, images, coco=coco, config=mmdet_config, device=str(pick_device(s.device)),
                                batch_size=s.batch_size, score_thr=s.score_thr)
     write_results(results, out)
     return {"out": out, **summary}

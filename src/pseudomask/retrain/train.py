@@ -85,9 +85,9 @@ def train(train_json: str | os.PathLike, images: str | os.PathLike, work_dir: st
 
 
 def run_stage(s: RetrainSettings, *, annotations: str, images: str, val: str | None, val_images: str | None,
-              checkpoint: str, config: str, threads: int = 1) -> dict:
+              checkpoint: str, mmdet_config: str, threads: int = 1) -> dict:
     """The `retrain` stage (see pseudomask.stages): MMEngine's run folder is `work/` beside the checkpoint, and a
     rerun with the same config resumes from it."""
     return train(annotations, images, Path(checkpoint).parent / "work", s, val_json=val, val_images=val_images,
-                 out=checkpoint, config_out=config, threads=threads)
+                 out=checkpoint, config_out=mmdet_config, threads=threads)
 
