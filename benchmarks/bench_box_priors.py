@@ -12,8 +12,8 @@ side by side:
   validity with ellipse on the raw masks;
 - hybrid networks' invalid rates (box agreement < 0.5) of the reference and of fast GrabCut, next to the
   paper's VOC figures;
-- the real stages end to end (`run_grabcut` with 2 threads, `run_validity`, and when `pseudomask.mcg` is
-  importable `run_mcg` and `run_agree`): wall time, mIoU from `pseudomask.metrics`, and for agreement the
+- the real stages end to end (`run_grabcut` with 2 threads, `run_validity`, `run_mcg` with 2 workers and
+  `run_agree`; --no-mcg skips the last two): wall time, mIoU from `pseudomask.metrics`, and for agreement the
   precision of foreground pixels against GT on non-ignored pixels, the ignored fraction of box pixels and
   the mIoU where it decides (IoU over non-ignored pixels).
 
@@ -24,32 +24,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("PSEUDOMASK_NO_PROGRESS", "1")
+from common import by_size, coco_dev  # first: it turns the progress bars off
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from pseudomask.dataset import load_dataset  # noqa: E402
-from pseudomask.grabcut import GrabCutParams, grabcut_instance, run_grabcut  # noqa: E402
-from pseudomask.images import read_image  # noqa: E402
-from pseudomask.masks import (box_agreement, box_mask, box_pixels, ellipse_mask, is_small64, mask_iou,  # noqa: E402
-                              size_bucket)
-from pseudomask.metrics import GroundTruth, instance_scores, summarize  # noqa: E402
-from pseudomask.store import IGNORE, Artifact  # noqa: E402
-from pseudomask.validity import run_validity  # noqa: E402
+from pseudomask.agree import run_agree
+from pseudomask.dataset import load_dataset
+from pseudomask.grabcut import GrabCutParams, grabcut_instance, run_grabcut
+from pseudomask.images import read_image
+from pseudomask.masks import box_agreement, box_mask, box_pixels, ellipse_mask, is_small64, mask_iou, size_bucket
+from pseudomask.mcg import run_mcg
+from pseudomask.metrics import GroundTruth, instance_scores, summarize
+from pseudomask.store import IGNORE, Artifact
+from pseudomask.validity import ValiditySettings, run_validity
 
 PAPER = {"invalid": 0.30, "small64": 0.765, "large64": 0.232}  # hybrid networks, GrabCut on VOC
-
-
-def coco_dev() -> Path:
-    env = os.environ.get("PSEUDOMASK_COCO_DEV")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
 
 
 def reference_grabcut(bgr: np.ndarray, bbox) -> np.ndarray:
@@ -64,16 +59,6 @@ def reference_grabcut(bgr: np.ndarray, bbox) -> np.ndarray:
     except cv2.error:
         return np.zeros((h, w), np.uint8)
     return ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
-
-
-def by_size(ious: np.ndarray, sizes: np.ndarray, small64: np.ndarray) -> str:
-    parts = [f"{ious.mean():.3f}"]
-    for b in ("small", "medium", "large"):
-        sel = sizes == b
-        parts.append(f"{ious[sel].mean():.3f}" if sel.any() else "  -  ")
-    parts += [f"{ious[small64].mean():.3f}" if small64.any() else "  -  ",
-              f"{ious[~small64].mean():.3f}" if (~small64).any() else "  -  "]
-    return "  ".join(f"{p:>6s}" for p in parts)
 
 
 def invalid(biou: np.ndarray, small64: np.ndarray) -> str:
@@ -106,9 +91,10 @@ def main() -> int:
     gt = GroundTruth(gt_json)
     ids = {r["id"] for r in ds.instances}
 
-    def evaluate_pseudo(path, _gt_json):
+    def evaluate(path: Path) -> dict:
         """pseudomask.metrics over the instances measured here (all of coco-dev unless --limit)."""
         return summarize([r for r in instance_scores(path, gt) if r["id"] in ids])
+
     print(f"coco-dev: {len(ds.images)} images, {len(ds.instances)} instances ({root}); "
           f"OpenCV {cv2.__version__}, threads for the per-instance timing: 1")
     cv2.setNumThreads(1)
@@ -177,16 +163,15 @@ def main() -> int:
         t = time.perf_counter()
         gc_path = run_grabcut(ds, tmp / "grabcut.h5", workers=2)
         t_gc = time.perf_counter() - t
-        ev = evaluate_pseudo(gc_path, gt_json)
+        ev = evaluate(gc_path)
         print(stage_line("grabcut", t_gc, f"({t_gc / len(ds.images):.2f} s/image)  ", ev,
                          f"invalid {ev['invalid_rate']:.1%}"))
-        raw_path = run_grabcut(ds, tmp / "grabcut_raw.h5", {"fallback": "none", "min_fill": 0, "min_box_iou": 0,
-                                                              "retry_core": 0},
-                               workers=2)
+        raw_path = run_grabcut(ds, tmp / "grabcut_raw.h5", raw_p, workers=2)
+        v = ValiditySettings()  # the stage's defaults: min_iou 0.5, invalid masks replaced by the ellipse
         t = time.perf_counter()
-        val_path = run_validity(raw_path, tmp / "validity.h5", min_iou=0.5, ellipse=True)
+        val_path = run_validity(raw_path, tmp / "validity.h5", v.min_iou, v.ellipse)
         t_val = time.perf_counter() - t
-        ev = evaluate_pseudo(val_path, gt_json)
+        ev = evaluate(val_path)
         with Artifact(val_path) as a:
             rates = json.loads(a.attrs["invalid_rates"])
         print(stage_line("validity", t_val, "(on raw GrabCut, ellipse)  ", ev,
@@ -195,16 +180,10 @@ def main() -> int:
         if args.no_mcg:
             print("MCG-style stage and agreement: skipped (--no-mcg)")
             return 0
-        try:
-            from pseudomask.mcg import run_mcg
-            from pseudomask.agree import run_agree
-        except ImportError as e:
-            print(f"MCG-style stage not importable ({e}); GrabCut and validity only")
-            return 0
         t = time.perf_counter()
         mcg_path = run_mcg(ds, tmp / "mcg.h5", workers=2)
         t_mcg = time.perf_counter() - t
-        ev = evaluate_pseudo(mcg_path, gt_json)
+        ev = evaluate(mcg_path)
         print(stage_line("mcg", t_mcg, f"({t_mcg / len(ds.images):.2f} s/image, 2 workers)  best-per-box ", ev))
         t = time.perf_counter()
         ag_path = run_agree(gc_path, mcg_path, tmp / "agree.h5")
@@ -228,7 +207,7 @@ def main() -> int:
                     boxpx += (x1 - x0) * (y1 - y0)
                     union = np.count_nonzero((fg | g) & ~ig)
                     decided.append(np.count_nonzero(fg & g & ~ig) / union if union else 0.0)
-        ev = evaluate_pseudo(ag_path, gt_json)
+        ev = evaluate(ag_path)
         print(f"agree     {t_ag:7.1f} s  foreground precision on non-ignored pixels {tp / max(tp + fp, 1):.3f}  "
               f"ignored {ign / max(boxpx, 1):.1%} of box pixels  mIoU where it decides {np.mean(decided):.3f}  "
               f"mIoU with ignore as background {ev['miou']:.3f}")

@@ -4,8 +4,9 @@ Speed: box crops per second through `predict_boxes` (crop, resize, forward, past
 at the CPU default's 71 px and at the paper's 320 px, batch 16, untrained weights (speed does not depend on
 them). Crops come from the coco-dev images when present, else from the demo scenes.
 
-Quality: BoxCaseg trained from random weights with the CPU settings of config.yaml (boxcaseg.train updated by
-boxcaseg.cpu_train) on the demo scenes the default run renders (24 images, 96 salient images), and once with
+Quality: BoxCaseg trained from random weights with the settings the workflow uses on CPU (section
+`boxcaseg_train` with its `cpu` profile applied, TrainConfig.for_device) on the demo scenes the default run
+renders (section `demo_data`: 24 images, 96 salient images), and once with
 more iterations, then mIoU of its masks on the training boxes (instance mean; class mean = the paper's
 mIoU*), for the fused heads (the method's output) and the weak and salient heads alone, next to the filled box
 and GrabCut (pseudomask.grabcut, default parameters). With ../shared/data/coco-dev (or PSEUDOMASK_COCO_DEV):
@@ -18,49 +19,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import coco_dev  # first: it turns the progress bars off
+
 import numpy as np
 import torch
-import yaml
 
-os.environ.setdefault("PSEUDOMASK_NO_PROGRESS", "1")
+from pseudomask.boxcaseg.infer import infer_size, predict_boxes
+from pseudomask.boxcaseg.model import build_model, load_model
+from pseudomask.boxcaseg.settings import TrainConfig
+from pseudomask.boxcaseg.train import train
+from pseudomask.configuration import default_config, stage_settings
+from pseudomask.dataset import load_dataset
+from pseudomask.demo import DemoSettings, make_demo_data
+from pseudomask.grabcut import grabcut_image
+from pseudomask.images import read_image
+from pseudomask.masks import box_mask, mask_iou, segmentation_mask
 
-from pseudomask.boxcaseg.infer import infer_size, predict_boxes  # noqa: E402
-from pseudomask.boxcaseg.model import build_model, load_model  # noqa: E402
-from pseudomask.boxcaseg.train import settings_for_device, train  # noqa: E402
-from pseudomask.dataset import load_dataset  # noqa: E402
-from pseudomask.demo import make_demo_data  # noqa: E402
-from pseudomask.grabcut import grabcut_image  # noqa: E402
-from pseudomask.images import read_image  # noqa: E402
-from pseudomask.masks import box_mask, mask_iou, segmentation_mask  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def coco_dev() -> Path:
-    env = os.environ.get("PSEUDOMASK_COCO_DEV")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
+NEVER = 10 ** 9  # log_every / checkpoint_every: no loss lines, no resume states in between
 
 
-def cpu_settings() -> dict:
-    bc = yaml.safe_load((REPO / "config.yaml").read_text())["boxcaseg"]
-    s = settings_for_device(bc["train"], bc["cpu_train"], "cpu")
-    s.update(log_every=0, checkpoint_every=0)
-    return s
+def cpu_settings() -> TrainConfig:
+    """The default config's `boxcaseg_train` section with its CPU profile applied (as the stage runs on CPU)."""
+    s = TrainConfig.from_mapping(stage_settings(default_config(), "boxcaseg_train")).replace(device="cpu")
+    return s.for_device().replace(log_every=NEVER, checkpoint_every=NEVER)
 
 
-def samples(ann: Path, images: Path, limit: int | None = None):
+def samples(ann: Path, images: Path):
     """(rgb, records, gt masks) per image with usable boxes."""
     ds = load_dataset(ann, images)
     coco = json.loads(ann.read_text())
     gt = {a["id"]: a for a in coco["annotations"]}
     out = []
-    for im in ds.images[:limit]:
+    for im in ds.images:
         recs = [r for r in ds.instances if r["image_id"] == im["id"] and r["status"] == "kept"]
         if not recs:
             continue
@@ -90,12 +85,12 @@ def speed(data, threads: int, quick: bool) -> None:
         print(f"{name:<20}{size:>6}{rate:>10.1f}{1000 / rate:>10.1f}   ({n} crops; x{rate / base:.3f} of the first)")
 
 
-def quality(data, model_path: Path | None, title: str) -> dict:
+def quality(data, model_path: Path, title: str) -> dict:
     """mIoU of fused / weak BoxCaseg, box fill and GrabCut on the data's boxes."""
     ious = {k: [] for k in ("box-fill", "GrabCut", "BoxCaseg fused", "BoxCaseg weak head", "BoxCaseg salient head")}
     cats: list[int] = []
-    model = load_model(model_path) if model_path else None
-    size = infer_size(model) if model else 0
+    model = load_model(model_path)
+    size = infer_size(model)
     t_gc = t_bc = 0.0
     for rgb, recs, gts in data:
         h, w = rgb.shape[:2]
@@ -129,18 +124,16 @@ def quality(data, model_path: Path | None, title: str) -> dict:
     return res
 
 
-def run_training(ds, salient: Path, out: Path, settings: dict) -> dict:
+def run_training(ds, salient: Path, out: Path, settings: TrainConfig) -> None:
     t = time.perf_counter()
     s = train([ds], salient, out, settings, resume=False)
-    rows = s["loss_first10"], s["loss_last10"]
-    print(f"  trained {settings['backbone']} {settings['iters']} iterations in {time.perf_counter() - t:.1f} s: "
-          f"loss (mean of 10) {rows[0]:.3f} -> {rows[1]:.3f}")
-    return s
+    print(f"  trained {settings.backbone} {settings.iters} iterations in {time.perf_counter() - t:.1f} s: "
+          f"loss (mean of 10) {s['loss_first10']:.3f} -> {s['loss_last10']:.3f}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, help="short training (default: config.yaml's cpu_train iters)")
+    ap.add_argument("--iters", type=int, help="short training (default: the iters of boxcaseg_train.cpu)")
     ap.add_argument("--long-iters", type=int, default=1000, help="the longer CPU training (0: skip)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="fewer crops for the speed table")
@@ -148,12 +141,13 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     settings = cpu_settings()
     if args.iters:
-        settings["iters"] = args.iters
+        settings = settings.replace(iters=args.iters)
 
     with tempfile.TemporaryDirectory(prefix="bench_boxcaseg_") as tmp:
         tmp = Path(tmp)
         demo = tmp / "demo"
-        make_demo_data(demo, n_images=24, seed=0)  # the default run's demo: 24 scenes, 96 salient images
+        d = DemoSettings()  # the default run's demo: 24 scenes, 96 salient images
+        make_demo_data(demo, d.scenes, d.seed, (d.width, d.height), d.salient_images)
         ds, demo_data = samples(demo / "annotations.json", demo / "images")
         dev = coco_dev()
         have_coco = (dev / "annotations.json").exists()
@@ -164,19 +158,18 @@ def main() -> int:
             print(f"coco-dev not found at {dev} (set PSEUDOMASK_COCO_DEV): speed on demo crops, no real-image quality")
         speed(coco_data if have_coco else demo_data, args.threads, args.quick)
 
-        print(f"\n== short CPU training on the demo scenes (config.yaml cpu settings: {settings['backbone']}, "
-              f"{settings['iters']} it, batch {settings['batch_size']}, {settings['crop_size']} px, "
-              f"{settings['optimizer']} {settings['lr']:g})")
+        print(f"\n== short CPU training on the demo scenes (CPU profile: {settings.backbone}, "
+              f"{settings.iters} it, batch {settings.batch_size}, {settings.crop_size} px, "
+              f"{settings.optimizer} {settings.lr:g})")
         run_training(ds, demo / "salient", tmp / "short.pt", settings)
-        quality(demo_data, tmp / "short.pt", f"demo, after {settings['iters']} iterations")
+        quality(demo_data, tmp / "short.pt", f"demo, after {settings.iters} iterations")
         if args.long_iters:
-            long = {**settings, "iters": args.long_iters}
-            run_training(ds, demo / "salient", tmp / "long.pt", long)
+            run_training(ds, demo / "salient", tmp / "long.pt", settings.replace(iters=args.long_iters))
             quality(demo_data, tmp / "long.pt", f"demo, after {args.long_iters} iterations")
         if have_coco:
             print("\n== coco-dev: BoxCaseg trained on its boxes + the demo salient images (CPU settings)")
-            steps = args.long_iters or settings["iters"]
-            run_training(cds, demo / "salient", tmp / "coco.pt", {**settings, "iters": steps})
+            steps = args.long_iters or settings.iters
+            run_training(cds, demo / "salient", tmp / "coco.pt", settings.replace(iters=steps))
             quality(coco_data, tmp / "coco.pt", f"coco-dev, after {steps} iterations")
     return 0
 

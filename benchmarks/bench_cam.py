@@ -20,36 +20,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from common import coco_dev  # first: it turns the progress bars off
 
 import cv2
 import numpy as np
 import torch
 
-os.environ.setdefault("PSEUDOMASK_NO_PROGRESS", "1")
-
-from pseudomask.cam.extract import PeakSettings, extract_peaks  # noqa: E402
-from pseudomask.cam.sampling import ProposalPicker  # noqa: E402
-from pseudomask.cam.train import TrainSettings, train_classifier  # noqa: E402
-from pseudomask.dataset import load_dataset  # noqa: E402
-from pseudomask.demo import make_demo_data  # noqa: E402
-from pseudomask.detection_metrics import evaluate_detections  # noqa: E402
-from pseudomask.images import read_image  # noqa: E402
-from pseudomask.masks import box_mask, ellipse_mask, rle_encode, segmentation_mask  # noqa: E402
-from pseudomask.proposals import read_proposals  # noqa: E402
-from pseudomask.store import Artifact  # noqa: E402
-
-COCO_DEV = Path(os.environ.get("PSEUDOMASK_COCO_DEV") or Path(__file__).resolve().parents[2] / "shared/data/coco-dev")
+from pseudomask.cam.extract import extract_peaks
+from pseudomask.cam.sampling import ProposalPicker
+from pseudomask.cam.settings import PeakSettings, TrainSettings
+from pseudomask.cam.train import train_classifier
+from pseudomask.dataset import load_dataset
+from pseudomask.demo import make_demo_data
+from pseudomask.detection_metrics import evaluate_detections
+from pseudomask.grabcut import grabcut_image
+from pseudomask.images import read_image
+from pseudomask.masks import box_mask, ellipse_mask, rle_encode, segmentation_mask
+from pseudomask.mcg import run_mcg
+from pseudomask.proposals import read_proposals
+from pseudomask.store import Artifact
 
 
 def write_proposals(ds, out: Path) -> float:
     """The workflow's `mcg` stage on the dataset: per true box its best proposal (the "MCG best-for-box"
     source) and per image the ranked proposals (map "proposals") the CAM peaks choose from; s/image."""
-    from pseudomask.mcg import run_mcg
-
     t = time.perf_counter()
     run_mcg(ds, out, workers=2)
     return (time.perf_counter() - t) / max(len(ds.images), 1)
@@ -100,8 +98,6 @@ def oracle_results(gts, props_path: Path, mode: str) -> list[dict]:
 
 def box_results(ds, gts, props_path: Path) -> dict[str, list[dict]]:
     """Masks from the true boxes: the mcg stage's best proposal per box, GrabCut, the ellipse, the box."""
-    from pseudomask.grabcut import grabcut_image
-
     out: dict[str, list[dict]] = {"MCG best-for-box": [], "GrabCut": [], "ellipse in box": [], "box (filled)": []}
     with Artifact(props_path) as p:
         for im, rows, masks in p.iter_images():
@@ -194,10 +190,11 @@ def main() -> int:
     run("demo scenes", demo / "annotations.json", demo / "images", a.work / "demo-run", a)
     if a.no_coco_dev:
         return 0
-    if not (COCO_DEV / "annotations.json").exists():
-        print(f"\ncoco-dev not found at {COCO_DEV}: skipping that part")
+    dev = coco_dev()
+    if not (dev / "annotations.json").exists():
+        print(f"\ncoco-dev not found at {dev}: skipping that part")
         return 0
-    run(f"coco-dev ({COCO_DEV})", COCO_DEV / "annotations.json", COCO_DEV / "images", a.work / "coco-dev-run", a)
+    run(f"coco-dev ({dev})", dev / "annotations.json", dev / "images", a.work / "coco-dev-run", a)
     return 0
 
 

@@ -11,7 +11,7 @@ core (affinity, BLAS and OpenCV threads), it runs the stage's per-image work (`p
   proposals and of all candidates;
 - mIoU against GT of the per-box masks (the proposal with the highest IoU with the box, Li et al.), clipped
   to the box (the stage's default) and not, next to the filled box, the inscribed ellipse and GrabCut
-  (`pseudomask.grabcut` defaults, when that module is present), by COCO size and by the 64x64 split.
+  (`pseudomask.grabcut` defaults), by COCO size and by the 64x64 split.
 
 Then (unless --quick) the real stage `run_mcg` on the whole set, for its end-to-end time and file size.
 
@@ -28,35 +28,23 @@ import tempfile
 import time
 from pathlib import Path
 
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy loads
     os.environ[_v] = "1"
-os.environ.setdefault("PSEUDOMASK_NO_PROGRESS", "1")
+
+from common import by_size, coco_dev, pin_one_core  # noqa: E402  (first: it turns the progress bars off)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pseudomask.dataset import load_dataset  # noqa: E402
+from pseudomask.grabcut import GrabCutParams, grabcut_image  # noqa: E402
 from pseudomask.images import read_image  # noqa: E402
-from pseudomask.masks import box_agreement, box_mask, ellipse_mask, is_small64, mask_iou, segmentation_mask, size_bucket  # noqa: E402
+from pseudomask.masks import (box_agreement, box_mask, ellipse_mask, is_small64, mask_iou,  # noqa: E402
+                              segmentation_mask, size_bucket)
 from pseudomask.mcg import image_result, proposal_params, proposal_pool, run_mcg, select_for_boxes  # noqa: E402
 from pseudomask.proposals import Proposals  # noqa: E402
 
 TARGET_S = 3.0
-
-
-def coco_dev() -> Path:
-    env = os.environ.get("PSEUDOMASK_COCO_DEV")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
-
-
-def pin_one_core() -> str:
-    cv2.setNumThreads(1)
-    try:
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to cpu {cpu}"
-    except (AttributeError, OSError):
-        return "not pinned (no sched_setaffinity)"
 
 
 def pool_ious(pool, gts: list[np.ndarray]) -> np.ndarray:
@@ -68,17 +56,6 @@ def pool_ious(pool, gts: list[np.ndarray]) -> np.ndarray:
     inter, area = s[:, :-1], s[:, -1:]
     gt_area = np.array([g.sum() for g in gts], np.float64)[None, :]
     return inter / np.maximum(area + gt_area - inter, 1)
-
-
-def summary(values: list[float], sizes: list[str], small64: list[bool]) -> str:
-    v = np.array(values)
-    parts = [f"{v.mean():.3f}"]
-    for b in ("small", "medium", "large"):
-        sel = np.array([s == b for s in sizes])
-        parts.append(f"{v[sel].mean():.3f}" if sel.any() else "  -  ")
-    s64 = np.array(small64)
-    parts += [f"{v[s64].mean():.3f}", f"{v[~s64].mean():.3f}"]
-    return "  ".join(f"{p:>7s}" for p in parts)
 
 
 def main() -> int:
@@ -93,6 +70,7 @@ def main() -> int:
     if not ann.exists():
         print(f"bench_mcg: {data} not found (set PSEUDOMASK_COCO_DEV); nothing to measure")
         return 0
+    cv2.setNumThreads(1)
     print(f"bench_mcg on {data}; {pin_one_core()}")
     raw = json.loads(ann.read_text())
     gt_seg = {a["id"]: a["segmentation"] for a in raw["annotations"]}
@@ -102,10 +80,6 @@ def main() -> int:
         ds.images = [im for im in ds.images if im["id"] in keep]
         ds.instances = [r for r in ds.instances if r["image_id"] in keep]
     p = proposal_params(**json.loads(args.params))
-    try:
-        from pseudomask.grabcut import GrabCutParams, grabcut_image
-    except ImportError:
-        grabcut_image = None
     by_image = ds.by_image()
     cpu, wall, n_cand, n_stored, nbytes = [], [], [], [], []
     abo_stored, abo_pool = [], []
@@ -134,7 +108,7 @@ def main() -> int:
         stored_rows = np.union1d(pool.ranked(int(p["max_proposals"]), float(p["nms"])), best[best >= 0])
         abo_stored.extend(ious[stored_rows].max(0).tolist())
         stored = Proposals.from_map(props)
-        gc = grabcut_image(rgb, [r["bbox"] for r in recs], GrabCutParams()) if grabcut_image else None
+        gc = grabcut_image(rgb, [r["bbox"] for r in recs], GrabCutParams())
         for k, (r, g, res) in enumerate(zip(recs, gts, results)):
             bm = box_mask(r["bbox"], h, w)
             rows["clip"].append(mask_iou(res["mask"], g))
@@ -142,9 +116,8 @@ def main() -> int:
             rows["noclip"].append(mask_iou(stored.mask(res["proposal_id"]), g) if res["proposal_id"] >= 0 else 0.0)
             rows["box"].append(mask_iou(bm, g))
             rows["ellipse"].append(mask_iou(ellipse_mask(r["bbox"], h, w), g))
-            if gc is not None:
-                rows["grabcut"].append(mask_iou(gc[k]["mask"], g))
-                invalid["grabcut"].append(gc[k].get("grabcut_box_iou", box_agreement(gc[k]["mask"], r["bbox"])) < 0.5)
+            rows["grabcut"].append(mask_iou(gc[k]["mask"], g))
+            invalid["grabcut"].append(gc[k]["grabcut_box_iou"] < 0.5)
             sizes.append(size_bucket(float(g.sum())))
             small64.append(is_small64(r["bbox"]))
     n = len(ds.images)
@@ -166,18 +139,14 @@ def main() -> int:
     names = {"clip": "MCG best-per-box, clipped", "noclip": "MCG best-per-box, unclipped",
              "box": "filled box", "ellipse": "inscribed ellipse", "grabcut": "GrabCut (pseudomask.grabcut)"}
     for k, label in names.items():
-        if rows[k]:
-            print(f"  {label:28s} {summary(rows[k], sizes, small64)}")
-        else:
-            print(f"  {label:28s} (pseudomask.grabcut not importable)")
+        print(f"  {label:28s} {by_size(rows[k], sizes, small64, width=7)}")
     counts = {b: sizes.count(b) for b in ("small", "medium", "large")}
     print(f"  instances: {counts}, <64x64 {sum(small64)}, >=64x64 {len(small64) - sum(small64)}")
     print("\ninvalid masks (own box IoU < 0.5 with the GT box)   all      <64x64   >=64x64")
     s64 = np.array(small64)
     for k, label in (("clip", "MCG best-per-box, clipped"), ("grabcut", "GrabCut, first attempt")):
-        if invalid[k]:
-            v = np.array(invalid[k], bool)
-            print(f"  {label:48s} {v.mean():6.1%}   {v[s64].mean():6.1%}   {v[~s64].mean():6.1%}")
+        v = np.array(invalid[k], bool)
+        print(f"  {label:48s} {v.mean():6.1%}   {v[s64].mean():6.1%}   {v[~s64].mean():6.1%}")
     print(f"  {'hybrid networks, GrabCut on VOC (paper)':48s} {'~30%':>6s}   {'76.5%':>6s}   {'23.2%':>6s}")
     clip = np.mean(rows["clip"])
     print(f"  MCG clipped vs filled box: {clip - np.mean(rows['box']):+.3f}; vs ellipse: "

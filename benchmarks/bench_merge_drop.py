@@ -3,12 +3,14 @@
 Quality (needs ../shared/data/coco-dev, or PSEUDOMASK_COCO_DEV): for GrabCut masks, MCG-style masks and the
 GrabCut∩MCG agreement, the drop rate and the mIoU of kept masks at each threshold of BoxCaseg Table 8, next to the
 mIoU of all masks, and the merge step's effect on mIoU (source masks before vs after merging). GrabCut,
-MCG and agreement come from the project's own `pseudomask grabcut / mcg / agree` commands.
+MCG and agreement come from the project's own `pseudomask grabcut / mcg / agree` commands (2 threads each, the
+stages' default settings), or from artifacts given with --grabcut / --mcg / --agree; merge-drop runs with the
+stage's default threshold (every threshold of the table comes from that one run).
 
 Speed: merge-drop and export of one generated shard of 5,000 instances, pinned to one core, against the
 10 s target; at the demo's 320x240 and at COCO's typical 640x480.
 
-    .venv/bin/python benchmarks/bench_merge_drop.py [--quick] [--keep DIR]
+    .venv/bin/python benchmarks/bench_merge_drop.py [--quick] [--keep DIR] [--grabcut H5] [--mcg H5] [--agree H5]
 """
 
 from __future__ import annotations
@@ -22,31 +24,27 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import coco_dev, pin_one_core  # first: it turns the progress bars off
+
 import numpy as np
 
-os.environ.setdefault("PSEUDOMASK_NO_PROGRESS", "1")
-
-from pseudomask.export import export_coco  # noqa: E402
-from pseudomask.masks import ellipse_mask  # noqa: E402
-from pseudomask.merge_drop import THRESHOLDS, drop_curve, judged, merge_drop  # noqa: E402
-from pseudomask.metrics import GroundTruth, instance_scores  # noqa: E402
-from pseudomask.store import Artifact, ArtifactWriter  # noqa: E402
+from pseudomask.export import export_coco
+from pseudomask.masks import ellipse_mask
+from pseudomask.merge_drop import THRESHOLDS, MergeDropSettings, drop_curve, judged, merge_drop
+from pseudomask.metrics import GroundTruth, instance_scores
+from pseudomask.store import Artifact, ArtifactWriter
 
 PAPER_DROP = {0.0: 0.00, 0.75: 0.27, 0.85: 0.49, 0.90: 0.64, 0.95: 0.80}  # BoxCaseg Table 8, COCO
-
-
-def coco_dev() -> Path:
-    env = os.environ.get("PSEUDOMASK_COCO_DEV")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
+SOURCES = ("grabcut", "mcg", "agree")
 
 
 def cli(*args: str, log: Path) -> bool:
-    """Run a pseudomask subcommand; False (with the reason printed) when it is missing or fails."""
-    cmd = [sys.executable, "-m", "pseudomask", *args]
+    """Run a pseudomask subcommand (2 threads); False, with the reason printed, when it fails."""
     with open(log, "a") as fh:
-        p = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        p = subprocess.run([sys.executable, "-m", "pseudomask", *args, "--threads", "2"], stdout=fh,
+                           stderr=subprocess.STDOUT)
     if p.returncode != 0:
-        print(f"  `pseudomask {args[0]}` failed or is not available (exit {p.returncode}); see {log}")
+        print(f"  `pseudomask {args[0]}` failed (exit {p.returncode}); see {log}")
     return p.returncode == 0
 
 
@@ -66,38 +64,25 @@ def quality(work: Path, prebuilt: dict[str, str]) -> None:
     sources = {k: Path(v) for k, v in prebuilt.items() if v}
     if sources:
         print(f"  using prebuilt artifacts: {', '.join(f'{k}={v}' for k, v in sources.items())}")
-    ann_args = ["--coco", str(ann), "--images", images]
-    if "grabcut" not in sources:
+    # each source is built unless given, but MCG (the slow one) not when an agree artifact is given
+    for name in [n for n in ("grabcut", "mcg") if n not in sources and not (n == "mcg" and "agree" in sources)]:
         t0 = time.perf_counter()
-        if cli("grabcut", *ann_args, "--out", str(work / "grabcut.h5"), log=log):
-            sources["grabcut"] = work / "grabcut.h5"
-            print(f"  pseudomask grabcut: {time.perf_counter() - t0:.1f} s")
-        else:
-            try:  # the stage's library function, while its subcommand is not there
-                from pseudomask.dataset import load_dataset
-                from pseudomask.grabcut import run_grabcut
-            except ImportError:
-                pass
-            else:
-                run_grabcut(load_dataset(ann, images), work / "grabcut.h5")
-                sources["grabcut"] = work / "grabcut.h5"
-                print(f"  grabcut via pseudomask.grabcut.run_grabcut: {time.perf_counter() - t0:.1f} s")
-    if "agreement" not in sources and "mcg" not in sources:
-        t0 = time.perf_counter()
-        if cli("mcg", *ann_args, "--out", str(work / "mcg.h5"), log=log):
-            sources["mcg"] = work / "mcg.h5"
-            print(f"  pseudomask mcg: {time.perf_counter() - t0:.1f} s")
-    if "agreement" not in sources and "grabcut" in sources and "mcg" in sources:
-        if cli("agree", str(sources["grabcut"]), str(sources["mcg"]), "--out", str(work / "agree.h5"), log=log):
-            sources["agreement"] = work / "agree.h5"
-    sources = {k: sources[k] for k in ("grabcut", "mcg", "agreement") if k in sources}
+        if cli(name, "--shard", str(ann), "--images", images, "--out", str(work / f"{name}.h5"), log=log):
+            sources[name] = work / f"{name}.h5"
+            print(f"  pseudomask {name}: {time.perf_counter() - t0:.1f} s")
+    if "agree" not in sources and "grabcut" in sources and "mcg" in sources:
+        if cli("agree", "--grabcut", str(sources["grabcut"]), "--mcg", str(sources["mcg"]),
+               "--out", str(work / "agree.h5"), log=log):
+            sources["agree"] = work / "agree.h5"
+    sources = {k: sources[k] for k in SOURCES if k in sources}
     if not sources:
         print("quality: no mask source could be built; skipped")
         return
     gt = GroundTruth(ann)
+    threshold = MergeDropSettings().threshold
     for name, src in sources.items():
         md = work / f"merge_drop_{name}.h5"
-        merge_drop(src, md, threshold=0.95)
+        merge_drop(src, md, threshold=threshold)
         before = ious_by_id(src, gt)
         after = ious_by_id(md, gt)
         with Artifact(md) as a:
@@ -148,11 +133,7 @@ def synthetic_shard(path: Path, n_instances: int, per_image: int, size: tuple[in
 
 
 def speed(work: Path, quick: bool) -> None:
-    try:
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-        pinned = "pinned to one core"
-    except (AttributeError, OSError):
-        pinned = "not pinned (no sched_setaffinity)"
+    pinned = pin_one_core()
     n = 1000 if quick else 5000
     target = 10.0 * n / 5000
     print(f"\nspeed: merge-drop + export of a generated {n}-instance shard (10 per image), {pinned}; "
@@ -165,7 +146,7 @@ def speed(work: Path, quick: bool) -> None:
         md = work / f"synthetic_md_{size[0]}.h5"
         synthetic_shard(src, n, 10, size)
         c0, w0 = time.process_time(), time.perf_counter()
-        merge_drop(src, md, threshold=0.95)
+        merge_drop(src, md, threshold=MergeDropSettings().threshold)
         c1 = time.process_time()
         data = export_coco([md], work / f"synthetic_{size[0]}.json")
         c2, w2 = time.process_time(), time.perf_counter()
@@ -201,13 +182,13 @@ def main() -> int:
     ap.add_argument("--keep", help="work folder to keep (default: a temporary one)")
     ap.add_argument("--grabcut", help="use this grabcut artifact of coco-dev instead of running `pseudomask grabcut`")
     ap.add_argument("--mcg", help="use this mcg artifact of coco-dev instead of running `pseudomask mcg`")
-    ap.add_argument("--agree", help="use this agreement artifact of coco-dev instead of running `pseudomask agree`")
+    ap.add_argument("--agree", help="use this agree artifact of coco-dev instead of running `pseudomask agree`")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         if not args.quick:
-            quality(work, {"grabcut": args.grabcut, "mcg": args.mcg, "agreement": args.agree})
+            quality(work, {name: getattr(args, name) for name in SOURCES})
         speed(work, args.quick)
     return 0
 

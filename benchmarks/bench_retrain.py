@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see commands/retrain.py
-os.environ.setdefault("PSEUDOMASK_NO_PROGRESS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning OpenMP threads stall shared CPUs
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -31,30 +30,25 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from common import coco_dev  # noqa: E402  (before pseudomask: it turns the progress bars off)
+
+import numpy as np  # noqa: E402
+
 from pseudomask.demo import make_demo_data  # noqa: E402
 from pseudomask.detection_metrics import evaluate_detections  # noqa: E402
-from pseudomask.masks import ellipse_mask, rle_encode, segmentation_mask  # noqa: E402
+from pseudomask.masks import ellipse_mask, mask_iou, rle_encode, segmentation_mask  # noqa: E402
 from pseudomask.retrain.config import RetrainSettings  # noqa: E402
-from pseudomask.retrain.predict import predict, write_results  # noqa: E402
+from pseudomask.retrain.predict import PredictSettings, predict, write_results  # noqa: E402
 from pseudomask.retrain.train import train  # noqa: E402
 
 SHOW = ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50", "apr_50", "abo")
+PREDICT = PredictSettings()  # the predict stage's defaults: its score threshold and batch size
 
 
-def coco_dev() -> Path:
-    env = os.environ.get("PSEUDOMASK_COCO_DEV")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
-
-
-def quiet_train(*args, log: Path, **kwargs) -> dict:
-    """train() with MMEngine's console output sent to a log file."""
+def quietly(fn, *args, log: Path, **kwargs):
+    """fn(*args, **kwargs) with its console output (MMEngine's) sent to a log file."""
     with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        return train(*args, **kwargs)
-
-
-def quiet_predict(*args, log: Path, **kwargs):
-    with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        return predict(*args, **kwargs)
+        return fn(*args, **kwargs)
 
 
 def load() -> str:
@@ -71,7 +65,7 @@ def speed(work: Path, args) -> None:
     s = RetrainSettings(max_iters=args.speed_iters, batch_size=2, scale=320, warmup_iters=1, log_interval=1)
     print(f"   coco-dev: {ann} ({load()} before)")
     cpu0 = time.process_time()
-    t = quiet_train(ann, data / "images", work / "speed", s, threads=args.threads, log=work / "speed.log")
+    t = quietly(train, ann, data / "images", work / "speed", s, threads=args.threads, log=work / "speed.log")
     cpu = time.process_time() - cpu0
     print(f"   training at 320 px: {t['seconds_per_iter']:.2f} s/iteration (mean of iterations 2..{t['iters']}; "
           f"{t['seconds']:.1f} s for {t['iters']} incl. the first); loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}")
@@ -80,7 +74,8 @@ def speed(work: Path, args) -> None:
     gt = {**gt, "images": gt["images"][:4]}
     sub.write_text(json.dumps(gt))
     t0 = time.perf_counter()
-    res, _ = quiet_predict(t["checkpoint"], data / "images", coco=sub, batch_size=1, log=work / "speed.log")
+    res, _ = quietly(predict, t["checkpoint"], data / "images", coco=sub, batch_size=1, score_thr=PREDICT.score_thr,
+                     log=work / "speed.log")
     dt = (time.perf_counter() - t0) / len(gt["images"])
     print(f"   prediction at 320 px: {dt:.2f} s/image incl. model load ({len(res)} detections on "
           f"{len(gt['images'])} images)")
@@ -106,14 +101,10 @@ def pseudo_from_boxes(gt: dict, min_fill: float = 0.5) -> dict:
 
 
 def mask_iou_to_truth(pseudo: dict, gt: dict) -> float:
-    import numpy as np
-
     sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
-    ious = []
-    for p, g in zip(pseudo["annotations"], gt["annotations"]):
-        h, w = sizes[g["image_id"]]
-        a, b = segmentation_mask(p["segmentation"], h, w) == 1, segmentation_mask(g["segmentation"], h, w) == 1
-        ious.append((a & b).sum() / max((a | b).sum(), 1))
+    ious = [mask_iou(segmentation_mask(p["segmentation"], *sizes[g["image_id"]]),
+                     segmentation_mask(g["segmentation"], *sizes[g["image_id"]]))
+            for p, g in zip(pseudo["annotations"], gt["annotations"])]
     return float(np.mean(ious))
 
 
@@ -134,10 +125,10 @@ def quality(work: Path, args) -> None:
     rows = {}
     for name, ann in (("true masks", train_dir / "annotations.json"), ("pseudo masks", work / "pseudo.json")):
         t0 = time.perf_counter()
-        t = quiet_train(ann, train_dir / "images", work / name.replace(" ", "_"), s, threads=args.threads,
-                        log=work / "quality.log")
-        res, _ = quiet_predict(t["checkpoint"], test_dir / "images", coco=test_dir / "annotations.json",
-                               batch_size=2, log=work / "quality.log")
+        t = quietly(train, ann, train_dir / "images", work / name.replace(" ", "_"), s, threads=args.threads,
+                    log=work / "quality.log")
+        res, _ = quietly(predict, t["checkpoint"], test_dir / "images", coco=test_dir / "annotations.json",
+                         batch_size=PREDICT.batch_size, score_thr=PREDICT.score_thr, log=work / "quality.log")
         write_results(res, work / f"{name.replace(' ', '_')}_predictions.json")
         with contextlib.redirect_stdout(io.StringIO()):
             m = evaluate_detections(test_dir / "annotations.json", res)

@@ -6,9 +6,9 @@
    for the recommended shard size (1,000 images) and for ten times as many shards.
    The synthetic images do not exist on disk, so ingest marks every instance `failed` (missing file); the
    DAG is the same as with real images.
-2. Memory of one shard: peak RSS (whole process tree) of the GrabCut stage on shards of 250 and 1,000
-   instances made from ../shared/data/coco-dev (images repeated under new ids), so the ratio shows
-   whether memory grows with the shard (it should not: artifacts are written image by image).
+2. Memory of one shard: peak RSS (whole process tree) of the GrabCut stage (`pseudomask grabcut`, one thread)
+   on shards of 250 and 1,000 instances made from ../shared/data/coco-dev (images repeated under new ids), so
+   the ratio shows whether memory grows with the shard (it should not: artifacts are written image by image).
 
     .venv/bin/python benchmarks/bench_scale.py [--images 100000 --instances 800000 --shard-size 1000 100]
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,12 +26,14 @@ import threading
 import time
 from pathlib import Path
 
+from common import REPO, coco_dev
+
 import numpy as np
 import psutil
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-COCO_DEV = Path(os.environ.get("PSEUDOMASK_COCO_DEV") or Path(__file__).resolve().parents[2] / "shared/data/coco-dev")
+from pseudomask.ingest import ingest
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
@@ -59,9 +60,10 @@ def synthetic_coco(path: Path, n_images: int, n_instances: int, seed: int = 0) -
         fh.write("]}")
 
 
-def write_config(workdir: Path, **dataset) -> None:
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["dataset"].update(dataset)
+def write_config(workdir: Path, shard_size: int, **dataset) -> None:
+    """config.yaml of the run: the defaults (every key the workflow leaves out) but for the dataset and the
+    shard size."""
+    cfg = {"dataset": dataset, "ingest": {"shard_size": shard_size}}
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
@@ -132,7 +134,7 @@ def bench_dag(args, work: Path, shard_size: int) -> dict:
         print(f"synthetic COCO: {args.images:,} images, {args.instances:,} boxes, "
               f"{ann.stat().st_size / 2**20:.0f} MiB JSON, written in {time.perf_counter() - t0:.1f} s", flush=True)
     # the synthetic file doubles as ground truth (COCO has masks): the plan then includes the evaluations
-    write_config(work, annotations=str(ann), images=str(images), ground_truth=str(ann), shard_size=shard_size)
+    write_config(work, shard_size, annotations=str(ann), images=str(images), ground_truth=str(ann))
     t_ingest, rss_ingest, _ = run(SNAKEMAKE + ["--cores", "1", "results/ingest/manifest.json"], work,
                                   work / f"ingest-{shard_size}.log")
     manifest = json.loads((work / "results/ingest/manifest.json").read_text())
@@ -150,7 +152,7 @@ def bench_dag(args, work: Path, shard_size: int) -> dict:
 
 def coco_dev_shard(out: Path, n_instances: int) -> Path:
     """COCO JSON of about n_instances real boxes: coco-dev's images repeated under new ids."""
-    src = json.loads((COCO_DEV / "annotations.json").read_text())
+    src = json.loads((coco_dev() / "annotations.json").read_text())
     images, anns = [], []
     rep = 0
     while len(anns) < n_instances:
@@ -171,32 +173,18 @@ def coco_dev_shard(out: Path, n_instances: int) -> Path:
     return path
 
 
-GRABCUT_SHARD = """
-import sys
-from pseudomask.dataset import load_dataset
-from pseudomask.grabcut import run_grabcut
-shard, images, out, workers = sys.argv[1:]
-run_grabcut(load_dataset(shard, images), out, workers=int(workers), inputs=[shard])
-"""
-
-
-def bench_grabcut_rss(work: Path, sizes=(250, 1000), workers: int = 1) -> list[tuple[int, int, float, int]] | str:
-    """Peak RSS of the GrabCut stage on one ingested shard per size, as its rule runs it (one process)."""
-    try:
-        import pseudomask.grabcut  # noqa: F401
-    except ImportError:
-        return "pseudomask.grabcut does not exist yet: GrabCut shard memory not measured"
-    if not (COCO_DEV / "annotations.json").exists():
-        return f"{COCO_DEV} not found: GrabCut shard memory not measured"
-    from pseudomask.ingest import ingest
-
+def bench_grabcut_rss(work: Path, sizes=(250, 1000), threads: int = 1) -> list[tuple[int, int, float, int]] | str:
+    """Peak RSS of the GrabCut stage on one ingested shard per size, run by its CLI (the code its rule runs)."""
+    dev = coco_dev()
+    if not (dev / "annotations.json").exists():
+        return f"{dev} not found: GrabCut shard memory not measured"
     rows = []
     for n in sizes:
         ann = coco_dev_shard(work, n)
-        manifest = ingest(ann, COCO_DEV / "images", work / f"shard-{n}", shard_size=10**9)
+        manifest = ingest(ann, dev / "images", work / f"shard-{n}", shard_size=10**9)
         shard = work / f"shard-{n}" / f"{manifest['shards'][0]}.h5"
-        cmd = [sys.executable, "-c", GRABCUT_SHARD, str(shard), str(COCO_DEV / "images"),
-               str(work / f"grabcut-{n}.h5"), str(workers)]
+        cmd = [sys.executable, "-m", "pseudomask", "grabcut", "--shard", str(shard), "--images", str(dev / "images"),
+               "--out", str(work / f"grabcut-{n}.h5"), "--threads", str(threads)]
         t, rss, _ = run(cmd, work, work / f"grabcut-{n}.log")
         rows.append((manifest["instances"], manifest["images"], t, rss))
     return rows
@@ -207,7 +195,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--instances", type=int, default=800_000)
     ap.add_argument("--shard-size", type=int, nargs="+", default=[1000, 100],
-                    help="images per shard (dataset.shard_size); one ingest and dry run per value")
+                    help="images per shard (ingest.shard_size); one ingest and dry run per value")
     ap.add_argument("--repeat", type=int, default=2, help="dry runs to time")
     ap.add_argument("--workdir", type=Path, help="keep the work folder here (default: a temporary one)")
     ap.add_argument("--skip-dag", action="store_true")
@@ -232,7 +220,7 @@ def main() -> int:
                       + "; jobs by rule: " + ", ".join(f"{k} {v}" for k, v in r["stats"].items() if k != "total"))
         if not args.skip_grabcut:
             rows = bench_grabcut_rss(work)
-            print("\n== peak RSS of one GrabCut shard (process tree, coco-dev images repeated, 1 worker)")
+            print("\n== peak RSS of one GrabCut shard (process tree, coco-dev images repeated, 1 thread)")
             if isinstance(rows, str):
                 print(rows)
             else:

@@ -66,6 +66,7 @@ def final_targets(wildcards):
             t += expand(mask_artifact(stage), shard=shards)
         if config["workflow"]["boxcaseg"]:
             t += expand(mask_artifact("boxcaseg"), shard=shards)
+        t += expand(mask_artifact("select"), shard=shards)
     else:
         t += expand(mask_artifact("cam"), shard=shards)
     t += expand(mask_artifact("merge_drop"), shard=shards)

@@ -57,3 +57,22 @@ rule evaluate_masks:
         "../envs/cv.yaml"
     script:
         "../scripts/run_stage.py"
+
+
+rule select:
+    input:
+        masks=[mask_artifact(s) for s in config["workflow"]["select_sources"]],
+    output:
+        out=mask_artifact("select"),
+    params:
+        settings=settings("select"),
+    log:
+        f"{LOGS}/select/{{shard}}.log",
+    threads: res("select", "threads")
+    resources:
+        mem_mb=res("select", "mem_mb"),
+        runtime=res("select", "runtime"),
+    conda:
+        "../envs/cv.yaml"
+    script:
+        "../scripts/run_stage.py"

@@ -190,7 +190,8 @@ def test_checkpoint_round_trip_and_architecture_errors(tiny_model, tmp_path):
     x = torch.rand(1, 3, 64, 64)
     assert torch.allclose(back.predict(x), tiny_model.predict(x))
 
-    ck = torch.load(path, weights_only=False)
+    ck = torch.load(path, weights_only=True)  # plain types and tensors only
+    assert ck["format"] == "pseudomask-checkpoint" and ck["stage"] == "boxcaseg_train"
     ck["arch"]["backbone"] = "hrnetv2_w18_small"  # weights of one architecture described as another
     torch.save(ck, tmp_path / "other.pt")
     with pytest.raises(BoxCasegError, match=r"other\.pt.*does not fit.*hrnetv2_w18_small"):

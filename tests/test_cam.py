@@ -10,6 +10,7 @@ import torch
 from pseudomask.cam.extract import ID_STRIDE, PeakSettings, extract_peaks
 from pseudomask.cam.model import CamError, load_classifier, read_checkpoint
 from pseudomask.cam.train import TrainSettings, train_classifier
+from pseudomask.checkpoints import resume_path
 from pseudomask.cli import main
 from pseudomask.dataset import load_dataset
 from pseudomask.masks import box_mask, mask_box, segmentation_mask
@@ -52,7 +53,7 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(trained, demo_dataset)
     assert h[-5:].mean() < 0.7 * h[:5].mean(), h
     model, config = load_classifier(path)
     assert config["class_ids"] == [c["id"] for c in demo_dataset.categories]
-    assert not path.with_name(path.name + ".partial").exists()
+    assert read_checkpoint(resume_path(path))["iteration"] == 30  # the resume state stays beside it
     x = torch.rand(1, 3, 96, 96) * 255
     with torch.no_grad():
         out = model(x)
@@ -64,15 +65,14 @@ def test_training_resumes_from_its_snapshot(demo_dataset, tmp_path):
     full = train_classifier(demo_dataset, tmp_path / "full.pt", s)
     out = tmp_path / "resumed.pt"
     part = train_classifier(demo_dataset, out, s, stop_at=3)
-    assert not out.exists() and read_checkpoint(tmp_path / "resumed.pt.partial")["iteration"] == 3
-    assert len(part["history"]) == 3
+    assert not out.exists() and part["checkpoint"] == str(resume_path(out))
+    assert read_checkpoint(resume_path(out))["iteration"] == 3 and len(part["history"]) == 3
     resumed = train_classifier(demo_dataset, out, s)
-    assert out.exists() and not (tmp_path / "resumed.pt.partial").exists()
+    assert out.exists() and read_checkpoint(resume_path(out))["iteration"] == 6
     np.testing.assert_allclose(resumed["history"], full["history"], rtol=1e-4)
-    a, b = read_checkpoint(tmp_path / "full.pt")["model"], read_checkpoint(out)["model"]
+    a, b = read_checkpoint(tmp_path / "full.pt")["state"], read_checkpoint(out)["state"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
-    other = train_classifier(demo_dataset, tmp_path / "other.pt", TrainSettings(**{**vars(s), "seed": 5}),
-                             stop_at=2)  # a snapshot of other settings is not resumed
+    other = train_classifier(demo_dataset, out, s.replace(seed=5), stop_at=2)  # other settings: not resumed
     assert len(other["history"]) == 2
 
 
@@ -161,19 +161,19 @@ def test_cli_on_a_tags_csv(demo, trained, proposals_file, tmp_path, capsys):
     csv = tmp_path / "tags.csv"
     csv.write_text("image,tag\n" + "".join(f"{f},{t}\n" for f, t in pairs))
     ck = tmp_path / "m.pt"
-    assert main(["cam-train", "--tags", str(csv), "--images", str(demo / "images"), "--out", str(ck), "--backbone",
+    assert main(["cam-train", "--shards", str(csv), "--images", str(demo / "images"), "--model", str(ck), "--backbone",
                  "tiny", "--iters", "2", "--batch-size", "2", "--input-size", "64", "--optimizer", "adam"]) == 0
-    assert "2 iterations" in capsys.readouterr().out
+    assert json.loads(capsys.readouterr().out)["iterations"] == 2
     out = tmp_path / "cam.h5"  # no --proposals: MCG-style proposals are computed on the fly
-    assert main(["cam-peaks", "--tags", str(csv), "--images", str(demo / "images"), "--checkpoint", str(ck),
+    assert main(["cam", "--shard", str(csv), "--images", str(demo / "images"), "--model", str(ck),
                  "--out", str(out), "--select", "best"]) == 0
     a = Artifact(out, stage="cam")
     assert len(a.image_ids) == 3 and a.status_counts().get("kept", 0) > 0
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert main(["cam-peaks", "--tags", str(csv), "--images", str(demo / "images"), "--checkpoint", str(bad),
+    assert main(["cam", "--shard", str(csv), "--images", str(demo / "images"), "--model", str(bad),
                  "--out", str(tmp_path / "x.h5"), "--proposals", str(proposals_file)]) == 2
-    assert "bad.pt" in capsys.readouterr().err
+    assert "bad.pt: not a CAM checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.mmdet

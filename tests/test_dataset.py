@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pseudomask.dataset import DatasetError, load_coco, load_dataset, load_tags_csv, load_voc, read_shard, shard, write_shard
+from pseudomask.dataset import DatasetError, check_box, load_coco, load_dataset, load_tags_csv, load_voc, read_shard, shard, write_shard
 from pseudomask.images import write_image
 
 
@@ -43,6 +43,32 @@ def test_coco_statuses_for_bad_boxes(folder):
     assert st[6] == ("failed", "unknown category id 9")
     assert st[7] == ("ignored", "crowd annotation")
     assert len(ds.instances) == 7  # nothing lost
+
+
+@pytest.mark.parametrize("bbox,size", [
+    ([385.53, 60.03, 214.97, 297.16], (640, 426)),  # a COCO box: x + w - x != w in floating point
+    ([0.1, 0.2, 59.9, 39.8], (60, 40)),               # touches the right and bottom borders
+    ([12.34, 5.67, 47.66, 0.01], (60, 40)),
+    ([-0.0004, 0.0, 60.0008, 40.0005], (60, 40)),     # past the border by float noise only
+])
+def test_box_inside_the_image_is_kept_unchanged(bbox, size):
+    assert check_box(bbox, *size) == (bbox, "")
+
+
+def test_non_integer_boxes_inside_the_image_are_not_clipped(folder):
+    boxes = {1: [10.53, 3.03, 24.97, 29.16], 2: [0.25, 0.75, 59.75, 39.25], 3: [33.3, 11.1, 22.2, 28.9]}
+    ds = load_coco(_coco(folder, [_ann(i, b) for i, b in boxes.items()]), folder / "images")
+    assert {r["id"]: (r["status"], r["reason"], r["bbox"]) for r in ds.instances} == {
+        i: ("kept", "", b) for i, b in boxes.items()}
+
+
+def test_box_crossing_the_border_is_clipped_and_says_so(folder):
+    ds = load_coco(_coco(folder, [_ann(1, [-2.5, 30.25, 20.75, 12.5]), _ann(2, [45.5, 0.5, 14.6, 10.0])]),
+                   folder / "images")
+    left, right = ds.instances
+    assert left["status"] == "kept" and left["bbox"] == [0.0, 30.25, 18.25, 9.75]
+    assert left["reason"] == "bbox [-2.5, 30.25, 20.75, 12.5] clipped to the 60x40 image"
+    assert right["bbox"] == [45.5, 0.5, 14.5, 10.0] and "clipped to the 60x40 image" in right["reason"]
 
 
 def test_missing_image_fails_its_instances_by_name(folder):

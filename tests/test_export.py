@@ -101,10 +101,11 @@ def test_many_shards_and_bad_inputs(tmp_path, demo_shard):
 def test_empty_shard_exports_a_valid_empty_dataset(tmp_path):
     with ArtifactWriter(tmp_path / "md.h5", stage="merge_drop", method="x", categories=[{"id": 3, "name": "c"}]):
         pass
-    p = subprocess.run([sys.executable, "-m", "pseudomask", "export", str(tmp_path / "md.h5"), "--out",
+    p = subprocess.run([sys.executable, "-m", "pseudomask", "export", "--artifacts", str(tmp_path / "md.h5"), "--out",
                         str(tmp_path / "p.json")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert "0 images, 0 annotations" in p.stdout
+    summary = json.loads(p.stdout)
+    assert summary["images"] == 0 and summary["annotations"] == 0
     coco = COCO(str(tmp_path / "p.json"))
     assert coco.getAnnIds() == [] and coco.getImgIds() == [] and coco.getCatIds() == [3]
 

@@ -161,7 +161,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, demo_shard):
     with pytest.raises(Exception, match=r"threshold must be in \[0, 1\]"):
         merge_drop(good, tmp_path / "x.h5", threshold=1.5)
     # the CLI prints the error without a traceback and exits 2
-    p = subprocess.run([sys.executable, "-m", "pseudomask", "merge-drop", str(demo_shard), "--out",
+    p = subprocess.run([sys.executable, "-m", "pseudomask", "merge-drop", "--masks", str(demo_shard), "--out",
                         str(tmp_path / "x.h5")], capture_output=True, text=True)
     assert p.returncode == 2 and "expected one of" in p.stderr and "Traceback" not in p.stderr
 
@@ -199,9 +199,10 @@ def test_on_demo_images_curve_matches_separate_runs(tmp_path, demo, demo_shard):
 
 def test_cli_merge_drop(tmp_path, demo, demo_shard):
     src = perturbed_gt_source(demo, demo_shard, tmp_path / "mcg.h5", stage="mcg")
-    p = subprocess.run([sys.executable, "-m", "pseudomask", "merge-drop", str(src), "--out", str(tmp_path / "o.h5"),
-                        "--threshold", "0.9"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "pseudomask", "merge-drop", "--masks", str(src), "--out",
+                        str(tmp_path / "o.h5"), "--threshold", "0.9"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert "drop rate" in p.stdout and "threshold 0.9" in p.stdout
+    printed = json.loads(p.stdout)
+    assert printed["threshold"] == 0.9 and "drop_rate" in printed and printed["source_stage"] == "mcg"
     with Artifact(tmp_path / "o.h5", stage="merge_drop") as md:
         assert md.params["threshold"] == 0.9 and md.params["source_stage"] == "mcg"

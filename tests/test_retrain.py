@@ -49,19 +49,20 @@ def test_train_resume_predict_evaluate(demo, tmp_path):
     gt = json.loads(gt_path.read_text())
     train_json = tmp_path / "pseudo.json"
     train_json.write_text(json.dumps(pseudo_json(gt)))
-    work = tmp_path / "run"
-    args = ("retrain", "--train", train_json, "--images", demo / "images", "--work-dir", work, "--max-iters", 2,
-            "--scale", 192, "--threads", 2)
+    run = tmp_path / "run"
+    args = ("retrain", "--annotations", train_json, "--images", demo / "images", "--checkpoint", run / "latest.pth",
+            "--mmdet-config", run / "mask_rcnn.py", "--max-iters", 2, "--scale", 192, "--threads", 2)
     r = _cli(*args)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = _summary(r.stdout)
     assert s["iters"] == 2 and not s["resumed"] and s["device"] == "cpu"
     assert np.isfinite(s["last_loss"]) and s["last_loss_mask"] > 0
 
-    ckpt = torch.load(work / "latest.pth", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "latest.pth", map_location="cpu", weights_only=True)
     assert set(ckpt) == {"meta", "state_dict"} and ckpt["meta"]["iter"] == 2
     assert any(k.startswith("roi_head.mask_head.") for k in ckpt["state_dict"])
-    cfg = Config.fromfile(str(work / "mask_rcnn.py"))
+    assert (run / "work" / "mask_rcnn.py").is_file()  # MMEngine's run folder
+    cfg = Config.fromfile(str(run / "mask_rcnn.py"))
     assert cfg.model.roi_head.mask_head.type == "IgnoreAwareFCNMaskHead"
     assert cfg.model.backbone.init_cfg is None and cfg.load_from is None  # nothing to fetch
     assert cfg.custom_imports.imports == ["pseudomask.retrain.modules"]
@@ -80,7 +81,7 @@ def test_train_resume_predict_evaluate(demo, tmp_path):
     gt_path = tmp_path / "gt3.json"
     gt_path.write_text(json.dumps(gt))
     pred = tmp_path / "pred.json"
-    r = _cli("predict", "--checkpoint", work / "latest.pth", "--images", demo / "images", "--coco", gt_path,
+    r = _cli("predict", "--checkpoint", run / "latest.pth", "--images", demo / "images", "--coco", gt_path,
              "--out", pred, "--score-thr", 0.0)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads(pred.read_text())
@@ -102,10 +103,11 @@ def test_train_resume_predict_evaluate(demo, tmp_path):
 
 
 def test_retrain_reports_bad_input(tmp_path, demo):
-    r = _cli("retrain", "--train", tmp_path / "missing.json", "--images", demo / "images", "--work-dir", tmp_path / "w")
+    outs = ("--checkpoint", tmp_path / "w" / "latest.pth", "--mmdet-config", tmp_path / "w" / "mask_rcnn.py")
+    r = _cli("retrain", "--annotations", tmp_path / "missing.json", "--images", demo / "images", *outs)
     assert r.returncode == 2 and "missing.json: training annotations not found" in r.stderr
-    r = _cli("retrain", "--train", demo / "annotations.json", "--images", demo / "images", "--work-dir",
-             tmp_path / "w", "--init-checkpoint", tmp_path / "none.pth")
+    r = _cli("retrain", "--annotations", demo / "annotations.json", "--images", demo / "images", *outs,
+             "--init-checkpoint", tmp_path / "none.pth")
     assert r.returncode == 2 and "none.pth: init checkpoint not found" in r.stderr
     r = _cli("predict", "--checkpoint", tmp_path / "none.pth", "--images", demo / "images", "--out", tmp_path / "p.json")
     assert r.returncode == 2 and "none.pth: checkpoint not found" in r.stderr

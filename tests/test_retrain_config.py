@@ -9,6 +9,7 @@ import torch
 
 from pseudomask.retrain.config import (RetrainError, RetrainSettings, build_config, resolve_schedule, scale_pair,
                                        write_config)
+from pseudomask.settings import SettingsError
 
 
 def test_written_config_reads_back_in_mmengine(demo, tmp_path):
@@ -54,13 +55,15 @@ def test_init_checkpoints_become_backbone_init_or_load_from(demo, tmp_path):
 
 
 def test_bad_settings_and_inputs_are_named(demo, tmp_path):
-    with pytest.raises(RetrainError, match="retrain.arch"):
+    with pytest.raises(SettingsError, match="retrain.arch: must be one of"):
         RetrainSettings.from_mapping({"arch": "r18"})
     with pytest.raises(RetrainError, match="retrain.scale"):
         scale_pair([320])
     with pytest.raises(RetrainError, match="nope.pth: init checkpoint not found"):
         RetrainSettings.from_mapping({"init_checkpoint": str(tmp_path / "nope.pth")})
-    assert RetrainSettings.from_mapping({"enabled": True, "threads": 4, "max_iters": 5}).max_iters == 5
+    assert RetrainSettings.from_mapping({"max_iters": 5}).max_iters == 5
+    with pytest.raises(SettingsError, match="unknown key 'max_iter'.*did you mean 'max_iters'"):
+        RetrainSettings.from_mapping({"max_iter": 5})
     bad = tmp_path / "dup.json"
     bad.write_text(json.dumps({"images": [], "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}],
                                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "a"}]}))

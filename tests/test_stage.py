@@ -1,15 +1,17 @@
-"""The shared per-instance stage loop: every instance written, predict on usable ones, every_image maps."""
+"""The shared stage loops: run_mask_stage (every instance written, predict on usable ones, every_image maps)
+and run_artifact_stage (every input instance written, in order, with the source's images, tags, categories)."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 
 from pseudomask.dataset import load_coco
 from pseudomask.images import write_image
-from pseudomask.stage import run_mask_stage
-from pseudomask.store import Artifact
+from pseudomask.stage import run_artifact_stage, run_mask_stage
+from pseudomask.store import Artifact, ArtifactError, ArtifactWriter
 
 
 def _dataset(tmp_path):
@@ -53,3 +55,63 @@ def test_every_image_runs_predict_on_images_without_usable_instances(tmp_path, c
     assert "mcg: image 3 skipped" in capsys.readouterr().err
     with Artifact(out) as a:
         assert a.map("mean", 2)[0] == 200 and a.map("mean", 1)[0] == 100
+
+
+
+def test_predict_must_give_one_result_per_instance(tmp_path):
+    ds = _dataset(tmp_path)
+    with pytest.raises(ArtifactError, match=r"image 1: grabcut gave 0 results for 1 instances \[7\]"):
+        run_mask_stage(ds, tmp_path / "s.h5", lambda rgb, recs: [], stage="grabcut", method="t", params={})
+    assert not (tmp_path / "s.h5").exists()
+
+def _source(path, stage="grabcut", ids=(7, 8)):
+    """Image 1 with instances `ids` and tag 2, image 2 without instances and with tag 1."""
+    rows = [{"id": i, "category_id": 1, "bbox": [1, 1, 4, 4], "status": "kept", "reason": ""} for i in ids]
+    cats = [{"id": 1, "name": "x"}, {"id": 2, "name": "y", "isthing": 0}]
+    with ArtifactWriter(path, stage=stage, method="m", categories=cats, attrs={"image_root": "/data/img"}) as w:
+        w.add_image({"id": 1, "file_name": "a.png", "width": 6, "height": 5}, rows,
+                    np.ones((len(rows), 5, 6), np.uint8), tags=[2])
+        w.add_image({"id": 2, "file_name": "b.png", "width": 6, "height": 5}, [], np.zeros((0, 5, 6), np.uint8),
+                    tags=[1])
+    return path
+
+
+def _invert(image, records, masks):
+    return [{**r, "status": "invalid", "reason": "r"} for r in records[0]], 1 - masks[0], None
+
+
+def test_artifact_stage_writes_the_sources_images_tags_and_categories(tmp_path):
+    src = _source(tmp_path / "g.h5")
+    out = run_artifact_stage([src], tmp_path / "o.h5", _invert, stage="validity", method="t", params={"p": 1},
+                             expect_stages=["grabcut"], final_attrs=lambda: {"done": "yes"})
+    with Artifact(out, stage="validity") as a, Artifact(src) as s:
+        assert a.image_ids == s.image_ids == [1, 2] and a.tags == s.tags == {1: [2], 2: [1]}
+        assert a.categories == s.categories and a.attrs["image_root"] == "/data/img" and a.attrs["done"] == "yes"
+        assert [r["id"] for r in a.records()] == [7, 8] and a.status_counts() == {"invalid": 2}
+        assert not a.masks(1).any() and a.params == {"p": 1} and str(src) in a.inputs
+
+
+@pytest.mark.parametrize("per_image,match", [
+    (lambda im, recs, masks: (recs[0][:1], masks[0][:1], None), r"lose instances \[8\]"),
+    (lambda im, recs, masks: (recs[0][::-1], masks[0], None), r"reorder instances \[7, 8\] as \[8, 7\]"),
+])
+def test_artifact_stage_must_write_every_input_instance_in_order(tmp_path, per_image, match):
+    src = _source(tmp_path / "g.h5")
+    with pytest.raises(ArtifactError, match=match) as e:
+        run_artifact_stage([src], tmp_path / "o.h5", per_image, stage="validity", method="t", params={})
+    assert str(tmp_path / "o.h5") in str(e.value) and str(src) in str(e.value)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_artifact_stage_checks_stages_and_that_sources_match(tmp_path):
+    g, m = _source(tmp_path / "g.h5"), _source(tmp_path / "m.h5", stage="mcg", ids=(7, 9))
+    with pytest.raises(ArtifactError, match=r"g.h5 and .*m.h5 do not hold the same images and instances"):
+        run_artifact_stage([g, m], tmp_path / "o.h5", _invert, stage="agree", method="t", params={})
+    with pytest.raises(ArtifactError, match=r"a 'grabcut' artifact, expected one of \('mcg',\)"):
+        run_artifact_stage([g], tmp_path / "o.h5", _invert, stage="agree", method="t", params={},
+                           expect_stages=["mcg"])
+    # without the check the first source's instances are the ones to write
+    run_artifact_stage([g, m], tmp_path / "o.h5", _invert, stage="agree", method="t", params={},
+                       check_same_instances=False)
+    with Artifact(tmp_path / "o.h5") as a:
+        assert [r["id"] for r in a.records()] == [7, 8]

@@ -63,6 +63,8 @@ def test_every_box_stage_through_its_rule_and_its_cli_writes_equal_outputs(tmp_p
         ["boxcaseg-train", "--shards", SHARD, "--salient", "resources/demo/salient", "--model",
          f"{r}/boxcaseg/model.pt", "--losses", f"{r}/boxcaseg/losses.csv"],
         ["boxcaseg", "--shard", SHARD, "--model", f"{r}/boxcaseg/model.pt", "--out", f"{r}/boxcaseg/s00000.h5"],
+        ["select", "--masks", *(f"{r}/{s}/s00000.h5" for s in ("grabcut", "mcg", "agree")), "--out",
+         f"{r}/select/s00000.h5"],
         ["merge-drop", "--masks", f"{r}/validity/s00000.h5", "--out", f"{r}/merge_drop/s00000.h5"],
         ["export", "--artifacts", f"{r}/merge_drop/s00000.h5", "--out", f"{r}/export/pseudo.json"],
         ["evaluate-masks", "--pseudo", f"{r}/export/pseudo.json", "--ground-truth", GT, "--out",
@@ -80,7 +82,7 @@ def test_every_box_stage_through_its_rule_and_its_cli_writes_equal_outputs(tmp_p
          "--ground-truth", GT, "--out", f"{r}/report/report.html"],
     ])
     stages = {k.split("/")[1] for k in rule}
-    assert {"grabcut", "mcg", "agree", "validity", "boxcaseg", "merge_drop", "export", "evaluate",
+    assert {"grabcut", "mcg", "agree", "validity", "boxcaseg", "select", "merge_drop", "export", "evaluate",
             "retrain", "ingest"} <= stages, sorted(rule)
     assert sorted(cli) == sorted(rule)
     for k in rule:

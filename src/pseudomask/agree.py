@@ -9,8 +9,9 @@ class overlap, the region is ignore: nothing tells which instance it belongs to.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -18,8 +19,8 @@ import numpy as np
 from .errors import PseudomaskError
 from .masks import box_pixels
 from .settings import Settings, setting
-from .stage import PASS_THROUGH, progress
-from .store import IGNORE, Artifact, ArtifactError, ArtifactWriter
+from .stage import PASS_THROUGH, run_artifact_stage
+from .store import IGNORE
 
 REST_OF_BOX = ("background", "ignore")
 
@@ -74,38 +75,37 @@ def agree_masks(gc: np.ndarray, mcg: np.ndarray, boxes: Sequence[Sequence[float]
     return out, semantic, instance
 
 
+def agree_rows(image: dict, records: list[list[dict]], masks: list[np.ndarray], rest_of_box: str = "background"
+               ) -> tuple[list[dict], np.ndarray, dict[str, np.ndarray]]:
+    """One image of `agree`: rows, masks and maps from the GrabCut and MCG records and masks of its boxes.
+    An instance that either method failed or ignored passes through with that status and an empty mask."""
+    ra, rb = records
+    out, sem, inst = agree_masks(masks[0], masks[1], [r["bbox"] for r in ra], [r["category_id"] for r in ra],
+                                 rest_of_box)
+    rows = []
+    for k, (x, y) in enumerate(zip(ra, rb)):
+        row = {key: x[key] for key in ("id", "category_id", "bbox")}
+        bad = x if x["status"] in PASS_THROUGH else (y if y["status"] in PASS_THROUGH else None)
+        fg = int(np.count_nonzero(out[k] == 1))
+        if bad is not None:
+            out[k] = 0
+            row.update(status=bad["status"], reason=bad["reason"])
+        elif fg == 0:
+            row.update(status="invalid", reason="GrabCut and MCG agree on no foreground pixel")
+        else:
+            row.update(status="kept", reason="")
+        ign = int(np.count_nonzero(out[k] == IGNORE))
+        row["agreed_fraction"] = fg / max(fg + ign, 1)
+        rows.append(row)
+    return rows, out, {"semantic": sem, "instance": inst}
+
+
 def run_agree(grabcut: str | os.PathLike, mcg: str | os.PathLike, out: str | os.PathLike,
               rest_of_box: str = "background") -> Path:
     """Write an `agree` artifact from a grabcut and an mcg artifact of the same shard."""
-    with Artifact(grabcut, stage="grabcut") as a, Artifact(mcg, stage="mcg") as b:
-        if a.image_ids != b.image_ids or not np.array_equal(a.instances["id"], b.instances["id"]):
-            raise ArtifactError(f"{grabcut} and {mcg} do not hold the same images and instances; "
-                                "were they made from the same shard?")
-        params = {"rest_of_box": rest_of_box}
-        with ArtifactWriter(out, stage="agree", method="grabcut-and-mcg", params=params, inputs=[grabcut, mcg],
-                            categories=a.categories, attrs={"image_root": a.attrs.get("image_root", "")}) as w:
-            for image_id in progress(a.image_ids, desc="agree", total=len(a.image_ids)):
-                ra, rb = a.records(image_id), b.records(image_id)
-                masks, sem, inst = agree_masks(a.masks(image_id), b.masks(image_id), [r["bbox"] for r in ra],
-                                               [r["category_id"] for r in ra], rest_of_box)
-                rows = []
-                for k, (x, y) in enumerate(zip(ra, rb)):
-                    row = {key: x[key] for key in ("id", "category_id", "bbox")}
-                    bad = x if x["status"] in PASS_THROUGH else (y if y["status"] in PASS_THROUGH else None)
-                    fg = int(np.count_nonzero(masks[k] == 1))
-                    if bad is not None:
-                        masks[k] = 0
-                        row.update(status=bad["status"], reason=bad["reason"])
-                    elif fg == 0:
-                        row.update(status="invalid", reason="GrabCut and MCG agree on no foreground pixel")
-                    else:
-                        row.update(status="kept", reason="")
-                    ign = int(np.count_nonzero(masks[k] == IGNORE))
-                    row["agreed_fraction"] = fg / max(fg + ign, 1)
-                    rows.append(row)
-                w.add_image(a.image(image_id), rows, masks, maps={"semantic": sem, "instance": inst},
-                            tags=a.tags.get(image_id, []))
-    return Path(out)
+    return run_artifact_stage([grabcut, mcg], out, partial(agree_rows, rest_of_box=rest_of_box), stage="agree",
+                              method="grabcut-and-mcg", params={"rest_of_box": rest_of_box},
+                              expect_stages=("grabcut", "mcg"))
 
 
 def run_stage(s: AgreeSettings, *, grabcut: str, mcg: str, out: str, threads: int = 1) -> dict:

@@ -71,9 +71,17 @@ class WorkflowSettings(Settings):
                                   choices=_sources(("validity", "merge_drop")))
     merge_drop_source: str = setting("validity", "the mask stage whose masks merge-drop refines "
                                                  "(with supervision tags: cam)", choices=_sources(("merge_drop",)))
+    select_sources: tuple[str, ...] = setting(("grabcut", "mcg", "agree"), "the mask stages whose masks select "
+                                              "chooses among (boxcaseg: needs workflow.boxcaseg)")
     test_annotations: str = setting("", "COCO JSON with true masks to predict and evaluate on; \"\" = the training "
                                         "images against dataset.ground_truth")
     test_images: str = setting("", "image folder of test_annotations; \"\" = dataset.images")
+
+    def check(self) -> None:
+        allowed = _sources(("select", "merge_drop", "validity"))
+        bad = [x for x in self.select_sources if x not in allowed]
+        if bad or not self.select_sources:
+            self.fail(f"select_sources: {bad or 'none given'}; choose from {', '.join(allowed)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,8 +63,26 @@ def _fail(record: dict, reason: str) -> dict:
     return {**record, "status": "failed", "reason": reason}
 
 
+# how far (px) a box may reach past the image border and still count as inside: float noise of annotation
+# tools and of x + w, not a clip
+CLIP_EPS = 1e-3
+
+
+def _clip_span(start: float, size: float, limit: float) -> tuple[float, float, bool]:
+    """(start, size, clipped) of a span on [0, limit]; an edge moves only if it is past the border by more
+    than CLIP_EPS, and an edge that does not move keeps its value exactly (no x + w - x round trip)."""
+    lo_out, hi_out = start < -CLIP_EPS, start + size > limit + CLIP_EPS
+    if not (lo_out or hi_out):
+        return start, size, False
+    lo = 0.0 if lo_out else start
+    hi = limit if hi_out else start + size
+    return lo, hi - lo, True
+
+
 def check_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, str]:
-    """Validate a COCO box against its image: (clipped box, "") or (clipped box, note) or (None, why not)."""
+    """Validate a COCO box against its image: (box, "") or (clipped box, note) or (None, why not).
+
+    A box inside the image (up to CLIP_EPS) is returned unchanged; only one that crosses a border is clipped."""
     try:
         x, y, w, h = (float(v) for v in bbox)
     except (TypeError, ValueError):
@@ -73,13 +91,13 @@ def check_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, s
         return None, f"bbox {bbox!r} has non-finite values"
     if w <= 0 or h <= 0:
         return None, f"bbox {bbox!r} has zero or negative size"
-    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
-    if x1 <= x0 or y1 <= y0:
+    cx, cw, clip_x = _clip_span(x, w, float(width))
+    cy, ch, clip_y = _clip_span(y, h, float(height))
+    if cw <= 0 or ch <= 0:
         return None, f"bbox {bbox!r} lies outside the {width}x{height} image"
-    clipped = [x0, y0, x1 - x0, y1 - y0]
-    if clipped != [x, y, w, h]:
-        return clipped, f"bbox {bbox!r} clipped to the {width}x{height} image"
-    return clipped, ""
+    if clip_x or clip_y:
+        return [cx, cy, cw, ch], f"bbox {bbox!r} clipped to the {width}x{height} image"
+    return [x, y, w, h], ""
 
 
 def _resolve_images(images: list[dict], image_root: Path, source: str, check_files: bool) -> set[int]:

@@ -6,7 +6,6 @@ low-contrast objects so that box-prior methods have something real to get wrong.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .files import write_json
 from .images import write_image
 from .settings import Settings, SettingsError, setting
 from .masks import mask_box, rle_encode
@@ -182,9 +182,7 @@ def make_demo_data(out_dir: str | os.PathLike, n_images: int = 24, seed: int = 0
     write_salient_set(out / "salient", 4 * n_images if n_salient is None else n_salient, rng)
     coco = {"info": {"description": "pseudomask demo scenes", "seed": seed}, "images": images,
             "categories": categories, "annotations": anns}
-    tmp = out / ".annotations.json.tmp"
-    tmp.write_text(json.dumps(coco))
-    os.replace(tmp, out / "annotations.json")
+    write_json(coco, out / "annotations.json")
     return out / "annotations.json"
 
 

@@ -269,11 +269,10 @@ def evaluate_to_file(gt_json: str | os.PathLike, results_json: str | os.PathLike
     """evaluate_detections, written atomically as a JSON object with the inputs' paths."""
     metrics = {"kind": "detections", **evaluate_detections(gt_json, results_json),
                "ground_truth": str(gt_json), "predictions": str(results_json)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=1))
-    os.replace(tmp, out)
+    from .files import write_json
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(metrics, out, indent=1)
     return metrics
 
 

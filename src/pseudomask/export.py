@@ -17,7 +17,6 @@ Instances without a mask (failed, or empty after merging) have an empty RLE and 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -30,6 +29,7 @@ from pycocotools import mask as mask_utils
 
 from . import __version__
 from .errors import PseudomaskError
+from .files import write_json
 from .masks import box_agreement
 from .merge_drop import JUDGED, fg_boxes
 from .settings import Settings
@@ -161,20 +161,6 @@ def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | No
     if out is not None:
         write_json(data, out)
     return data
-
-
-def write_json(data: dict, out: str | os.PathLike, indent: int | None = None) -> Path:
-    """Write JSON atomically (temp file, then rename); compact unless `indent` is given."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:  # dumps, not dump: only dumps uses the C encoder
-            fh.write(json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":")))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
 
 
 def export_summary(data: dict) -> dict:

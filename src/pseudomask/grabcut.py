@@ -5,8 +5,9 @@ with a margin of background, downscaled when large and upscaled when tiny, inste
 graph cut then costs a bounded number of pixels whatever the image size. A small sure-foreground ellipse at
 the box centre (`core`) stops GrabCut's colour models from collapsing to an empty mask; the result is cleaned
 (largest component, holes filled).
-Instances of an image run in parallel threads (OpenCV releases the GIL); every call seeds OpenCV's RNG, so the
-result does not depend on the number of workers or the order.
+The stage spreads a shard's images over worker processes (`threads` of the rule; `grabcut_image` can also run
+one image's instances in threads); every call seeds OpenCV's RNG, so the result does not depend on the number
+of workers or the order.
 
 Plain GrabCut often returns an empty mask or a fragment for small and low-contrast objects (hybrid networks:
 ~30 % of VOC masks invalid). A mask is degenerate when it is empty, covers less than `min_fill` of its box, or
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -233,19 +235,21 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def predict_image(params: GrabCutParams, rgb: np.ndarray, records: list[dict]) -> list[dict]:
+    """The per-image function of the stage (`pseudomask.stage.run_mask_stage`): one result per record."""
+    return grabcut_image(rgb, [r["bbox"] for r in records], params)
+
+
 def run_grabcut(ds: Dataset, out: str | os.PathLike, params: GrabCutParams | Mapping[str, Any] | None = None,
                 workers: int | None = None, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Run fast GrabCut on every usable instance of a dataset and write a `grabcut` artifact."""
+    """Run fast GrabCut on every usable instance of a dataset and write a `grabcut` artifact; `workers`
+    processes (default: the cores this process may use) share the images."""
     from .stage import run_mask_stage
 
     p = params if isinstance(params, GrabCutParams) else GrabCutParams.from_mapping(params)
     n = default_workers() if not workers else int(workers)
-
-    def predict(rgb: np.ndarray, recs: list[dict]) -> list[dict]:
-        return grabcut_image(rgb, [r["bbox"] for r in recs], p, n)
-
-    return run_mask_stage(ds, out, predict, stage="grabcut", method="grabcut-crop", params=p.to_dict(),
-                          inputs=inputs)
+    return run_mask_stage(ds, out, partial(predict_image, p), stage="grabcut", method="grabcut-crop",
+                          params=p.to_dict(), inputs=inputs, workers=n)
 
 
 def run_stage(s: GrabCutParams, *, shard: str, images: str | None, out: str, threads: int = 1) -> dict:

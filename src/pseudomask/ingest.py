@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from .dataset import load_dataset, shard, write_shard
 from .dataset import FORMATS
+from .files import write_json
 from .settings import Settings, setting
 from .stage import progress
 from .store import file_digest
@@ -44,9 +44,7 @@ def ingest(annotations: str | os.PathLike, images: str | os.PathLike | None, out
         "supervision": "boxes" if ds.has_boxes else "tags", "shards": names,
         "status": dict(Counter(r["status"] for r in ds.instances)),
     }
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / "manifest.json")
+    write_json(manifest, out / "manifest.json", indent=1)
     return manifest
 
 

@@ -15,20 +15,23 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import PseudomaskError
 from .masks import box_iou
 from .settings import Settings, setting
+from .stage import run_artifact_stage
 from .stages import mask_stages
-from .stage import progress
-from .store import Artifact, ArtifactWriter
+from .store import Artifact
 
 JUDGED = ("kept", "invalid")
 THRESHOLDS = (0.0, 0.75, 0.85, 0.90, 0.95)
 METHOD = "smaller-box-merge+proxy-box-drop"
+CRITERIA = ("proxy_box_iou", "quality", "both")
+METHODS = {"proxy_box_iou": METHOD, "quality": "smaller-box-merge+quality-drop",
+           "both": "smaller-box-merge+proxy-box-and-quality-drop"}
 
 
 def fg_boxes(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,9 +100,15 @@ def is_dropped(proxy_iou: float | np.ndarray, threshold: float) -> bool | np.nda
 
 
 def merge_drop_image(masks: np.ndarray, rows: Sequence[Mapping[str, Any]], threshold: float,
-                     source: str = "") -> tuple[np.ndarray, list[dict]]:
+                     source: str = "", criterion: str = "proxy_box_iou", quality_threshold: float = 0.7,
+                     quality: Callable[[list[dict], np.ndarray], np.ndarray] | None = None
+                     ) -> tuple[np.ndarray, list[dict]]:
     """Merge then drop one image's masks; returns merged masks and rows with status, reason,
-    `proxy_box_iou` (NaN when not judged), `mask_ignore` (1/0), `merge_lost_px` and `source`."""
+    `proxy_box_iou` (NaN when not judged), `mask_ignore` (1/0), `merge_lost_px` and `source`.
+
+    `criterion` says what drops a mask: its proxy box IoU below `threshold`, its predicted quality below
+    `quality_threshold` (`quality`), or either (`both`). `quality(rows, merged)` predicts the quality of the
+    merged masks (NaN: none; a mask without one is dropped under the quality criteria); it sets `quality`."""
     rows = [dict(r) for r in rows]
     masks = np.asarray(masks, np.uint8)
     if len(masks) != len(rows):
@@ -110,19 +119,31 @@ def merge_drop_image(masks: np.ndarray, rows: Sequence[Mapping[str, Any]], thres
     for k, r in enumerate(rows):
         r["source"] = r.get("source") or source
         r["merge_lost_px"] = int(lost[k])
+    q = np.asarray(quality(rows, merged), np.float64) if quality is not None else np.full(len(rows), np.nan)
+    for k, r in enumerate(rows):
+        if quality is not None:
+            r["quality"] = float(q[k])
         if not active[k]:
             r.update(proxy_box_iou=None, mask_ignore=1)
             continue
         x0, y0, x1, y1 = (float(v) for v in span[k])
         iou = box_iou([x0, y0, x1 - x0, y1 - y0] if has[k] else None, r["bbox"])
         prior = f"was {r['status']}: {r['reason']}" if r["status"] != "kept" else str(r.get("reason") or "")
-        if is_dropped(iou, threshold):
-            if not has[k]:
-                why = "empty mask after merge" if np.any(masks[k] == 1) else "empty mask"
-            elif iou <= 0:
-                why = "mask box does not overlap the GT box"
-            else:
-                why = f"proxy box IoU {iou:.3f} < {threshold:g}"
+        whys = []
+        if not has[k]:
+            whys.append("empty mask after merge" if np.any(masks[k] == 1) else "empty mask")
+        elif iou <= 0:
+            whys.append("mask box does not overlap the GT box")
+        else:
+            if criterion in ("proxy_box_iou", "both") and is_dropped(iou, threshold):
+                whys.append(f"proxy box IoU {iou:.3f} < {threshold:g}")
+            if criterion in ("quality", "both"):
+                if not np.isfinite(q[k]):
+                    whys.append("no predicted quality")
+                elif q[k] < quality_threshold:
+                    whys.append(f"predicted quality {q[k]:.3f} < {quality_threshold:g}")
+        if whys:
+            why = "; ".join(whys)
             r.update(status="dropped", reason="; ".join(s for s in (why, prior) if s), mask_ignore=1)
         else:
             r.update(status="kept", reason=prior, mask_ignore=0)
@@ -135,6 +156,13 @@ class MergeDropSettings(Settings):
     SECTION = "merge_drop"
     threshold: float = setting(0.95, "masks whose proxy box IoU is below this are dropped (mask-ignored, box kept)",
                                minimum=0, maximum=1)
+    criterion: str = setting("proxy_box_iou", "what drops a mask: proxy_box_iou (BoxCaseg), its predicted "
+                                              "quality, or both (either one below its threshold)",
+                             choices=CRITERIA)
+    quality_threshold: float = setting(0.7, "with criterion quality or both: masks whose predicted quality is below "
+                                            "this are dropped", minimum=0, maximum=1)
+    model: str = setting("default", "quality model of the merged masks: \"default\" (shipped), a JSON file "
+                                    "written by scripts/train_scorer.py, or \"none\" (criterion proxy_box_iou only)")
 
 
 def _check_threshold(threshold: float) -> float:
@@ -144,19 +172,37 @@ def _check_threshold(threshold: float) -> float:
     return t
 
 
-def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float = 0.95) -> dict:
-    """Run merge-and-drop over one mask-source artifact and write a `merge_drop` artifact; returns a summary."""
+def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float = 0.95,
+               criterion: str = "proxy_box_iou", quality_threshold: float = 0.7, model: str = "default") -> dict:
+    """Run merge-and-drop over one mask-source artifact and write a `merge_drop` artifact; returns a summary.
+    The merged masks' `quality` is predicted by the scorer `model` names (see `pseudomask.stage.quality_scorer`)."""
+    from .quality.features import SOURCES
+    from .stage import quality_scorer, read_artifact_image
 
-    threshold = _check_threshold(threshold)
+    threshold, quality_threshold = _check_threshold(threshold), _check_threshold(quality_threshold)
+    if criterion not in CRITERIA:
+        raise PseudomaskError(f"merge-drop criterion must be one of {CRITERIA}, got {criterion!r}")
+    scorer = quality_scorer(model)
+    if scorer is None and criterion != "proxy_box_iou":
+        raise PseudomaskError(f"merge-drop criterion {criterion!r} needs a quality model")
     with Artifact(src, stage=[m for m in mask_stages() if m != "merge_drop"]) as a:
-        params = {"threshold": threshold, "source_stage": a.stage, "source_method": a.method}
-        attrs = {"image_root": a.attrs.get("image_root", ""), "source_stage": a.stage, "source_method": a.method}
-        with ArtifactWriter(out, stage="merge_drop", method=METHOD, params=params, inputs=[src],
-                            categories=a.categories, attrs=attrs) as w:
-            for image_id in progress(a.image_ids, desc="merge_drop", total=len(a.image_ids)):
-                rows = a.records(image_id)
-                merged, rows = merge_drop_image(a.masks(image_id), rows, threshold, source=a.stage)
-                w.add_image(a.image(image_id), rows, merged, tags=a.tags.get(image_id, []))
+        origin = {"source_stage": a.stage, "source_method": a.method}
+        qsource = a.stage if a.stage in SOURCES else str(a.attrs.get("quality_source", a.stage))
+
+        def per_image(image: dict, records: list[list[dict]], masks: list[np.ndarray]):
+            def quality(rows: list[dict], merged: np.ndarray) -> np.ndarray:
+                if scorer is None:
+                    return np.full(len(rows), np.nan)
+                return scorer.score_image(read_artifact_image(a, image), rows, merged, qsource)
+
+            merged, rows = merge_drop_image(masks[0], records[0], threshold, source=a.stage, criterion=criterion,
+                                            quality_threshold=quality_threshold, quality=quality)
+            return rows, merged, None
+
+        params = {"threshold": threshold, "criterion": criterion, "quality_threshold": quality_threshold,
+                  "model": model, **origin}
+        run_artifact_stage([a], out, per_image, stage="merge_drop", method=METHODS[criterion],
+                           params=params, attrs=origin, rescore=False)
     with Artifact(out, stage="merge_drop") as b:
         return summary(b)
 
@@ -178,7 +224,9 @@ def summary(artifact: Artifact) -> dict:
             "judged": int(len(proxy)), "status": artifact.status_counts(),
             "drop_rate": dropped / len(proxy) if len(proxy) else None,
             "mean_proxy_box_iou": float(proxy.mean()) if len(proxy) else None,
-            "threshold": artifact.params.get("threshold"), "source_stage": artifact.params.get("source_stage")}
+            "threshold": artifact.params.get("threshold"), "source_stage": artifact.params.get("source_stage"),
+            "criterion": artifact.params.get("criterion", "proxy_box_iou"),
+            "quality_threshold": artifact.params.get("quality_threshold")}
 
 
 def drop_curve(proxy_iou: Iterable[float], thresholds: Sequence[float] = THRESHOLDS,
@@ -204,4 +252,5 @@ def drop_curve(proxy_iou: Iterable[float], thresholds: Sequence[float] = THRESHO
 
 def run_stage(s: MergeDropSettings, *, masks: str, out: str, threads: int = 1) -> dict:
     """The `merge_drop` stage (see pseudomask.stages)."""
-    return {"out": out, **merge_drop(masks, out, threshold=s.threshold)}
+    return {"out": out, **merge_drop(masks, out, threshold=s.threshold, criterion=s.criterion,
+                                     quality_threshold=s.quality_threshold, model=s.model)}

@@ -148,7 +148,7 @@ def is_detection_results(path: str | os.PathLike) -> bool:
 
 def run_stage(s: EvaluateSettings, *, pseudo: str, ground_truth: str, out: str, threads: int = 1) -> dict:
     """The `evaluate_masks` stage (see pseudomask.stages)."""
-    from .export import write_json
+    from .files import write_json
 
     result = evaluate_pseudo(pseudo, ground_truth)
     write_json(result, out, indent=2)

@@ -384,12 +384,10 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
 
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>pseudomask report</title>"
            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    from .files import write_text_atomic
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(doc, out)
 
 
 def run_stage(s: ReportSettings, *, artifacts: list[str], ground_truth: str | None, out: str,

@@ -40,6 +40,16 @@ def setting(default: Any, help: str, *, choices: tuple | None = None, minimum: f
     return dataclasses.field(default=default, metadata=meta)
 
 
+def device_setting() -> Any:
+    """The `device` field of every torch stage (resolved by devices.pick_device)."""
+    return setting("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
+
+
+def cpu_profile(profile: dict) -> Any:
+    """The `cpu` field of a stage whose defaults are a GPU's: applied by Settings.for_device on a CPU."""
+    return setting(profile, "keys replacing the others when the device is the CPU (a short run)")
+
+
 def field_default(f: dataclasses.Field) -> Any:
     """A field's default, also for mutable defaults made by a factory."""
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
@@ -97,6 +107,9 @@ class Settings:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_value(self, f, _field_kinds(type(self))[f.name])
+        profile = getattr(self, "cpu", None)
+        if profile:  # a device profile may only replace the class's other settings
+            unknown_keys(profile, [f.name for f in dataclasses.fields(self) if f.name != "cpu"], f"{self.SECTION}.cpu")
         self.check()
 
     def check(self) -> None:

@@ -1,11 +1,14 @@
-"""The loop every per-instance mask stage shares: read each image, run a method on its usable instances,
-carry every other instance through with its status, write one artifact with provenance and progress."""
+"""The two loops the stages share, each writing one artifact with provenance and progress and carrying every
+instance through: `run_mask_stage` reads each image and runs a method on its usable instances;
+`run_artifact_stage` turns the masks of input artifacts into new ones, image by image."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from contextlib import ExitStack
+from functools import partial
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -13,7 +16,43 @@ from tqdm import tqdm
 
 from .dataset import Dataset
 from .images import ImageError, read_image
-from .store import ArtifactWriter
+from .store import Artifact, ArtifactError, ArtifactWriter
+
+def quality_scorer(model: str | None = None):
+    """The scorer whose predicted IoU fills a mask stage's `quality` column: `model` (a JSON model path,
+    "default" or "none") when given, else the shipped default (named in each artifact's provenance)."""
+    from .quality.scorer import get_scorer
+
+    return get_scorer(model or "default")
+
+
+def quality_attrs(scorer) -> dict:
+    """Provenance of the `quality` column: the predictor's name (or "none")."""
+    return {"quality_predictor": scorer.name if scorer is not None else "none"}
+
+
+def add_quality(scorer, rgb: np.ndarray | None, rows: list[dict], masks: np.ndarray, source: str) -> None:
+    """Set each row's `quality` (predicted IoU with the true mask; NaN where none is predicted)."""
+    if scorer is None:
+        q = np.full(len(rows), np.nan)
+        for k, r in enumerate(rows):
+            if r.get("source") == "gt":
+                q[k] = 1.0
+    else:
+        q = scorer.score_image(rgb, rows, masks, source)
+    for r, v in zip(rows, q):
+        r["quality"] = float(v)
+
+
+def read_artifact_image(artifact: Artifact, image: dict) -> np.ndarray | None:
+    """The RGB image of an artifact's image record from its image_root, or None when it cannot be read."""
+    root = artifact.attrs.get("image_root")
+    if not root:
+        return None
+    try:
+        return read_image(Path(root) / image["file_name"])
+    except (ImageError, OSError):
+        return None
 
 # predict(image RGB (H,W,3), usable instance records) -> one result per record:
 #   {"mask": (H,W) uint8, "status": str, "reason": str, **numeric extras}
@@ -21,6 +60,10 @@ from .store import ArtifactWriter
 # With run_mask_stage(every_image=True) it is called as predict(rgb, records, image) for every readable
 # image, records possibly empty, so that a method can store maps of images without usable instances.
 Predict = Callable[..., Any]
+
+# per_image(image, records per source, (K,H,W) masks per source) -> (rows, masks, maps or None): one image of
+# an artifact-to-artifact stage; rows hold every instance of the image, in the sources' order.
+PerImage = Callable[[dict, list[list[dict]], list[np.ndarray]], tuple[Sequence[Mapping[str, Any]], Any, Any]]
 
 PASS_THROUGH = ("failed", "ignored")
 
@@ -37,6 +80,45 @@ def progress(items: Iterable, desc: str, total: int | None = None, unit: str = "
                 disable=os.environ.get("PSEUDOMASK_NO_PROGRESS") == "1")
 
 
+def mask_image(predict: Predict, image: dict, path: str, records: list[dict], *, stage: str, out: str,
+               usable: Callable[[dict], bool] = usable, every_image: bool = False, quality: str | None = None
+               ) -> tuple[list[dict], np.ndarray, Any, list[str]]:
+    """One image of `run_mask_stage` (in this process or in a worker): (rows, (K,H,W) masks, maps, log lines).
+
+    Reads the image at `path`, runs `predict` on the usable records and fills every row's `quality`."""
+    h, w = image["height"], image["width"]
+    masks = np.zeros((len(records), h, w), np.uint8)
+    rows = [dict(r) for r in records]
+    todo = [i for i, r in enumerate(records) if usable(r)]
+    maps, rgb, notes = None, None, []
+    if todo or every_image:
+        try:
+            rgb = read_image(path)
+        except ImageError as e:
+            for i in todo:
+                rows[i].update(status="failed", reason=str(e))
+            if not todo:
+                notes.append(f"{stage}: image {image['id']} skipped: {e}")
+            todo = []
+        else:
+            args = (rgb, [records[i] for i in todo]) + ((image,) if every_image else ())
+            result = predict(*args)
+            if isinstance(result, tuple):
+                result, maps, *note = result
+                notes.extend(f"{stage}: image {image['id']}: {n}" for n in note if n)
+            result = list(result)
+            if len(result) != len(todo):
+                raise ArtifactError(f"{out}: image {image['id']}: {stage} gave {len(result)} results for "
+                                    f"{len(todo)} instances {[records[i]['id'] for i in todo]}; one per "
+                                    "instance, in order")
+            for i, res in zip(todo, result):
+                res = dict(res)
+                masks[i] = res.pop("mask")
+                rows[i].update(res)
+    add_quality(quality_scorer(quality), rgb, rows, masks, stage)
+    return rows, masks, maps, notes
+
+
 def run_mask_stage(
     ds: Dataset,
     out: str | os.PathLike,
@@ -48,38 +130,129 @@ def run_mask_stage(
     inputs: Sequence[str | os.PathLike] = (),
     usable: Callable[[dict], bool] = usable,
     every_image: bool = False,
+    quality: str | None = None,
+    workers: int = 1,
 ) -> Path:
     """Run `predict` on each image's usable instances and write every instance to one artifact.
 
     `every_image` also runs it on images without usable instances (their maps, e.g. proposals of tag-only
-    images) and passes the image record as a third argument."""
+    images) and passes the image record as a third argument; `predict` may return a third value, a line for
+    the log. Every row gets `quality`, the predicted IoU of its mask by the scorer `quality` names (see
+    `quality_scorer`).
+
+    `workers` > 1 spreads the images over that many spawned processes (`pseudomask.workers`): `predict` and
+    `usable` must then be picklable (module-level functions or partials of them). Results are written in
+    image order as they complete, a bounded number in flight, and do not depend on the number of workers
+    as long as `predict` is deterministic per image."""
+    from .workers import ordered_map, worker_count
+
     by_image = ds.by_image()
+    scorer = quality_scorer(quality)
+    attrs = {"image_root": str(Path(ds.image_root).resolve()), "quality_source": stage, **quality_attrs(scorer)}
+    kw = {"stage": stage, "out": str(out), "usable": usable, "every_image": every_image, "quality": quality}
+    busy = [im for im in ds.images if every_image or any(usable(r) for r in by_image.get(im["id"], []))]
+    n = worker_count(workers, len(busy))
+    fn = partial(mask_image, predict, **kw)
+    jobs = ((im, str(ds.image_path(im)), by_image.get(im["id"], [])) for im in ds.images)
     with ArtifactWriter(out, stage=stage, method=method, params=params, inputs=inputs,
-                        categories=ds.categories, attrs={"image_root": str(Path(ds.image_root).resolve())}) as w:
-        for im in progress(ds.images, desc=f"{stage}:{method}", total=len(ds.images)):
-            recs = by_image.get(im["id"], [])
-            h, w_ = im["height"], im["width"]
-            masks = np.zeros((len(recs), h, w_), np.uint8)
-            rows = [dict(r) for r in recs]
-            todo = [i for i, r in enumerate(recs) if usable(r)]
-            maps = None
-            if todo or every_image:
-                try:
-                    rgb = read_image(ds.image_path(im))
-                except ImageError as e:
-                    for i in todo:
-                        rows[i].update(status="failed", reason=str(e))
-                    if not todo:
-                        print(f"{stage}: image {im['id']} skipped: {e}", file=sys.stderr)
-                    todo = []
-                else:
-                    args = (rgb, [recs[i] for i in todo]) + ((im,) if every_image else ())
-                    result = predict(*args)
-                    if isinstance(result, tuple):
-                        result, maps = result
-                    for i, res in zip(todo, result):
-                        res = dict(res)
-                        masks[i] = res.pop("mask")
-                        rows[i].update(res)
-            w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
+                        categories=ds.categories, attrs=attrs) as w:
+        results = ordered_map(fn, jobs, n)
+        try:
+            for im, (rows, masks, maps, notes) in progress(zip(ds.images, results), desc=f"{stage}:{method}",
+                                                           total=len(ds.images)):
+                for line in notes:
+                    print(line, file=sys.stderr)
+                w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
+        finally:
+            results.close()
+    return Path(out)
+
+
+def same_instances(sources: Sequence[Artifact]) -> None:
+    """Raise ArtifactError unless the artifacts hold the same images and instance ids in the same order."""
+    first = sources[0]
+    ids = first.instances.get("id", np.zeros(0, np.int64))
+    for other in sources[1:]:
+        if other.image_ids != first.image_ids or not np.array_equal(other.instances.get("id", ids[:0]), ids):
+            raise ArtifactError(f"{first.path} and {other.path} do not hold the same images and instances; "
+                                "were they made from the same shard?")
+
+
+def check_rows(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]], out: str | os.PathLike,
+               source: str | os.PathLike, image_id: int) -> None:
+    """Raise ArtifactError unless `rows` are the instances of `records`: same ids, same order, none lost."""
+    got, want = [r.get("id") for r in rows], [r["id"] for r in records]
+    if got == want:
+        return
+    problems = [f"{what} instances {ids}" for what, ids in (
+        ("lose", [i for i in want if i not in got]), ("add", [i for i in got if i not in want]),
+        ("repeat", sorted({i for i in got if got.count(i) > 1}))) if ids]
+    what = "; ".join(problems) or f"reorder instances {want} as {got}"
+    raise ArtifactError(f"{out}: image {image_id}: the rows written {what} of {source}; "
+                        "every input instance must appear once, in the input's order")
+
+
+def run_artifact_stage(
+    sources: Sequence[str | os.PathLike | Artifact],
+    out: str | os.PathLike,
+    per_image: PerImage,
+    *,
+    stage: str,
+    method: str,
+    params: Mapping[str, Any],
+    expect_stages: Sequence[str | Sequence[str] | None] = (),
+    check_same_instances: bool = True,
+    attrs: Mapping[str, Any] | None = None,
+    final_attrs: Callable[[], Mapping[str, Any]] | None = None,
+    quality: str | None = None,
+    quality_source: str | None = None,
+    rescore: bool = True,
+) -> Path:
+    """Write artifact `out` from input artifacts, one `per_image` call per image of the first source.
+
+    `sources` are paths (opened here, checked against `expect_stages`, one entry per source; none: any stage)
+    or open Artifacts (for a stage whose parameters name the source's stage). The output takes the first
+    source's images, tags, categories and image_root; its rows must be that source's instances (same ids,
+    same order), else ArtifactError. `check_same_instances` first requires every source to hold the same
+    images and instances. `final_attrs()` gives root attributes known only after the last image.
+    Every row gets `quality` (see `run_mask_stage`), its features computed on the image read from the
+    first source's image_root and on the input rows' columns under the output's; `quality_source` names
+    the source whose masks the stage writes (default: this stage when it makes masks of its own, else the
+    first source's). `rescore=False`: the rows bring their own `quality` (select's, with cross-source
+    features)."""
+    with ExitStack() as stack:
+        arts = []
+        for i, src in enumerate(sources):
+            if isinstance(src, Artifact):
+                arts.append(src)
+            else:
+                want = expect_stages[i] if i < len(expect_stages) else None
+                arts.append(stack.enter_context(Artifact(src, stage=want)))
+        if check_same_instances:
+            same_instances(arts)
+        first = arts[0]
+        from .quality.features import SOURCES
+
+        scorer = quality_scorer(quality)
+        src = quality_source or (stage if stage in SOURCES else str(first.attrs.get("quality_source", first.stage)))
+        extra = {"image_root": first.attrs.get("image_root", ""), "quality_source": src, **quality_attrs(scorer),
+                 **(attrs or {})}
+        with ArtifactWriter(out, stage=stage, method=method, params=params, inputs=[a.path for a in arts],
+                            categories=first.categories, attrs=extra) as w:
+            for image_id in progress(first.image_ids, desc=stage, total=len(first.image_ids)):
+                image, records = first.image(image_id), [a.records(image_id) for a in arts]
+                rows, masks, maps = per_image(image, records, [a.masks(image_id) for a in arts])
+                check_rows(rows, records[0], out, first.path, image_id)
+                rows = [dict(r) for r in rows]
+                if not rescore:
+                    w.add_image(image, rows, masks, maps=maps, tags=first.tags.get(image_id, []))
+                    continue
+                feats = [{**a, **r} for a, r in zip(records[0], rows)]
+                rgb = read_artifact_image(first, image) if scorer is not None and rows else None
+                add_quality(scorer, rgb, feats, np.asarray(masks, np.uint8), src)
+                for r, f in zip(rows, feats):
+                    r["quality"] = f["quality"]
+                w.add_image(image, rows, masks, maps=maps, tags=first.tags.get(image_id, []))
+            if final_attrs is not None:
+                w.set_attrs(**final_attrs())
     return Path(out)

@@ -86,6 +86,7 @@ def _p(name: str, help: str, **kw: Any) -> Port:
 DATASET = _p("shard", "ingested shard (.h5), or a COCO JSON / VOC folder / tags CSV with --images")
 IMAGES = _p("images", "image folder of a COCO JSON or tags CSV (a shard knows its own)", optional=True)
 OUT = _p("out", "artifact to write (.h5)")
+MASKS = _p("masks", "artifact of a mask stage (.h5)")
 SHARDS = _p("shards", "ingested shards (.h5), or one COCO JSON with --images", many=True)
 GPU_RESOURCES = {"threads": 1, "mem_mb": 8000, "runtime": 120}
 
@@ -117,7 +118,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           outputs=(OUT,), per_shard=True, masks=True, tests=("tests/test_agree.py",)),
     Stage("validity", "box-agreement validity: invalid when IoU(box of the mask, given box) is low",
           "validity:run_stage", "validity:ValiditySettings",
-          inputs=(_p("masks", "artifact of a mask stage (.h5)"),), outputs=(OUT,), per_shard=True, masks=True,
+          inputs=(MASKS,), outputs=(OUT,), per_shard=True, masks=True,
           tests=("tests/test_validity.py",)),
     Stage("boxcaseg_train", "train BoxCaseg on the boxes and a salient-object folder",
           "boxcaseg.train:run_stage", "boxcaseg.settings:TrainConfig",
@@ -140,16 +141,20 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                      optional=True)),
           outputs=(OUT,), per_shard=True, gpu=True, masks=True, resources={**GPU_RESOURCES, "threads": 2},
           tests=("tests/test_cam_peaks.py", "tests/test_cam.py")),
-    Stage("merge_drop", "merge (smaller box wins) and drop (proxy box IoU) of a mask artifact",
+    Stage("select", "per box the candidate mask (sources, union, ellipse, box) with the highest predicted quality",
+          "quality.select:run_stage", "quality.select:SelectSettings",
+          inputs=(_p("masks", "artifacts of mask stages of the same shard (.h5), e.g. grabcut mcg agree", many=True),),
+          outputs=(OUT,), per_shard=True, masks=True, tests=("tests/test_quality.py",)),
+    Stage("merge_drop", "merge (smaller box wins) and drop (proxy box IoU and/or quality) of a mask artifact",
           "merge_drop:run_stage", "merge_drop:MergeDropSettings",
-          inputs=(_p("masks", "artifact of a mask stage (.h5)"),), outputs=(OUT,), per_shard=True, masks=True,
+          inputs=(MASKS,), outputs=(OUT,), per_shard=True, masks=True,
           tests=("tests/test_merge_drop.py",)),
     Stage("export", "pseudo masks of merge_drop (or any mask) artifacts as one COCO JSON",
           "export:run_stage", "export:ExportSettings",
           inputs=(_p("artifacts", "artifacts (.h5), e.g. every shard of merge_drop", many=True),),
           outputs=(_p("out", "COCO instances JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30},
           tests=("tests/test_export.py",)),
-    Stage("evaluate_masks", "pseudo masks (COCO JSON or artifact) against true masks: mIoU, AP^r, ABO",
+    Stage("evaluate_masks", "pseudo masks (COCO JSON or artifact) against true masks: mIoU by size, invalid rates",
           "metrics:run_stage", "metrics:EvaluateSettings",
           inputs=(_p("pseudo", "COCO JSON of pseudo masks or an artifact"),
                   _p("ground_truth", "COCO JSON with true masks")),

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import __version__
 from .errors import PseudomaskError
+from .files import PendingFile
 
 SCHEMA = "pseudomask-artifact"
 SCHEMA_VERSION = 1
@@ -97,11 +98,8 @@ class ArtifactWriter:
     ):
         """`inputs`: paths to digest, or a ready {path: digest} mapping (to hash a large input once)."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # left by a killed writer
-            stale.unlink(missing_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._f = h5py.File(self._tmp, "w")
+        self._pending = PendingFile(self.path)
+        self._f = h5py.File(self._pending.tmp, "w")
         a = self._f.attrs
         a["schema"] = SCHEMA
         a["schema_version"] = SCHEMA_VERSION
@@ -174,24 +172,28 @@ class ArtifactWriter:
         if self._closed:
             return self.path
         f = self._f
-        cols = {k: _column([im[k] for im in self._images], k) for k in ("id", "file_name", "width", "height")}
-        cols["width"] = cols["width"].astype(np.int64)
-        cols["height"] = cols["height"].astype(np.int64)
-        _write_table(f.create_group("images"), cols)
-        keys = list(BASE_COLUMNS) + sorted({k for r in self._rows for k in r} - set(BASE_COLUMNS))
-        table = {k: _column([r.get(k) for r in self._rows], k) for k in keys}
-        _write_table(f.create_group("instances"), table)
-        tags = np.array(self._tags, dtype=np.int64).reshape(-1, 2)
-        _write_table(f.create_group("tags"), {"image_id": tags[:, 0], "category_id": tags[:, 1]})
-        f.close()
-        os.replace(self._tmp, self.path)
+        try:
+            cols = {k: _column([im[k] for im in self._images], k) for k in ("id", "file_name", "width", "height")}
+            cols["width"] = cols["width"].astype(np.int64)
+            cols["height"] = cols["height"].astype(np.int64)
+            _write_table(f.create_group("images"), cols)
+            keys = list(BASE_COLUMNS) + sorted({k for r in self._rows for k in r} - set(BASE_COLUMNS))
+            table = {k: _column([r.get(k) for r in self._rows], k) for k in keys}
+            _write_table(f.create_group("instances"), table)
+            tags = np.array(self._tags, dtype=np.int64).reshape(-1, 2)
+            _write_table(f.create_group("tags"), {"image_id": tags[:, 0], "category_id": tags[:, 1]})
+            f.close()
+            self._pending.commit()
+        except BaseException:  # e.g. a column of mixed types: leave no file behind
+            self.abort()
+            raise
         self._closed = True
         return self.path
 
     def abort(self) -> None:
         if not self._closed:
             self._f.close()
-            self._tmp.unlink(missing_ok=True)
+            self._pending.discard()
             self._closed = True
 
     def __enter__(self) -> "ArtifactWriter":

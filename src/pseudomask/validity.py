@@ -13,10 +13,9 @@ import numpy as np
 
 from .masks import box_agreement, ellipse_mask, is_small64
 from .settings import Settings, setting
-from .stage import PASS_THROUGH, progress
+from .stage import PASS_THROUGH, run_artifact_stage
 from .stages import mask_stages
-from .store import Artifact, ArtifactWriter
-
+from .store import Artifact
 
 
 @dataclass(frozen=True)
@@ -40,37 +39,47 @@ def invalid_rates(box_ious: np.ndarray, small: np.ndarray, min_iou: float = 0.5)
             "large64": int((~small).sum()), "invalid_rate_large64": rate(~small)}
 
 
+def validity_rows(image: dict, records: list[dict], masks: np.ndarray, min_iou: float = 0.5,
+                  ellipse: bool = False) -> tuple[list[dict], np.ndarray]:
+    """One image of `validity`: rows with `box_iou` (NaN where not judged) and `replaced`, and the masks
+    (invalid ones replaced by the inscribed ellipse with `ellipse`). Failed and ignored ones pass through."""
+    masks = masks.copy()
+    rows = []
+    for k, r in enumerate(records):
+        row = {key: r[key] for key in ("id", "category_id", "bbox", "status", "reason")}
+        row.update(box_iou=np.nan, replaced=0.0)
+        if r["status"] not in PASS_THROUGH:
+            biou = box_agreement(masks[k], r["bbox"])
+            row["box_iou"] = biou
+            if biou < min_iou:
+                why = f"box agreement IoU {biou:.3f} < {min_iou}"
+                if ellipse:
+                    masks[k] = ellipse_mask(r["bbox"], image["height"], image["width"])
+                    row.update(status="kept", reason=f"{why}; replaced by the inscribed ellipse", replaced=1.0)
+                else:
+                    row.update(status="invalid", reason=why)
+        rows.append(row)
+    return rows, masks
+
+
 def run_validity(src: str | os.PathLike, out: str | os.PathLike, min_iou: float = 0.5, ellipse: bool = False) -> Path:
     """Write a `validity` artifact: every instance with its `box_iou`, invalid ones flagged or replaced."""
     ious, small = [], []
+
+    def per_image(image: dict, records: list[list[dict]], masks: list[np.ndarray]):
+        rows, out_masks = validity_rows(image, records[0], masks[0], min_iou, ellipse)
+        judged = [(row["box_iou"], r["bbox"]) for row, r in zip(rows, records[0]) if r["status"] not in PASS_THROUGH]
+        ious.extend(b for b, _ in judged)
+        small.extend(is_small64(box) for _, box in judged)
+        return rows, out_masks, None
+
+    def rates() -> dict:
+        return {"invalid_rates": json.dumps(invalid_rates(np.array(ious), np.array(small, bool), min_iou))}
+
     with Artifact(src, stage=[m for m in mask_stages() if m != "validity"]) as a:
         params = {"min_iou": min_iou, "ellipse": ellipse, "input_stage": a.stage}
-        with ArtifactWriter(out, stage="validity", method="box-agreement", params=params, inputs=[src],
-                            categories=a.categories, attrs={"image_root": a.attrs.get("image_root", "")}) as w:
-            for image_id in progress(a.image_ids, desc="validity", total=len(a.image_ids)):
-                im = a.image(image_id)
-                masks = a.masks(image_id)
-                rows = []
-                for k, r in enumerate(a.records(image_id)):
-                    row = {key: r[key] for key in ("id", "category_id", "bbox", "status", "reason")}
-                    row.update(box_iou=np.nan, replaced=0.0)
-                    if r["status"] not in PASS_THROUGH:
-                        biou = box_agreement(masks[k], r["bbox"])
-                        ious.append(biou)
-                        small.append(is_small64(r["bbox"]))
-                        row["box_iou"] = biou
-                        if biou < min_iou:
-                            why = f"box agreement IoU {biou:.3f} < {min_iou}"
-                            if ellipse:
-                                masks[k] = ellipse_mask(r["bbox"], im["height"], im["width"])
-                                row.update(status="kept", reason=f"{why}; replaced by the inscribed ellipse",
-                                           replaced=1.0)
-                            else:
-                                row.update(status="invalid", reason=why)
-                    rows.append(row)
-                w.add_image(im, rows, masks, tags=a.tags.get(image_id, []))
-            w.set_attrs(invalid_rates=json.dumps(invalid_rates(np.array(ious), np.array(small, bool), min_iou)))
-    return Path(out)
+        return run_artifact_stage([a], out, per_image, stage="validity", method="box-agreement", params=params,
+                                  final_attrs=rates)
 
 
 def run_stage(s: ValiditySettings, *, masks: str, out: str, threads: int = 1) -> dict:

@@ -14,16 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checkpoints
 from ..backbones import Backbone, BackboneError, build_backbone
 from ..errors import PseudomaskError
 from .losses import fused_probability
+from .settings import HEADS
 
-CHECKPOINT_FORMAT = "pseudomask-boxcaseg"
-CHECKPOINT_VERSION = 1
 # ImageNet statistics; inputs are RGB in [0, 1]
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-from .settings import HEADS
 
 
 class BoxCasegError(PseudomaskError, ValueError):
@@ -151,32 +150,19 @@ def architecture(model: BoxCasegNet) -> dict[str, Any]:
             "alpha": model.alpha, "channels": model.channels}
 
 
-def save_checkpoint(path: str | os.PathLike, model: BoxCasegNet, **extra: Any) -> Path:
-    """Write {format, version, arch, model, **extra} atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": architecture(model),
-                "model": model.state_dict(), **extra}, tmp)
-    os.replace(tmp, path)
-    return path
+STAGE = "boxcaseg_train"
+
+
+def save_checkpoint(path: str | os.PathLike, model: BoxCasegNet, settings: Mapping[str, Any] | None = None,
+                    **extra: Any) -> Path:
+    """Write the model in the project's checkpoint format (see pseudomask.checkpoints), with its architecture."""
+    return checkpoints.save(path, stage=STAGE, settings=settings or {}, state=model.state_dict(),
+                            arch=architecture(model), **extra)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint dict; BoxCasegError when the file is missing or is not a BoxCaseg checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise BoxCasegError(f"{path}: BoxCaseg checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise BoxCasegError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
-    if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise BoxCasegError(f"{path}: not a BoxCaseg checkpoint (train one with `pseudomask boxcaseg-train`)")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise BoxCasegError(f"{path}: BoxCaseg checkpoint version {ckpt.get('version')}, "
-                            f"this pseudomask reads version {CHECKPOINT_VERSION}")
-    return dict(ckpt)
+    return checkpoints.load(path, STAGE, what="BoxCaseg", error=BoxCasegError)
 
 
 def load_state(model: BoxCasegNet, state: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
@@ -208,6 +194,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                             out_indices=tuple(arch["out_indices"]) if arch.get("out_indices") else None)
     except (KeyError, BackboneError) as e:
         raise BoxCasegError(f"{path}: cannot rebuild the architecture it describes ({e})") from e
-    load_state(model, ckpt["model"], path)
-    model.train_config = dict(ckpt.get("config") or {})
+    load_state(model, ckpt["state"], path)
+    model.train_config = dict(ckpt.get("settings") or {})
     return model.to(device).eval()

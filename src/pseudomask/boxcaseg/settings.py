@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..settings import Settings, setting
+from ..settings import Settings, cpu_profile, device_setting, setting
 
 HEADS = ("fused", "weak", "salient", "transferred")
 OPTIMIZERS = ("sgd", "adam")
@@ -35,23 +35,21 @@ class TrainConfig(Settings):
     jitter_scale: tuple[float, ...] = setting([0.5, 1.5], "box jitter: side scale range", schema=PAIR)
     alpha: float = setting(0.7, "fused map alpha * salient + (1 - alpha) * transferred", minimum=0, maximum=1)
     smooth_weight: float = setting(0.05, "weight of the 8-neighbour smoothness term", minimum=0)
-    optimizer: str = setting("sgd", "sgd (momentum, weight decay, poly decay: the paper) | adam", choices=OPTIMIZERS)
+    optimizer: str = setting("sgd", "sgd (momentum, weight decay, poly decay: the paper) | adam (AdamW, decoupled "
+                                    "weight decay)", choices=OPTIMIZERS)
     lr: float = setting(0.004, "learning rate (poly decay)", exclusive_minimum=0)
     momentum: float = setting(0.9, "SGD momentum", minimum=0)
     weight_decay: float = setting(0.0001, "weight decay", minimum=0)
     poly_power: float = setting(0.9, "power of the poly learning-rate decay", minimum=0)
-    checkpoint_every: int = setting(500, "iterations between resume states (<model stem>.resume.pt)", minimum=1)
+    checkpoint_every: int = setting(500, "iterations between resume states (<model>.resume.pt, kept after the run)",
+                                    minimum=1)
     workers: int = setting(4, "data-loading processes", minimum=0)
     log_every: int = setting(10, "iterations between loss lines in the log", minimum=1)
     seed: int = setting(0, "seed of weights, sampling and jitter")
-    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
-    cpu: dict = setting(CPU_PROFILE, "keys replacing the others when the device is the CPU (a short run)")
+    device: str = device_setting()
+    cpu: dict = cpu_profile(CPU_PROFILE)
 
     def check(self) -> None:
-        if self.cpu:
-            from ..settings import unknown_keys
-
-            unknown_keys(self.cpu, [k for k in self.__dataclass_fields__ if k != "cpu"], "boxcaseg_train.cpu")
         if len(self.ratio) != 2 or min(self.ratio) <= 0:
             self.fail(f"ratio must be two positive numbers, got {list(self.ratio)}")
         if len(self.jitter_scale) != 2 or not 0 < self.jitter_scale[0] <= self.jitter_scale[1]:
@@ -75,7 +73,7 @@ class InferSettings(Settings):
     threshold: float = setting(0.5, "foreground probability threshold", minimum=0, maximum=1)
     head: str = setting("fused", "fused (the paper) | weak | salient | transferred (ablation)", choices=HEADS)
     keep_probabilities: bool = setting(False, "also store per-instance probability maps (map \"probability\")")
-    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda, ...")
+    device: str = device_setting()
 
     def check(self) -> None:
         if self.size != "auto" and not (isinstance(self.size, int) and self.size >= 8):

@@ -3,17 +3,17 @@
 Every batch holds box crops and salient crops at a fixed ratio. The weak head gets the MIL loss (+ 0.05 x
 smoothness) on all of them, the box of a salient mask giving its bags; the salient and transferred heads get
 the pixel BCE on the fused map for the salient crops. SGD with the HRNet defaults (lr 4e-3, momentum 0.9,
-weight decay 1e-4, poly decay) as in the paper; Adam is selectable for short CPU runs from random weights.
+weight decay 1e-4, poly decay) as in the paper; Adam (AdamW, see pseudomask.optim) is selectable for short CPU
+runs from random weights.
 
-Training is counted in iterations and resumable: a resume state `<out stem>.resume.pt` (model, optimizer, loss
-log) is written next to the output every `checkpoint_every` iterations and at the end; the next run with the
-same settings continues from it (after an interruption, or to extend a finished run to more iterations).
+Training is counted in iterations and resumable as every trainer of the project (pseudomask.checkpoints): the
+resume state `<out>.resume.pt` is written every `checkpoint_every` iterations and at the end; its key leaves out
+the number of iterations, so a run with more iterations and otherwise the same settings extends a finished run.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 import time
@@ -23,29 +23,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..checkpoints import load_resume, resume_path, save_resume
 from ..dataset import Dataset
+from ..devices import pick_device
+from ..files import atomic_path
+from ..optim import build_optimizer
 from ..stage import progress
 from .data import BoxCasegDataError, JointDataset, RatioBatchSampler, SalientFolder, box_items, collate
-from .losses import mil_loss, pixel_loss, smoothness
-from ..devices import pick_device
-from .model import BoxCasegError, architecture, build_model, load_state, save_checkpoint
+from .losses import mil_loss, pixel_loss, smoothness, weak_loss
+from .model import STAGE, BoxCasegError, architecture, build_model, load_state, save_checkpoint
 from .settings import TrainConfig
 
 LOG_COLUMNS = ("iteration", "loss", "mil", "mil_box", "mil_salient", "smooth", "pixel", "lr", "seconds")
-
-
-def resume_path(out: str | os.PathLike) -> Path:
-    out = Path(out)
-    return out.with_name(out.stem + ".resume.pt")
-
-
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise BoxCasegError(f"unknown optimizer {cfg.optimizer!r} (sgd or adam)")
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
@@ -58,15 +47,15 @@ def train_step(model, batch: dict, cfg: TrainConfig, device: torch.device) -> tu
     sal = batch["salient"].to(device)
     out = model(img, salient=sal)
     weak = out["weak"]
-    l_mil = mil_loss(weak, box)
-    l_smooth = smoothness(torch.sigmoid(weak))
-    loss = l_mil + cfg.smooth_weight * l_smooth
-    parts = {"mil": l_mil.item(), "smooth": l_smooth.item(), "pixel": 0.0}
+    loss = weak_loss(weak, box, cfg.smooth_weight)
+    parts = {"pixel": 0.0}
     if bool(sal.any()):
         l_pix = pixel_loss(out["salient"], out["transferred"], batch["mask"].to(device)[sal], cfg.alpha)
         loss = loss + l_pix
         parts["pixel"] = l_pix.item()
     with torch.no_grad():
+        parts["mil"] = float(mil_loss(weak, box))
+        parts["smooth"] = float(smoothness(torch.sigmoid(weak)))
         parts["mil_box"] = float(mil_loss(weak[~sal], box[~sal])) if bool((~sal).any()) else float("nan")
         parts["mil_salient"] = float(mil_loss(weak[sal], box[sal])) if bool(sal.any()) else float("nan")
     parts["loss"] = loss.item()
@@ -74,15 +63,11 @@ def train_step(model, batch: dict, cfg: TrainConfig, device: torch.device) -> tu
 
 
 def write_log(path: str | os.PathLike, rows: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(tmp, path)
 
 
 def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os.PathLike,
@@ -103,22 +88,17 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
         raise BoxCasegDataError(f"no usable box to train BoxCaseg on (status kept and positive size) in {sources}")
     sampler_seed = cfg.seed
     model = build_model(cfg.backbone, cfg.backbone_checkpoint or None, alpha=cfg.alpha).to(device)
-    opt = _optimizer(model, cfg)
+    opt = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     rows: list[dict] = []
     start = 0
 
-    state_file = resume_path(out)
-    if resume and state_file.is_file():
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
-        if state.get("config") == cfg.resume_key() and state.get("arch") == architecture(model) \
-                and state.get("iteration", 0) <= cfg.iters:
-            load_state(model, state["model"], state_file)
-            opt.load_state_dict(state["optimizer"])
-            rows, start = list(state["log"]), int(state["iteration"])
-            sampler_seed = cfg.seed + start
-            print(f"resuming from {state_file} at iteration {start}", file=sys.stderr)
-        else:
-            print(f"ignoring {state_file}: written with other settings", file=sys.stderr)
+    key = {"settings": cfg.resume_key(), "arch": architecture(model)}
+    state = load_resume(out, STAGE, key, cfg.iters) if resume else None
+    if state is not None:
+        load_state(model, state["state"], resume_path(out))
+        opt.load_state_dict(state["optimizer"])
+        rows, start = list(state["log"]), int(state["iteration"])
+        sampler_seed = cfg.seed + start
 
     print(f"BoxCaseg training: {cfg.backbone} on {device}, {len(boxes)} box instances, {len(folder)} salient "
           f"images, batch {cfg.batch_size} at {cfg.ratio[0]:g}:{cfg.ratio[1]:g}, iterations {start}..{cfg.iters}",
@@ -132,10 +112,8 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
     t0 = time.time() - (rows[-1]["seconds"] if rows else 0.0)
 
     def save_state(it: int) -> None:
-        tmp = state_file.with_name(f".{state_file.name}.tmp-{os.getpid()}")
-        torch.save({"config": cfg.resume_key(), "arch": architecture(model), "iteration": it,
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "log": rows}, tmp)
-        os.replace(tmp, state_file)
+        save_resume(out, stage=STAGE, settings=cfg.to_dict(), state=model.state_dict(), optimizer=opt.state_dict(),
+                    iteration=it, resume_key=key, log=rows, arch=architecture(model))
         write_log(loss_log, rows)
 
     for it in progress(range(start, cfg.iters), desc="boxcaseg:train", total=cfg.iters - start, unit="it"):
@@ -157,7 +135,7 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
     if start < cfg.iters:
         save_state(cfg.iters)
     model.eval()
-    save_checkpoint(out, model, iteration=cfg.iters, config=cfg.to_dict(),
+    save_checkpoint(out, model, cfg.to_dict(), iteration=cfg.iters,
                     data={"box_instances": len(boxes), "salient_images": len(folder), "salient": str(salient)})
     write_log(loss_log, rows)
     first = float(np.mean([r["loss"] for r in rows[:10]])) if rows else float("nan")

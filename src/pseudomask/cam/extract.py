@@ -27,12 +27,11 @@ from ..proposals import Proposals, read_proposals
 from ..stage import progress
 from ..store import Artifact, ArtifactWriter
 from ..devices import pick_device
-from .model import CamError, load_classifier
+from .model import CamError, load_classifier, prepare
 from .peaks import find_peaks, peak_stimulation
 from .sampling import MODES, ProposalPicker
 from .settings import PeakSettings
 from .stuff import grad_cam, stuff_regions
-from .train import prepare
 
 ID_STRIDE = 1000  # instance id = image_id * ID_STRIDE + k
 
@@ -80,7 +79,7 @@ def extract_image(model, config: dict, im: dict, rgb: np.ndarray, proposals: Pro
     """Rows, (K, H, W) masks and low-res CAMs of one image's tags."""
     H, W = rgb.shape[:2]
     col = {c: k for k, c in enumerate(config["class_ids"])}
-    win = int(s.window or config["win"])
+    win = int(s.window or config["window"])
     tags = [int(t) for t in im.get("tags", [])]
     base = int(im["id"]) * ID_STRIDE
     rows: list[dict] = []

@@ -12,23 +12,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import cv2
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import checkpoints
 from ..errors import PseudomaskError
 from .peaks import peak_stimulation
 
-CHECKPOINT_FORMAT = "pseudomask-cam"
-CHECKPOINT_VERSION = 1
+STAGE = "cam_train"
 MEAN = (123.675, 116.28, 103.53)  # ImageNet RGB, as MMDetection's ResNets expect
 STD = (58.395, 57.12, 57.375)
 
 
 class CamError(PseudomaskError, ValueError):
     """A checkpoint or setting the CAM stage cannot use; the message names the file or the value."""
+
+
+def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(3, size, size) float32 RGB in 0..255: the image squashed to the network's input size."""
+    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1).astype(np.float32)
 
 
 class TinyBackbone(nn.Module):
@@ -92,10 +99,10 @@ class PeakClassifier(nn.Module):
     concatenated, which gives the maps a finer stride for small objects.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, win: int = 3, levels: Sequence[int] = (-1,)):
+    def __init__(self, backbone: nn.Module, num_classes: int, window: int = 3, levels: Sequence[int] = (-1,)):
         super().__init__()
         self.backbone = backbone
-        self.win = int(win)
+        self.window = int(window)
         n = len(backbone.out_channels)
         self.levels = sorted({int(lv) % n for lv in levels})
         self.stride = min(backbone.strides[lv] for lv in self.levels)
@@ -114,7 +121,7 @@ class PeakClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.features(images)
         cams = self.head(feats)
-        scores, peaks = peak_stimulation(cams, self.win)
+        scores, peaks = peak_stimulation(cams, self.window)
         return {"features": feats, "cams": cams, "scores": scores, "peaks": peaks}
 
 
@@ -124,39 +131,26 @@ def loss_fn(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def build_classifier(config: dict[str, Any], backbone_checkpoint: str | None = None) -> PeakClassifier:
-    """Classifier from the `config` stored in a checkpoint (backbone, classes, win, levels)."""
+    """Classifier from the `config` stored in a checkpoint (backbone, class_ids, window, levels)."""
     return PeakClassifier(build_features(config["backbone"], backbone_checkpoint), len(config["class_ids"]),
-                          config["win"], config["levels"])
+                          config["window"], config["levels"])
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """torch.save to a temp file, then rename: a killed job never leaves a half-written checkpoint."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, tmp)
-    os.replace(tmp, p)
-    return p
+def save_checkpoint(path: str | os.PathLike, model: PeakClassifier, config: Mapping[str, Any],
+                    settings: Mapping[str, Any], **extra: Any) -> Path:
+    """Write the classifier and its `config` in the project's checkpoint format (see pseudomask.checkpoints)."""
+    return checkpoints.save(path, stage=STAGE, settings=settings, state=model.state_dict(), config=dict(config),
+                            **extra)
 
 
 def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise CamError(f"{p}: CAM checkpoint not found")
-    try:
-        ck = torch.load(p, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise CamError(f"{p}: not a readable torch checkpoint ({e})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise CamError(f"{p}: not a pseudomask CAM checkpoint (written by `pseudomask cam-train`)")
-    if ck.get("version") != CHECKPOINT_VERSION:
-        raise CamError(f"{p}: CAM checkpoint version {ck.get('version')}, this pseudomask reads {CHECKPOINT_VERSION}")
-    return ck
+    """The checkpoint dict; CamError naming the file when it is missing or not a CAM checkpoint."""
+    return checkpoints.load(path, STAGE, what="CAM", error=CamError, device=device)
 
 
 def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[PeakClassifier, dict]:
     """The trained classifier of a checkpoint (eval mode, on `device`) and the checkpoint's config."""
     ck = read_checkpoint(path, device)
     model = build_classifier(ck["config"])
-    model.load_state_dict(ck["model"])
+    model.load_state_dict(ck["state"])
     return model.to(device).eval(), ck["config"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import Settings, setting
+from ..settings import Settings, cpu_profile, device_setting, setting
 
 MODES = ("sample", "best")
 CPU_PROFILE = {"iters": 300, "batch_size": 4, "input_size": 224}
@@ -23,25 +23,23 @@ class TrainSettings(Settings):
     iters: int = setting(2000, "training iterations (batches)", minimum=1)
     batch_size: int = setting(8, "images per batch", minimum=1)
     lr: float = setting(0.01, "peak learning rate (linear warm-up over 5 %, then cosine decay)", exclusive_minimum=0)
-    optimizer: str = setting("sgd", "sgd (momentum 0.9, as PRM) | adam", choices=("sgd", "adam"))
+    optimizer: str = setting("sgd", "sgd (momentum 0.9, as PRM) | adam (AdamW, decoupled weight decay)",
+                             choices=("sgd", "adam"))
     weight_decay: float = setting(0.0001, "weight decay", minimum=0)
     input_size: int = setting(448, "images are resized to this square for the classifier (PRM: 448)", minimum=64)
     window: int = setting(3, "peak window r, in cells of the class response map (odd)", minimum=1)
     levels: tuple[int, ...] = setting([-1], "backbone levels feeding the class maps (-1: the last, as PRM)")
-    save_every: int = setting(100, "iterations between resumable snapshots (<model>.partial)", minimum=1)
+    save_every: int = setting(100, "iterations between resume states (<model>.resume.pt, kept after the run)",
+                              minimum=1)
     workers: int = setting(0, "image-loading processes", minimum=0)
     cache_mb: int = setting(1024, "decoded images kept in memory (per loading process)", minimum=0)
     seed: int = setting(0, "seed of weights and batches")
-    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda, ...")
-    cpu: dict = setting(CPU_PROFILE, "keys replacing the others when the device is the CPU (a short run)")
+    device: str = device_setting()
+    cpu: dict = cpu_profile(CPU_PROFILE)
 
     def check(self) -> None:
         if self.window % 2 == 0:
             self.fail(f"window must be odd, got {self.window}")
-        if self.cpu:
-            from ..settings import unknown_keys
-
-            unknown_keys(self.cpu, [k for k in self.__dataclass_fields__ if k != "cpu"], "cam_train.cpu")
 
 
 @dataclass(frozen=True)
@@ -60,4 +58,4 @@ class PeakSettings(Settings):
                                      minimum=0, maximum=1)
     dedupe: bool = setting(True, "a peak that picks an already chosen proposal is ignored (a duplicate)")
     mcg: dict = setting({}, "mcg settings of on-the-fly proposals when no proposal artifact is given")
-    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda, ...")
+    device: str = device_setting()

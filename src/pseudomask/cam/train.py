@@ -1,8 +1,9 @@
 """Training the tag classifier: multi-label soft-margin loss on peak-stimulated class scores (PRM, WISE).
 
-Resumable: every `save_every` iterations the state goes to `<out>.partial` (atomically); a new run with the same
-settings continues from it (a Slurm job that hit its time limit loses at most `save_every` iterations), and the
-final checkpoint replaces it at `out`. Batches are a pure function of (seed, iteration), so a resumed run sees
+Resumable as every trainer of the project (pseudomask.checkpoints): every `save_every` iterations and at the end
+the state goes to `<out>.resume.pt`; a new run with the same settings and data continues from it (a Slurm job
+that hit its time limit loses at most `save_every` iterations). Its key includes the number of iterations (the
+learning-rate schedule depends on it). Batches are a pure function of (seed, iteration), so a resumed run sees
 the same images as an uninterrupted one.
 """
 
@@ -15,22 +16,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 
+from ..checkpoints import load_resume, resume_path, save_resume
 from ..dataset import Dataset
-from ..images import ImageError, read_image
-from ..stage import progress
-from .settings import TrainSettings
 from ..devices import pick_device
-from .model import (CamError, build_classifier, loss_fn, read_checkpoint, resolve_backbone_name,
-                    save_checkpoint)
-
-
-def prepare(rgb: np.ndarray, size: int) -> np.ndarray:
-    """(3, size, size) float32 RGB in 0..255: the image squashed to the network's input size."""
-    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1).astype(np.float32)
+from ..images import ImageError, read_image
+from ..optim import build_optimizer
+from ..stage import progress
+from .model import STAGE, CamError, build_classifier, loss_fn, prepare, resolve_backbone_name, save_checkpoint
+from .settings import TrainSettings
 
 
 def tag_targets(images: Sequence[dict], class_ids: Sequence[int]) -> np.ndarray:
@@ -95,7 +91,7 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
                      resume: bool = True, stop_at: int | None = None) -> dict:
     """Train on the image tags of `ds` (one dataset or its shards), write the checkpoint to `out`.
 
-    `stop_at`: stop after that iteration, leaving only the resumable snapshot (for a job that must end before
+    `stop_at`: stop after that iteration, leaving only the resume state (for a job that must end before
     its time limit). Returns the checkpoint's config, the loss of every iteration so far, and the path written."""
     s = settings or TrainSettings()
     if s.input_size < 64:
@@ -105,7 +101,6 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
         raise CamError("no dataset to train the tag classifier on")
     source = parts[0].source if len(parts) == 1 else f"{parts[0].source} (+{len(parts) - 1} shards)"
     out = Path(out)
-    partial = out.with_name(out.name + ".partial")
     device = pick_device(s.device)
     torch.manual_seed(s.seed)
     # ingest marks unreadable images with size 0; they cannot train anything
@@ -120,29 +115,19 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
     if not any(im.get("tags") for im in images):
         raise CamError(f"{source}: no image has a tag; the classifier has nothing to learn")
     config = {"backbone": resolve_backbone_name(s.backbone, device), "class_ids": class_ids,
-              "class_names": [c["name"] for c in categories], "win": s.window, "levels": list(s.levels),
+              "class_names": [c["name"] for c in categories], "window": s.window, "levels": list(s.levels),
               "input_size": s.input_size}
     model = build_classifier(config, s.backbone_checkpoint or None).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if s.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
-    elif s.optimizer == "adam":
-        opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    else:
-        raise CamError(f"unknown optimizer {s.optimizer!r} (expected sgd or adam)")
+    opt = build_optimizer(model.parameters(), s.optimizer, s.lr, weight_decay=s.weight_decay)
     run_key = {**config, **{k: getattr(s, k) for k in ("iters", "batch_size", "lr", "optimizer", "weight_decay",
                                                           "seed", "backbone_checkpoint")},
                "images": hashlib.sha256("\n".join(f"{p}:{im.get('tags')}" for p, im in pairs).encode()).hexdigest()}
     start, history = 0, []
-    if resume and partial.exists():
-        ck = read_checkpoint(partial, device)
-        if ck.get("run_key") == run_key:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            start, history = int(ck["iteration"]), list(ck["history"])
-            print(f"resuming from {partial} at iteration {start}/{s.iters}", file=sys.stderr)
-        else:
-            print(f"{partial} was written with other settings or data; starting afresh", file=sys.stderr)
+    ck = load_resume(out, STAGE, run_key, s.iters, device) if resume else None
+    if ck is not None:
+        model.load_state_dict(ck["state"])
+        opt.load_state_dict(ck["optimizer"])
+        start, history = int(ck["iteration"]), list(ck["log"])
     targets = tag_targets(images, class_ids)
     last = s.iters if stop_at is None else max(start, min(int(stop_at), s.iters))
     batches = _Batches([p for p, _ in pairs], targets, start, last, s)
@@ -150,9 +135,9 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
     warned = set()
     model.train()
 
-    def snapshot(path: Path, it: int) -> None:
-        save_checkpoint(path, {"config": config, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "iteration": it, "history": history, "run_key": run_key})
+    def snapshot(it: int) -> None:
+        save_resume(out, stage=STAGE, settings=s.to_dict(), state=model.state_dict(), optimizer=opt.state_dict(),
+                    iteration=it, resume_key=run_key, log=history, config=config)
 
     for it, x, y, bad in progress(loader, desc=f"cam-train:{config['backbone']}", total=len(batches), unit="it"):
         for msg in bad:
@@ -168,15 +153,14 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
             loss.backward()
             opt.step()
             history.append(float(loss.detach()))
-        if (it + 1) % s.save_every == 0 and it + 1 < s.iters:
-            snapshot(partial, it + 1)
+        if (it + 1) % s.save_every == 0 and it + 1 < last:
+            snapshot(it + 1)
+    if start < last:
+        snapshot(last)
     if last < s.iters:
-        snapshot(partial, last)
-        return {"config": config, "history": history, "checkpoint": str(partial)}
+        return {"config": config, "history": history, "checkpoint": str(resume_path(out))}
     model.eval()
-    save_checkpoint(out, {"config": config, "model": model.state_dict(), "iteration": s.iters, "history": history,
-                          "settings": s.to_dict()})
-    partial.unlink(missing_ok=True)
+    save_checkpoint(out, model, config, s.to_dict(), iteration=s.iters, history=history)
     return {"config": config, "history": history, "checkpoint": str(out)}
 
 

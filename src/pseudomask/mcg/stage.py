@@ -10,25 +10,21 @@ their proposals too, for the CAM stage.
 
 from __future__ import annotations
 
-import collections
-import multiprocessing
 import os
-import sys
-from concurrent.futures import Future, ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..dataset import Dataset
 from ..images import ImageError, read_image
 from ..masks import box_pixels
-from ..stage import run_mask_stage, usable
+from ..stage import run_mask_stage
 from .matfile import MatFileError, read_mcg_mat
 from .proposals import ProposalPool, proposal_params, proposal_pool
 
 MIN_BOX = 2.0  # boxes narrower or lower than this (pixels) get no mask
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def select_for_boxes(pool: ProposalPool, boxes: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -111,74 +107,22 @@ def image_result(rgb: np.ndarray | None, image: dict, records: list[dict], param
     return results, {"proposals": props.to_map()}
 
 
-def _job(image: dict, records: list[dict], params: dict, mat_dir: str | None, clip: bool):
-    """Worker-side computation of one image; errors come back as a message, not an exception."""
-    try:
-        return image["id"], image_result(None, image, records, params, mat_dir, clip)
-    except Exception as e:  # OpenCV, scipy and bad files raise many types; the stage goes on
-        return image["id"], _error(image, e)
-
-
 def _error(image: dict, e: Exception) -> str:
     if isinstance(e, (ImageError, MatFileError)):
         return str(e)
     return f"image {image['id']} ({image['file_name']}): MCG proposals failed: {type(e).__name__}: {e}"
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-class _Ahead:
-    """Results of `_job` over (image, records) items, computed `window` items ahead by a process pool and
-    consumed in order by image id (items never asked for are skipped).
-
-    Workers are spawned, not forked: a child forked from a process whose OpenCV thread pool has run can
-    hang in OpenCV. So, as always with spawned workers, a script that calls run_mcg with workers > 1 must
-    keep its body under `if __name__ == "__main__":`.
-    """
-
-    def __init__(self, items: Iterable[tuple[dict, list[dict]]], args: tuple, workers: int):
-        self._items = iter(items)
-        self._args = args
-        self._ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker)
-        self._queue: collections.deque[Future] = collections.deque()
-        self._window = 2 * workers
-        # the workers start on these first submissions; one BLAS/OpenMP thread each, since images, not
-        # matrix products, are what runs in parallel (oversubscribed BLAS threads crawl on small products)
-        saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-        os.environ.update({k: "1" for k in _THREAD_VARS})
-        try:
-            self._fill()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-    def _fill(self) -> None:
-        while len(self._queue) < self._window:
-            item = next(self._items, None)
-            if item is None:
-                return
-            self._queue.append(self._ex.submit(_job, item[0], item[1], *self._args))
-
-    def get(self, image_id: int):
-        while self._queue:
-            got_id, result = self._queue.popleft().result()
-            self._fill()
-            if got_id == image_id:
-                return result
-        raise KeyError(image_id)
-
-    def close(self) -> None:
-        for f in self._queue:
-            f.cancel()
-        self._ex.shutdown(wait=True, cancel_futures=True)
+def predict_image(params: dict, mat_dir: str | None, clip: bool, rgb: np.ndarray, records: list[dict], image: dict):
+    """The per-image function of the stage (`pseudomask.stage.run_mask_stage`, every image): the records'
+    results and the image's proposals; a failure fails the image's records (and is logged when it has none)."""
+    try:
+        return image_result(rgb, image, records, params, mat_dir, clip)
+    except Exception as e:  # noqa: BLE001 - OpenCV, scipy and bad files raise many types; the stage goes on
+        why = _error(image, e)
+    h, w = image["height"], image["width"]
+    return ([{"mask": np.zeros((h, w), np.uint8), "status": "failed", "reason": why, "proposal_id": -1,
+              "proposal_iou": 0.0} for _ in records], None, "" if records else f"no proposals: {why}")
 
 
 def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike | None = None, clip: bool = True,
@@ -186,45 +130,16 @@ def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike |
     """Write the `mcg` artifact of a dataset (shard): per box the best proposal, per image its proposals.
 
     `params` are those of `proposals_for_image` (see `proposals.DEFAULTS`); `mat_dir` switches to
-    precomputed MCG .mat files (method "mcg-mat"); `workers` processes compute images in parallel.
+    precomputed MCG .mat files (method "mcg-mat"); `workers` processes share the images
+    (`pseudomask.workers`: spawned, so a script calling this with workers > 1 keeps its body under
+    `if __name__ == "__main__":`).
     """
     p = proposal_params(**params)
     mat = str(mat_dir) if mat_dir else None
-    images = {im["id"]: {**im, "path": str(ds.image_path(im))} for im in ds.images}
-    by_image = ds.by_image()
     recorded = {**p, "clip": bool(clip), "mat_dir": mat or ""}
-    ahead = None
-    if workers > 1:
-        items = ((images[im["id"]], [r for r in by_image.get(im["id"], []) if usable(r)]) for im in ds.images)
-        ahead = _Ahead(items, (p, mat, clip), workers)
-    skipped: list[str] = []
-
-    def predict(rgb: np.ndarray, recs: list[dict], im: dict):
-        image = images[im["id"]]
-        if ahead is not None:
-            result = ahead.get(image["id"])
-        else:
-            try:
-                result = image_result(rgb, image, recs, p, mat, clip)
-            except Exception as e:  # noqa: BLE001 - reported per instance, the stage goes on
-                result = _error(image, e)
-        if isinstance(result, str):
-            if not recs:
-                skipped.append(result)
-            h, w = image["height"], image["width"]
-            return [{"mask": np.zeros((h, w), np.uint8), "status": "failed", "reason": result,
-                     "proposal_id": -1, "proposal_iou": 0.0} for _ in recs]
-        return result
-
-    try:
-        run_mask_stage(ds, out, predict, stage="mcg", method="mcg-mat" if mat else "mcg-style", params=recorded,
-                       inputs=inputs, every_image=True)
-    finally:
-        if ahead is not None:
-            ahead.close()
-    if skipped:
-        print(f"mcg: no proposals for {len(skipped)} image(s) without boxes; first: {skipped[0]}", file=sys.stderr)
-    return Path(out)
+    return run_mask_stage(ds, out, partial(predict_image, p, mat, bool(clip)), stage="mcg",
+                          method="mcg-mat" if mat else "mcg-style", params=recorded, inputs=inputs,
+                          every_image=True, workers=workers)
 
 
 def run_stage(s, *, shard: str, images: str | None, out: str, threads: int = 1) -> dict:

@@ -9,6 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..files import atomic_path
+
 # torch >= 2.6 loads with weights_only=True unless told otherwise; MMEngine 0.10 calls torch.load without the
 # argument on checkpoints that hold its HistoryBuffer and numpy objects (resume, load_from, init weights)
 FORCE_FULL_LOAD = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
@@ -58,9 +60,6 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pat
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     meta = {k: v for k, v in ckpt.get("meta", {}).items() if _plain(v)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({"meta": meta, "state_dict": ckpt["state_dict"]}, tmp)
-    os.replace(tmp, out)
-    return out
+    with atomic_path(out) as tmp:
+        torch.save({"meta": meta, "state_dict": ckpt["state_dict"]}, tmp)
+    return Path(out)

@@ -8,16 +8,17 @@ checkpoint the backbone's `init_cfg` is None (random init, trainable BN, no froz
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pprint
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from ..errors import PseudomaskError, read_json
+from ..errors import read_json
+from ..files import write_text_atomic
 from ..settings import Settings, SettingsError, setting
+from ..store import file_digest
 from .checkpoint import checkpoint_kind
 
 ARCHS = {"r50": 50, "r101": 101}
@@ -131,14 +132,6 @@ def dataset_classes(data: Mapping[str, Any], source: str = "training annotations
     return names, ids
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_config(num_classes: int, s: RetrainSettings, init_kind: str | None) -> dict:
     """Mask R-CNN ResNet-FPN as in MMDetection's mask-rcnn_r50_fpn base, with the ignore-aware mask head."""
     pretrained_backbone = init_kind == "backbone"
@@ -231,7 +224,7 @@ def build_config(train_json: str | os.PathLike, images: str | os.PathLike, work_
         default_scope="mmdet",
         custom_imports=dict(imports=[CUSTOM_MODULE], allow_failed_imports=False),
         pseudomask=dict(category_ids=ids, train_annotations=str(Path(train_json).resolve()),
-                        train_sha256=file_digest(train_json), settings=_plain(asdict(s))),
+                        train_sha256=file_digest(train_json), settings=_plain(s.to_dict())),
         work_dir=str(Path(work_dir).resolve()),
         model=model_config(len(names), s, init_kind),
         train_pipeline=train_pipeline,
@@ -305,10 +298,5 @@ def config_text(cfg: Mapping[str, Any]) -> str:
 
 
 def write_config(cfg: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(config_text(cfg))
-    os.replace(tmp, path)
-    return path
+    """Write the config file atomically."""
+    return write_text_atomic(config_text(cfg), path)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +10,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import read_json
+from ..files import write_json
 from ..images import ImageError, read_image
 from ..masks import rle_encode
-from ..settings import Settings, setting
+from ..settings import Settings, device_setting, setting
 from .checkpoint import trusted_checkpoints
 from .config import CONFIG_NAME, RetrainError
 
@@ -71,12 +72,7 @@ def image_list(images: str | os.PathLike, coco: str | os.PathLike | None = None)
     if not root.is_dir():
         raise RetrainError(f"{root}: image folder not found")
     if coco:
-        try:
-            data = json.loads(Path(coco).read_text())
-        except FileNotFoundError:
-            raise RetrainError(f"{coco}: annotation file not found") from None
-        except json.JSONDecodeError as e:
-            raise RetrainError(f"{coco}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        data = read_json(coco, RetrainError, "annotation file")
         ims = data.get("images") if isinstance(data, dict) else None
         if not isinstance(ims, list):
             raise RetrainError(f"{coco}: not a COCO dataset (no 'images' list)")
@@ -160,12 +156,7 @@ def predict(checkpoint: str | os.PathLike, images: str | os.PathLike, coco: str 
 
 def write_results(results: list[dict], out: str | os.PathLike) -> Path:
     """Write a COCO results list atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(results))
-    os.replace(tmp, out)
-    return out
+    return write_json(results, out)
 
 
 @dataclass(frozen=True)
@@ -173,7 +164,7 @@ class PredictSettings(Settings):
     SECTION = "predict"
     score_thr: float = setting(0.05, "lowest detection score kept", minimum=0, maximum=1)
     batch_size: int = setting(2, "images per forward pass", minimum=1)
-    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda, ...")
+    device: str = device_setting()
 
 
 def run_stage(s: PredictSettings, *, checkpoint: str, mmdet_config: str | None, images: str, coco: str | None, out: str,

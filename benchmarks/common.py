@@ -1,0 +1,42 @@
+"""Helpers the benchmarks share. They run as scripts (`.venv/bin/python benchmarks/bench_x.py`), so this folder
+is on sys.path and `from common import ...` finds this file.
+
+Importing it also turns off the stages' progress bars (PSEUDOMASK_NO_PROGRESS), so import it before pseudomask.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+os.environ.setdefault("PSEUDOMASK_NO_PROGRESS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def coco_dev() -> Path:
+    """The 64-image COCO development set: $PSEUDOMASK_COCO_DEV, else ../shared/data/coco-dev beside the checkout."""
+    env = os.environ.get("PSEUDOMASK_COCO_DEV")
+    return Path(env) if env else REPO.parent / "shared/data/coco-dev"
+
+
+def pin_one_core() -> str:
+    """Pin this process to its first allowed core; says what it did."""
+    try:
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        return f"pinned to cpu {cpu}"
+    except (AttributeError, OSError):
+        return "not pinned (no sched_setaffinity)"
+
+
+def by_size(values: Sequence[float], sizes: Sequence[str], small64: Sequence[bool], width: int = 6) -> str:
+    """Mean of `values` overall, by COCO size (small, medium, large) and by the 64x64 split, in columns."""
+    v, sizes, s64 = np.asarray(values, float), np.asarray(sizes), np.asarray(small64, bool)
+    parts = [f"{v.mean():.3f}"]
+    for sel in [sizes == b for b in ("small", "medium", "large")] + [s64, ~s64]:
+        parts.append(f"{v[sel].mean():.3f}" if sel.any() else "  -  ")
+    return "  ".join(f"{p:>{width}s}" for p in parts)

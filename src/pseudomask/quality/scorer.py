@@ -1,0 +1,176 @@
+"""The feature scorer: gradient-boosted regression trees from mask features to the mask's IoU with its true mask.
+
+Trained with scikit-learn's `GradientBoostingRegressor` (`fit`), stored as plain JSON (the trees' arrays: no
+pickle, so loading a model file runs no code) and evaluated here with numpy, so predicting needs neither
+scikit-learn nor network access. The package ships a default model (`default_scorer.json`, trained on real
+COCO images by `scripts/train_scorer.py`; see `default_scorer.md` beside it).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import PseudomaskError
+from .features import FEATURES, image_features, source_of
+
+FORMAT = "pseudomask-quality-gbrt"
+DEFAULT = "default"
+
+
+class ScorerError(PseudomaskError, ValueError):
+    """A scorer file that cannot be read or does not match the features of this version."""
+
+
+@dataclass(frozen=True)
+class Tree:
+    left: np.ndarray
+    right: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    value: np.ndarray
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        node = np.zeros(len(x), np.int64)
+        rows = np.arange(len(x))
+        while True:
+            inner = self.left[node] >= 0
+            if not inner.any():
+                return self.value[node]
+            n = node[inner]
+            go_left = x[rows[inner], self.feature[n]] <= self.threshold[n]
+            node[inner] = np.where(go_left, self.left[n], self.right[n])
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Predicts the IoU (0..1) of masks from `FEATURES`; `name` identifies it in artifacts' provenance."""
+
+    features: tuple[str, ...]
+    init: float
+    learning_rate: float
+    trees: tuple[Tree, ...]
+    name: str = ""
+    meta: Mapping[str, Any] | None = None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64).reshape(-1, len(self.features))
+        out = np.full(len(x), self.init)
+        for t in self.trees:
+            out += self.learning_rate * t.predict(x)
+        return np.clip(out, 0.0, 1.0)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "features": list(self.features), "init": self.init,
+                "learning_rate": self.learning_rate, "meta": dict(self.meta or {}),
+                "trees": [{"left": t.left.tolist(), "right": t.right.tolist(), "feature": t.feature.tolist(),
+                           "threshold": [round(float(v), 9) for v in t.threshold],
+                           "value": [round(float(v), 9) for v in t.value]} for t in self.trees]}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from ..files import write_json
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return write_json(self.to_json(), path)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], name: str = "") -> "Scorer":
+        if d.get("format") != FORMAT:
+            raise ScorerError(f"{name or 'scorer'}: not a {FORMAT} model (format {d.get('format')!r})")
+        feats = tuple(d["features"])
+        if feats != FEATURES:
+            missing = sorted(set(FEATURES) ^ set(feats))
+            raise ScorerError(f"{name or 'scorer'}: trained on other features than this version computes "
+                              f"(differing: {missing[:5] or 'order'}); retrain it with scripts/train_scorer.py")
+        trees = tuple(Tree(np.asarray(t["left"], np.int64), np.asarray(t["right"], np.int64),
+                           np.asarray(t["feature"], np.int64), np.asarray(t["threshold"], np.float64),
+                           np.asarray(t["value"], np.float64)) for t in d["trees"])
+        return cls(feats, float(d["init"]), float(d["learning_rate"]), trees, name, d.get("meta") or {})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Scorer":
+        path = Path(path)
+        try:
+            text = path.read_text()
+            d = json.loads(text)
+        except (OSError, ValueError) as e:
+            raise ScorerError(f"{path}: cannot read the quality model ({e})") from None
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        return cls.from_json(d, name=f"{path.name}@{digest}")
+
+    # --- artifacts ---------------------------------------------------------------------------------------
+    def score_image(self, rgb: np.ndarray | None, rows: Sequence[Mapping[str, Any]], masks: np.ndarray,
+                    stage: str) -> np.ndarray:
+        """Predicted IoU per row; NaN where nothing is predicted: no image, or a failed, ignored or
+        empty mask, or a true mask (source `gt`, quality 1)."""
+        q = np.full(len(rows), np.nan)
+        if rgb is None or not len(rows):
+            return q
+        todo = [k for k, r in enumerate(rows) if scorable(r) and np.any(masks[k] == 1)]
+        for k, r in enumerate(rows):
+            if r.get("source") == "gt":
+                q[k] = 1.0
+        if todo:
+            feats = image_features(rgb, [rows[k] for k in todo], masks[todo],
+                                   [source_of(stage, rows[k]) for k in todo])
+            q[todo] = self.predict(feats)
+        return q
+
+
+def scorable(row: Mapping[str, Any]) -> bool:
+    return row.get("status") not in ("failed", "ignored") and row.get("source") != "gt"
+
+
+def fit(x: np.ndarray, y: np.ndarray, *, n_estimators: int = 200, learning_rate: float = 0.05, max_depth: int = 3,
+        subsample: float = 0.8, min_samples_leaf: int = 5, seed: int = 0, meta: Mapping[str, Any] | None = None,
+        name: str = "") -> Scorer:
+    """A scorer fitted by scikit-learn's GradientBoostingRegressor (squared error) on features x, IoUs y."""
+    try:
+        from sklearn.ensemble import GradientBoostingRegressor
+    except ImportError:  # pragma: no cover
+        raise ScorerError("training a quality scorer needs scikit-learn: pip install scikit-learn") from None
+    x = np.asarray(x, np.float64)
+    if x.shape[1] != len(FEATURES):
+        raise ScorerError(f"{x.shape[1]} feature columns, expected {len(FEATURES)}")
+    gbr = GradientBoostingRegressor(n_estimators=n_estimators, learning_rate=learning_rate, max_depth=max_depth,
+                                    subsample=subsample, min_samples_leaf=min_samples_leaf, random_state=seed)
+    gbr.fit(x, np.asarray(y, np.float64))
+    init = float(np.asarray(gbr.init_.predict(x[:1])).ravel()[0])
+    trees = []
+    for est in gbr.estimators_[:, 0]:
+        t = est.tree_
+        trees.append(Tree(t.children_left.astype(np.int64), t.children_right.astype(np.int64),
+                          np.maximum(t.feature, 0).astype(np.int64), t.threshold.astype(np.float64),
+                          t.value[:, 0, 0].astype(np.float64)))
+    return Scorer(FEATURES, init, float(learning_rate), tuple(trees), name or "fitted", dict(meta or {}))
+
+
+def default_path() -> Path:
+    return Path(str(resources.files("pseudomask.quality") / "default_scorer.json"))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, mtime: float) -> Scorer:
+    s = Scorer.load(path)
+    return s if path != str(default_path()) else Scorer(s.features, s.init, s.learning_rate, s.trees,
+                                                        f"default:{s.name}", s.meta)
+
+
+def get_scorer(model: str | os.PathLike | None = DEFAULT) -> Scorer | None:
+    """The scorer named by a setting: "default" (the shipped model), a path to a JSON model, or "none"."""
+    if model is None or str(model) == "none":
+        return None
+    path = default_path() if str(model) == DEFAULT else Path(model)
+    if not path.exists():
+        raise ScorerError(f"{path}: no such quality model" + (
+            "; the package lacks its default model (reinstall, or run scripts/train_scorer.py)"
+            if str(model) == DEFAULT else ""))
+    return _load_cached(str(path), path.stat().st_mtime)

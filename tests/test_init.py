@@ -1,0 +1,107 @@
+"""`pseudomask init`: a complete, valid config for a dataset, its checks of the inputs, and the command."""
+
+import json
+
+import pytest
+import yaml
+
+from pseudomask.cli import main
+from pseudomask.configuration import complete_config, default_config
+from pseudomask.dataset import DatasetError
+from pseudomask.init import InitError, choose_shard_size, init_config
+
+
+def _read(path):
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("n,size", [(0, 1), (1, 1), (3, 1), (8, 2), (100, 25), (1000, 250), (100_000, 300)])
+def test_shard_size_rule(n, size):
+    assert choose_shard_size(n) == size
+
+
+def test_demo_config_is_complete_valid_and_commented(demo, tmp_path):
+    out = tmp_path / "cfg" / "config.yaml"
+    facts = init_config(demo / "annotations.json", demo / "images", out)
+    cfg = _read(out)
+    assert complete_config(cfg) == cfg  # every key written, and the workflow's check passes
+    assert cfg["dataset"] == {"annotations": str((demo / "annotations.json").resolve()),
+                              "images": str((demo / "images").resolve()), "supervision": "boxes",
+                              "ground_truth": "", "salient": ""}
+    assert cfg["ingest"]["shard_size"] == 2 and cfg["workflow"]["boxcaseg"] is False
+    default = default_config()
+    assert {k: v for k, v in cfg.items() if k not in ("dataset", "ingest", "workflow")} == \
+        {k: v for k, v in default.items() if k not in ("dataset", "ingest", "workflow")}
+    assert {**cfg["workflow"], "boxcaseg": True} == default["workflow"]
+    keys = [line for line in out.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert all(" # " in line for line in keys)  # every key with its help
+    assert facts["images"] == 8 and facts["shards"] == 4 and facts["missing"] == 0
+    assert facts["instances"] == len(json.loads((demo / "annotations.json").read_text())["annotations"])
+
+
+def test_salient_and_ground_truth_turn_boxcaseg_and_evaluation_on(demo, tmp_path):
+    init_config(demo / "annotations.json", demo / "images", tmp_path / "c.yaml", salient=str(demo / "salient"),
+                ground_truth=str(demo / "annotations.json"))
+    cfg = _read(tmp_path / "c.yaml")
+    assert cfg["workflow"]["boxcaseg"] is True and cfg["dataset"]["salient"] == str((demo / "salient").resolve())
+    assert cfg["dataset"]["ground_truth"] == str((demo / "annotations.json").resolve())
+    with pytest.raises(InitError, match="lacks masks/"):
+        init_config(demo / "annotations.json", demo / "images", tmp_path / "d.yaml", salient=str(demo))
+    with pytest.raises(InitError, match="nope.json: ground-truth annotation file not found"):
+        init_config(demo / "annotations.json", demo / "images", tmp_path / "d.yaml",
+                    ground_truth=str(tmp_path / "nope.json"))
+    assert not (tmp_path / "d.yaml").exists()
+
+
+def test_tags_only_dataset_gets_tag_supervision(demo, tmp_path):
+    data = json.loads((demo / "annotations.json").read_text())
+    data["annotations"] = [{k: a[k] for k in ("id", "image_id", "category_id")} for a in data["annotations"]]
+    tags = tmp_path / "tags.json"
+    tags.write_text(json.dumps(data))
+    facts = init_config(tags, demo / "images", tmp_path / "c.yaml")
+    cfg = _read(tmp_path / "c.yaml")
+    assert facts["supervision"] == cfg["dataset"]["supervision"] == "tags"
+    assert cfg["workflow"]["merge_drop_source"] == "cam" and complete_config(cfg) == cfg
+    with pytest.raises(InitError, match="tags.json: supervision 'boxes' asked for"):
+        init_config(tags, demo / "images", tmp_path / "d.yaml", supervision="boxes")
+
+
+def test_missing_images_are_counted_and_named(demo, tmp_path):
+    data = json.loads((demo / "annotations.json").read_text())
+    extra = [{"id": 100 + i, "file_name": f"gone{i}.png", "width": 320, "height": 240} for i in range(7)]
+    data["images"] += extra
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    facts = init_config(ann, demo / "images", tmp_path / "c.yaml")
+    assert facts["missing"] == 7 and facts["missing_first"] == [f"gone{i}.png" for i in range(5)]
+    assert facts["images"] == 15 and _read(tmp_path / "c.yaml")["ingest"]["shard_size"] == 4
+    with pytest.raises(InitError, match=r"none of its 8 image files is in .*first: 000001.png"):
+        init_config(demo / "annotations.json", tmp_path, tmp_path / "d.yaml")
+
+
+def test_bad_annotations_give_the_loaders_error(tmp_path, demo):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [\n  {"id": 1,}\n]}')
+    with pytest.raises(DatasetError, match="bad.json: malformed JSON at line 2"):
+        init_config(bad, demo / "images", tmp_path / "c.yaml")
+
+
+def test_refuses_to_overwrite_unless_forced(demo, tmp_path):
+    out = tmp_path / "config.yaml"
+    out.write_text("mine: 1\n")
+    with pytest.raises(InitError, match="config.yaml: already exists; pass --force"):
+        init_config(demo / "annotations.json", demo / "images", out)
+    assert out.read_text() == "mine: 1\n"
+    init_config(demo / "annotations.json", demo / "images", out, force=True)
+    assert _read(out)["dataset"]["supervision"] == "boxes"
+
+
+def test_cli_prints_counts_and_the_command(demo, tmp_path, capsys):
+    out = tmp_path / "c.yaml"
+    args = ["init", "--annotations", str(demo / "annotations.json"), "--images", str(demo / "images"),
+            "--out", str(out), "--salient", str(demo / "salient")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "images      8" in printed and "shards      4" in printed and "missing     0" in printed
+    assert f"snakemake --cores all --configfile {out}" in printed
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err

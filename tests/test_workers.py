@@ -1,0 +1,87 @@
+"""Worker processes of a stage: results in order, a bounded number in flight, errors raised, and a stage's
+artifact independent of the number of workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pseudomask.store import Artifact
+from pseudomask.workers import ordered_map, worker_count
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def test_results_in_order_with_a_bounded_window():
+    pulled = []
+
+    def items():
+        for i in range(12):
+            pulled.append(i)
+            yield (i,)
+
+    got = []
+    for r in ordered_map(_square, items(), workers=2, window=3):
+        assert len(pulled) - len(got) <= 3  # never more than the window submitted and not consumed
+        got.append(r)
+    assert got == [i * i for i in range(12)]
+    assert list(ordered_map(_square, [(i,) for i in range(5)], workers=1)) == [0, 1, 4, 9, 16]
+
+
+def test_a_workers_error_is_raised_at_its_item():
+    seen = []
+    with pytest.raises(ValueError, match="bad item 3"):
+        for r in ordered_map(_fail_on_three, [(i,) for i in range(6)], workers=2):
+            seen.append(r)
+    assert seen == [0, 1, 2]
+
+
+def test_no_more_workers_than_jobs():
+    assert worker_count(4, 2) == 2 and worker_count(None, 5) == 1 and worker_count(3, 0) == 1
+
+
+def _same_artifacts(a_path, b_path):
+    with Artifact(a_path) as a, Artifact(b_path) as b:
+        assert a.image_ids == b.image_ids
+        assert set(a.instances) == set(b.instances)
+        for k, col in a.instances.items():
+            if col.dtype == object:
+                assert list(col) == list(b.instances[k]), k
+            else:
+                assert np.array_equal(col, b.instances[k], equal_nan=True), k
+        for i in a.image_ids:
+            assert np.array_equal(a.masks(i), b.masks(i))
+        for name in a.map_names():
+            for i in a.image_ids:
+                ma, mb = a.map(name, i), b.map(name, i)
+                assert (ma is None) == (mb is None)
+                if isinstance(ma, dict):
+                    assert all(np.array_equal(ma[k], mb[k]) for k in ma)
+
+
+def test_grabcut_artifact_does_not_depend_on_the_number_of_workers(demo_dataset, tmp_path):
+    from pseudomask.grabcut import run_grabcut
+
+    one = run_grabcut(demo_dataset, tmp_path / "one.h5", {"iterations": 2}, workers=1)
+    three = run_grabcut(demo_dataset, tmp_path / "three.h5", {"iterations": 2}, workers=3)
+    _same_artifacts(one, three)
+
+
+def test_mcg_artifact_does_not_depend_on_the_number_of_workers(demo_dataset, tmp_path):
+    from pseudomask.dataset import Dataset
+    from pseudomask.mcg.stage import run_mcg
+
+    ids = {im["id"] for im in demo_dataset.images[:4]}
+    ds = Dataset(categories=demo_dataset.categories, images=demo_dataset.images[:4],
+                 instances=[r for r in demo_dataset.instances if r["image_id"] in ids], image_root=demo_dataset.image_root)
+    one = run_mcg(ds, tmp_path / "one.h5", workers=1, max_proposals=100)
+    two = run_mcg(ds, tmp_path / "two.h5", workers=2, max_proposals=100)
+    _same_artifacts(one, two)
