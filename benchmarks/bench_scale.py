@@ -9,15 +9,25 @@
 2. Memory of one shard: peak RSS (whole process tree) of the GrabCut stage (`pseudomask grabcut`, one thread)
    on shards of 250 and 1,000 instances made from ../shared/data/coco-dev (images repeated under new ids), so
    the ratio shows whether memory grows with the shard (it should not: artifacts are written image by image).
+3. Cost model: every box-prior stage (grabcut, mcg, agree, validity, merge-drop) run by its CLI on one shard of
+   the 64 coco-dev images, threads 1 and (grabcut, mcg, merge-drop) threads 2: wall and CPU seconds of the
+   process tree, ms per instance, s per image, bytes per instance, peak RSS; projected to COCO train2017
+   (118,287 images, 860,001 instances) and 10x: core-hours and disk per stage, jobs. Then the targets as
+   ratios: artifact bytes per instance against the same masks as COCO compressed RLE in JSON, read times,
+   threads 2 / threads 1, GrabCut CPU per instance and mIoU, box-prior core-hours. Planning time
+   (`snakemake -n`) is section 1: shard_size 1000 gives COCO's job count, shard_size 100 that of 10x COCO.
 
-    .venv/bin/python benchmarks/bench_scale.py [--images 100000 --instances 800000 --shard-size 1000 100]
+    .venv/bin/python benchmarks/bench_scale.py [--images 118287 --instances 860001 --shard-size 1000 100]
+        [--skip-dag] [--skip-grabcut] [--skip-costs]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -190,16 +200,224 @@ def bench_grabcut_rss(work: Path, sizes=(250, 1000), threads: int = 1) -> list[t
     return rows
 
 
+# ---- cost model: measured per-unit costs of the box-prior stages on real images, projected to COCO ----
+
+COCO_TRAIN = {"images": 118_287, "instances": 860_001}
+BOX_PRIORS = ("grabcut", "mcg", "agree", "validity", "merge_drop")
+PER_IMAGE = {"mcg"}  # stages whose cost follows images (proposals of every image); the rest follow instances
+
+
+def run_stage_cli(stage: str, ports: dict[str, Path], threads: int, work: Path) -> dict:
+    """One stage by its CLI (the code its rule runs): wall s, CPU s of the whole process tree, peak tree RSS."""
+    cmd = [sys.executable, "-m", "pseudomask", stage.replace("_", "-"), "--threads", str(threads)]
+    for k, v in ports.items():
+        cmd += [f"--{k}", str(v)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, rss, _ = run(cmd, work, work / f"{stage}-{threads}.log")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu, "rss": rss}
+
+
+def job_start_cpu(stage: str, work: Path) -> float:
+    """CPU seconds of starting a stage's job (interpreter, imports, CLI), measured as `--help`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run([sys.executable, "-m", "pseudomask", stage.replace("_", "-"), "--help"], work, work / f"{stage}-help.log")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def rle_json_bytes(artifact: Path) -> tuple[int, int]:
+    """(bytes of the artifact's masks as COCO compressed RLE in JSON, instances)."""
+    from pseudomask.masks import rle_encode
+    from pseudomask.store import Artifact
+
+    total, n = 0, 0
+    with Artifact(artifact) as a:
+        for i in a.image_ids:
+            for m in a.masks(i):
+                total += len(json.dumps({"segmentation": rle_encode(m)}))
+                n += 1
+    return total, n
+
+
+def read_times(artifact: Path) -> dict:
+    """Median ms to read one image's masks and one instance's mask, by the library and by plain h5py."""
+    import h5py
+
+    from pseudomask.store import Artifact
+
+    out = {}
+    with Artifact(artifact) as a:
+        a.masks(a.image_ids[0])  # the index, read once per file
+        t = []
+        for i in a.image_ids:
+            t0 = time.perf_counter()
+            a.masks(i)
+            t.append(time.perf_counter() - t0)
+        out["image"] = 1e3 * float(np.median(t))
+        t = []
+        for k in a.instances["id"][:: max(len(a.instances["id"]) // 100, 1)]:
+            t0 = time.perf_counter()
+            a.mask(int(k))
+            t.append(time.perf_counter() - t0)
+        out["instance"] = 1e3 * float(np.median(t))
+    with h5py.File(artifact, "r") as f:
+        m = f["masks"]
+        t = []
+        for i in range(0, len(m["shape"]), max(len(m["shape"]) // 100, 1)):
+            t0 = time.perf_counter()
+            m["data"][m["start"][i]:m["start"][i + 1]].reshape(m["shape"][i])
+            t.append(time.perf_counter() - t0)
+        out["h5py_instance"] = 1e3 * float(np.median(t))
+    return out
+
+
+def copies(artifact: Path, out: Path, k: int) -> int:
+    """Size in bytes of the artifact rewritten with its images (rows, masks, maps) k times under new ids."""
+    from pseudomask.store import Artifact, ArtifactWriter
+
+    with Artifact(artifact) as a, ArtifactWriter(out, stage=a.stage, method=a.method, params=a.params,
+                                                 inputs=a.inputs, categories=a.categories) as w:
+        for rep in range(k):
+            for i in a.image_ids:
+                im = dict(a.image(i), id=rep * 10**9 + i)
+                rows = [dict(r, id=rep * 10**9 + r["id"]) for r in a.records(i)]
+                for r in rows:
+                    r.pop("image_id")
+                maps = {n: m for n in a.map_names() if (m := a.map(n, i)) is not None}
+                w.add_image(im, rows, a.masks(i), maps=maps, tags=a.tags.get(i, []))
+    size = out.stat().st_size
+    out.unlink()
+    return size
+
+
+def marginal_bytes(artifact: Path, work: Path) -> tuple[float, float]:
+    """(bytes one more copy of the artifact's images adds, fixed bytes of a file): the per-unit cost of a large
+    shard without the fixed metadata of a small one."""
+    one, two = copies(artifact, work / "copy1.h5", 1), copies(artifact, work / "copy2.h5", 2)
+    return two - one, 2 * one - two
+
+
+def masks_storage(artifact: Path) -> int:
+    """Bytes the masks themselves take in the file (masks/ datasets' storage)."""
+    import h5py
+
+    with h5py.File(artifact, "r") as f:
+        return sum(d.id.get_storage_size() for d in f["masks"].values()) if "masks" in f else 0
+
+
+def grabcut_miou(artifact: Path) -> float | None:
+    from pseudomask.metrics import evaluate_pseudo
+
+    gt = coco_dev() / "annotations.json"
+    return evaluate_pseudo(str(artifact), gt).get("miou")
+
+
+def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 1000) -> None:
+    """Measure the box-prior stages on coco-dev (one shard, threads 1 and 2) and print the cost table."""
+    dev = coco_dev()
+    if not (dev / "annotations.json").exists():
+        print(f"{dev} not found: cost model not measured")
+        return
+    manifest = ingest(dev / "annotations.json", dev / "images", work / "dev-shard", shard_size=10**9)
+    shard = work / "dev-shard" / f"{manifest['shards'][0]}.h5"
+    n_img, n_inst = manifest["images"], manifest["instances"]
+    out = {s: work / f"{s}.h5" for s in BOX_PRIORS}
+    ports = {"grabcut": {"shard": shard, "out": out["grabcut"]}, "mcg": {"shard": shard, "out": out["mcg"]},
+             "agree": {"grabcut": out["grabcut"], "mcg": out["mcg"], "out": out["agree"]},
+             "validity": {"masks": out["grabcut"], "out": out["validity"]},
+             "merge_drop": {"masks": out["validity"], "out": out["merge_drop"]}}
+    m1 = {s: run_stage_cli(s, ports[s], 1, work) for s in BOX_PRIORS}
+    sizes, fixed = {}, {}
+    for s in BOX_PRIORS:
+        sizes[s], fixed[s] = marginal_bytes(out[s], work)
+    mask_bytes = {s: masks_storage(out[s]) for s in BOX_PRIORS}
+    start = {s: job_start_cpu(s, work) for s in BOX_PRIORS}
+    two = {}
+    for s in ("grabcut", "mcg", "merge_drop"):
+        p = dict(ports[s], out=work / f"{s}-t2.h5")
+        two[s] = run_stage_cli(s, p, 2, work)
+    rle, n_rle = rle_json_bytes(out["grabcut"])
+    reads = read_times(out["grabcut"])
+    miou = grabcut_miou(out["grabcut"])
+
+    print(f"\n== measured on coco-dev: one shard of {n_img} real COCO images, {n_inst} instances; each stage by its "
+          "CLI, threads 1 (CPU = whole process tree)")
+    print("(B/inst, B/image: what the shard's images add to a file, without its fixed metadata, given as "
+          "fixed KiB)")
+    print(f"{'stage':<11} {'wall s':>7} {'CPU s':>7} {'ms/inst':>8} {'s/image':>8} {'job start s':>11} "
+          f"{'B/inst':>7} {'mask B/inst':>11} {'B/image':>8} {'fixed KiB':>9} {'peak RSS MiB':>12}")
+    for s in BOX_PRIORS:
+        r = m1[s]
+        work_cpu = max(r["cpu"] - start[s], 0.0)
+        print(f"{s:<11} {r['wall']:>7.1f} {r['cpu']:>7.1f} {1e3 * work_cpu / n_inst:>8.1f} {work_cpu / n_img:>8.3f} "
+              f"{start[s]:>11.2f} {sizes[s] / n_inst:>7.0f} {mask_bytes[s] / n_inst:>11.0f} {sizes[s] / n_img:>8.0f} "
+              f"{fixed[s] / 1024:>9.0f} {r['rss'] / 2**20:>12.0f}")
+
+    print(f"\n== projected: COCO train2017 ({COCO_TRAIN['images']:,} images, {COCO_TRAIN['instances']:,} instances) "
+          f"and 10x, shards of {shard_size} images; per-unit CPU (per instance, mcg per image) x units + job start "
+          "x jobs")
+    print(f"{'dataset':<9} {'stage':<11} {'unit':<9} {'units':>10} {'jobs':>6} {'core-h':>8} {'disk GiB':>9} "
+          f"{'peak RSS MiB/job':>16}")
+    totals = {}
+    for k in scale:
+        images, instances = COCO_TRAIN["images"] * k, COCO_TRAIN["instances"] * k
+        jobs = -(-images // shard_size)
+        name = "COCO" if k == 1 else f"{k}x COCO"
+        tot_h = tot_d = 0.0
+        for s in BOX_PRIORS:
+            per_image = s in PER_IMAGE
+            units = images if per_image else instances
+            work_cpu = max(m1[s]["cpu"] - start[s], 0.0)
+            unit_cpu = work_cpu / (n_img if per_image else n_inst)
+            unit_disk = sizes[s] / (n_img if per_image else n_inst)
+            core_h = (unit_cpu * units + start[s] * jobs) / 3600
+            disk = (unit_disk * units + fixed[s] * jobs) / 2**30
+            tot_h, tot_d = tot_h + core_h, tot_d + disk
+            # a shard's memory: measured on a 64-image shard; bounded by the largest image (bench below)
+            print(f"{name:<9} {s:<11} {'image' if per_image else 'instance':<9} {units:>10,} {jobs:>6} "
+                  f"{core_h:>8.1f} {disk:>9.2f} {m1[s]['rss'] / 2**20:>16.0f}")
+        totals[k] = (tot_h, tot_d, jobs)
+        print(f"{name:<9} {'box priors':<11} {'':<9} {'':>10} {jobs * len(BOX_PRIORS):>6} {tot_h:>8.1f} "
+              f"{tot_d:>9.2f}")
+    for k, (h, d, jobs) in totals.items():
+        print(f"{'COCO' if k == 1 else f'{k}x COCO'}: {h:.1f} core-hours = {h / 2:.1f} h on this 2-core machine, "
+              f"{h / 64:.2f} h on 64 cores; {d:.1f} GiB of box-prior artifacts")
+
+    ratio_b = (sizes["grabcut"] / n_inst) / (rle / n_rle)
+    gc_ms = 1e3 * max(m1["grabcut"]["cpu"] - start["grabcut"], 0.0) / n_inst
+    print("\n== targets (ratios measured in this run)")
+    print(f"grabcut artifact bytes/instance {sizes['grabcut'] / n_inst:.0f} vs COCO compressed RLE in JSON "
+          f"{rle / n_rle:.0f}: ratio {ratio_b:.2f} (target <= 1.5; with the instance table); masks alone {mask_bytes['grabcut'] / n_inst:.0f} "
+          f"B/instance, ratio {(mask_bytes['grabcut'] / n_inst) / (rle / n_rle):.2f}")
+    print(f"one image's masks read (library, median over {n_img} images): {reads['image']:.2f} ms (target < 10): "
+          f"ratio {reads['image'] / 10:.2f}")
+    print(f"one instance's mask read (median): library {reads['instance']:.2f} ms, plain h5py crop "
+          f"{reads['h5py_instance']:.2f} ms (target < 2): ratio {max(reads['instance'], reads['h5py_instance']) / 2:.2f}")
+    for s, r in two.items():
+        ratio = r["wall"] / m1[s]["wall"]
+        print(f"{s}: threads 2 {r['wall']:.1f} s wall vs threads 1 {m1[s]['wall']:.1f} s: ratio {ratio:.2f} "
+              f"(target <= 0.6); CPU {r['cpu']:.1f} s vs {m1[s]['cpu']:.1f} s")
+    print(f"grabcut CPU per instance {gc_ms:.1f} ms (target <= 25): ratio {gc_ms / 25:.2f}; mIoU on coco-dev "
+          f"{miou if miou is None else round(miou, 3)} (0.661 before)")
+    print(f"box priors for COCO train {totals[scale[0]][0]:.1f} core-hours (target < 40): ratio "
+          f"{totals[scale[0]][0] / 40:.2f}")
+    print(f"load average during the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
+          "(other work shares the machine: wall-time ratios are upper bounds)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=100_000)
-    ap.add_argument("--instances", type=int, default=800_000)
+    ap.add_argument("--images", type=int, default=118_287)
+    ap.add_argument("--instances", type=int, default=860_001)
     ap.add_argument("--shard-size", type=int, nargs="+", default=[1000, 100],
                     help="images per shard (ingest.shard_size); one ingest and dry run per value")
     ap.add_argument("--repeat", type=int, default=2, help="dry runs to time")
     ap.add_argument("--workdir", type=Path, help="keep the work folder here (default: a temporary one)")
     ap.add_argument("--skip-dag", action="store_true")
     ap.add_argument("--skip-grabcut", action="store_true")
+    ap.add_argument("--skip-costs", action="store_true", help="skip the cost model (box-prior stages on coco-dev)")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -229,6 +447,8 @@ def main() -> int:
                     print(f"{n:>9} {n_img:>7} {t:>7.1f} {rss / 2**20:>13.0f}")
                 (n0, _, _, r0), (n1, _, _, r1) = rows[0], rows[-1]
                 print(f"RSS ratio {n1} / {n0} instances: {r1 / r0:.2f} (shard {n1 / n0:.0f}x larger)")
+        if not args.skip_costs:
+            bench_costs(work)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -31,13 +31,34 @@ def _images(html):
     return re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
 
 
+def _gallery(html):
+    return [int(i) for i in re.findall(r"<figure class='lowq' data-id='(\d+)'>", html)]
+
+
+def _without_quality(src, dst, how):
+    """A copy of an artifact with its quality column removed ("drop") or all NaN ("nan")."""
+    import h5py
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        q = f["instances/quality"]
+        if how == "drop":
+            del f["instances/quality"]
+        else:
+            q[...] = np.nan
+    return dst
+
+
 def test_report_is_self_contained_and_from_the_data(results, demo, tmp_path):
     out = build_report(results, tmp_path / "report.html", ground_truth=demo / "annotations.json", samples=3)
     html = out.read_text()
     # nothing outside the file: no external src/href, every picture embedded and a valid PNG
     assert not re.search(r"""(src|href)=['"](?!data:)""", html)
     pngs = _images(html)
-    assert len(pngs) == 2 + 3 * 3  # curve, histogram, 3 samples x (ingest, agree, merge_drop)
+    gallery = len(_gallery(html))
+    assert gallery == 8
+    # curve, histogram, quality (histogram, calibration, keep-rate curves, gallery), 3 samples x 3 stages
+    assert len(pngs) == 2 + 3 + gallery + 3 * 3
     assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     for title in ("Instances by status and stage", "threshold curve", "Mask quality against ground truth",
                   "Instances by category", "Sample images, stage by stage", "Provenance"):
@@ -62,7 +83,11 @@ def test_report_is_self_contained_and_from_the_data(results, demo, tmp_path):
 def test_without_ground_truth_only_drop_rates(results, tmp_path):
     html = build_report(results, tmp_path / "r.html", samples=1, stages=["agree", "merge_drop"]).read_text()
     assert "mIoU kept" not in html and "Mask quality against ground truth" not in html
-    assert "no ground truth configured" in html and len(_images(html)) == 2 + 2
+    assert "no ground truth configured" in html
+    # predicted quality without ground truth: histogram and gallery only, no calibration or keep-rate curves
+    assert "Predicted mask quality" in html and "Calibration against ground truth" not in html
+    assert "at equal keep rates" not in html
+    assert len(_images(html)) == 2 + 1 + len(_gallery(html)) + 2
     with pytest.raises(PseudomaskError, match="no stage artifacts found"):
         build_report(tmp_path / "nothing", tmp_path / "x.html")
 
@@ -91,3 +116,60 @@ def test_cli_report_renders_in_headless_chromium(results, demo, tmp_path):
     assert rows_with_ink > 0.3
     sat = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)[..., 1]
     assert (sat > 80).mean() > 0.02
+
+
+def test_predicted_quality_section(results, demo, tmp_path):
+    from scipy.stats import spearmanr
+
+    from pseudomask.metrics import GroundTruth, instance_scores
+
+    html = build_report(results, tmp_path / "q.html", ground_truth=demo / "annotations.json", samples=0).read_text()
+    assert "Predicted mask quality" in html
+    for alt in ("predicted quality histogram", "calibration", "keep-rate curves"):
+        assert f"alt='{alt}' src='data:image/png;base64," in html
+    gt = GroundTruth(demo / "annotations.json")
+    text = re.sub(r"<td[^>]*>", "<td>", html)
+    for stage in ("agree", "merge_drop"):
+        with Artifact(results / stage / "s00000.h5") as a:
+            ids, q = a.instances["id"], a.instances["quality"]
+        true = {r["id"]: r["iou"] for r in instance_scores(results / stage / "s00000.h5", gt)}
+        ok = np.isfinite(q)
+        rho = spearmanr(q[ok], [true[int(i)] for i in ids[ok]]).statistic
+        assert f"<td>{stage}</td><td>{int(ok.sum())}</td><td>{rho:.3f}</td>" in text
+    # the gallery: the 8 kept merge_drop masks of lowest predicted quality, ascending
+    with Artifact(results / "merge_drop" / "s00000.h5") as md:
+        inst = md.instances
+        kept = (inst["status"] == "kept") & np.isfinite(inst["quality"])
+        ids, q = inst["id"][kept], inst["quality"][kept]
+    expect = [int(i) for i in ids[np.lexsort((ids, q))][:8]]
+    shown = _gallery(html)
+    assert shown == expect and len(shown) == 8
+    qs = [float(v) for v in re.findall(r"id \d+ · q ([0-9.]+)", html)]
+    assert qs == sorted(qs)
+    # keep-rate table: at keep fraction 1.0 both rankings keep everything, so the mIoUs agree
+    last = re.search(r"<td>1\.0</td><td>(\d+)</td><td>([0-9.]+)</td><td>([0-9.]+)</td>", text)
+    assert last and last.group(2) == last.group(3)
+
+
+@pytest.mark.parametrize("how", ["drop", "nan"])
+def test_quality_section_noted_without_quality(results, demo, tmp_path, how):
+    d = tmp_path / "arts"
+    d.mkdir()
+    arts = [_without_quality(results / s / "s00000.h5", d / f"{s}.h5", how) for s in ("agree", "merge_drop")]
+    html = build_report(arts, tmp_path / "r.html", ground_truth=demo / "annotations.json", samples=0).read_text()
+    assert "Predicted mask quality" in html and "no predicted quality" in html
+    assert "Calibration against ground truth" not in html and not _gallery(html)
+    assert "threshold curve" in html and "Mask quality against ground truth" in html
+
+
+def test_keep_rate_curves_and_lowest_quality():
+    from pseudomask.report import keep_rate_curves, lowest_quality
+
+    true = np.array([0.9, 0.1, 0.5, 0.7])
+    rows = keep_rate_curves({"a": np.array([4, 1, 2, 3.0]), "b": np.array([1, 4, 3, 2.0])}, true, [0.5, 1.0])
+    assert rows[0]["kept"] == 2 and rows[0]["a"] == pytest.approx(0.8) and rows[0]["b"] == pytest.approx(0.3)
+    assert rows[1]["a"] == pytest.approx(true.mean()) and rows[1]["b"] == pytest.approx(true.mean())
+    qual = {"id": np.array([5, 6, 7, 8]), "quality": np.array([0.3, 0.1, 0.3, 0.2]),
+            "status": np.array(["kept", "kept", "kept", "dropped"]), "shard": np.array(["s"] * 4, object)}
+    assert [i for _, i, _ in lowest_quality(qual, 3)] == [6, 5, 7]
+    assert lowest_quality({}, 3) == []

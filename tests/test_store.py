@@ -39,11 +39,61 @@ def test_round_trip(tmp_path):
     assert a.status_counts() == {"kept": 1, "failed": 1}
 
 
-def test_plain_h5py_reaches_one_image_in_one_line(tmp_path):
+def test_plain_h5py_reaches_one_instance_and_one_image_in_one_line(tmp_path):
     path = _write(tmp_path / "a.h5")
-    masks = h5py.File(path)["masks/7"][:]
-    assert masks.shape == (2, 6, 8)
-    assert list(h5py.File(path)["masks/7"].attrs["instance_ids"]) == [11, 12]
+    f = h5py.File(path)
+    m = f["masks"]
+    i = 1  # row of the instance table
+    crop = m["data"][m["start"][i]:m["start"][i + 1]].reshape(m["shape"][i])
+    assert crop.shape == (3, 4) and (crop == 255).all() and list(m["offset"][i]) == [2, 2]
+    rows = np.flatnonzero(f["instances/image_id"][:] == 7)
+    crops = [m["data"][m["start"][i]:m["start"][i + 1]].reshape(m["shape"][i]) for i in rows]
+    assert [c.shape for c in crops] == [(2, 3), (3, 4)] and list(f["instances/id"][:][rows]) == [11, 12]
+    f.close()
+
+
+def test_masks_are_tight_crops_and_read_back_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    big = np.zeros((3, 900, 1200), np.uint8)
+    big[0, 100:140, 200:260] = rng.integers(0, 2, (40, 60))
+    big[0, 120, 210] = 255
+    big[2, 899, 0] = 1  # a corner pixel; mask 1 is empty
+    rows = [{"id": k + 1, "category_id": 1, "bbox": [0, 0, 1, 1], "status": "kept", "reason": ""} for k in range(3)]
+    with ArtifactWriter(tmp_path / "c.h5", stage="grabcut", method="m", categories=CATS) as w:
+        w.add_image({"id": 1, "file_name": "a.png", "width": 1200, "height": 900}, rows, big)
+        w.add_image({"id": 2, "file_name": "b.png", "width": 5, "height": 4},
+                    [{**rows[0], "id": 9}])  # no masks given: an empty mask
+    with Artifact(tmp_path / "c.h5") as a:
+        assert np.array_equal(a.masks(1), big) and not a.masks(2).any() and a.masks(2).shape == (1, 4, 5)
+        assert np.array_equal(a.mask(3), big[2]) and np.array_equal(a.mask(1), big[0])
+        with pytest.raises(ArtifactError, match="no instance 77"):
+            a.mask(77)
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert f["masks/shape"][:].tolist() == [[40, 60], [0, 0], [1, 1], [0, 0]]
+        assert f["masks/data"].shape == (40 * 60 + 1,)
+    assert (tmp_path / "c.h5").stat().st_size < 100_000  # the frames alone would be 3.2 MB
+
+
+def _as_version_1(path):
+    """Rewrite an artifact's masks in the version-1 layout: (K, H, W) frames at masks/<image_id>."""
+    with Artifact(path) as a:
+        frames = {i: (a.masks(i), a.instances["id"][a.rows(i)]) for i in a.image_ids}
+    with h5py.File(path, "a") as f:
+        del f["masks"]
+        for i, (m, ids) in frames.items():
+            f.create_dataset(f"masks/{i}", data=m).attrs["instance_ids"] = ids
+        f.attrs["schema_version"] = 1
+
+
+def test_version_1_artifacts_still_read(tmp_path):
+    path = _write(tmp_path / "a.h5")
+    with Artifact(path) as a:
+        want = a.masks(7)
+    _as_version_1(path)
+    with Artifact(path) as a:
+        assert a.schema_version == 1
+        assert np.array_equal(a.masks(7), want) and (a.masks(7)[1] == 255).sum() == 12
+        assert np.array_equal(a.mask(12), want[1]) and a.masks(8).shape == (0, 4, 4)
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -58,7 +108,7 @@ def test_wrong_stage_and_version_are_clear_errors(tmp_path):
         Artifact(path, stage="mcg")
     with h5py.File(path, "a") as f:
         f.attrs["schema_version"] = SCHEMA_VERSION + 1
-    with pytest.raises(ArtifactError, match="schema version"):
+    with pytest.raises(ArtifactError, match=f"schema version {SCHEMA_VERSION + 1}, this pseudomask reads versions 1, 2"):
         Artifact(path)
     other = tmp_path / "other.h5"
     h5py.File(other, "w").close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -172,12 +173,30 @@ def _check_threshold(threshold: float) -> float:
     return t
 
 
+def _per_image(threshold: float, source: str, criterion: str, quality_threshold: float, model: str, qsource: str,
+               image_root: str, image: dict, records: list[list[dict]], masks: list[np.ndarray]):
+    """One image of the stage (module-level, so that worker processes can run it)."""
+    from .stage import quality_scorer, read_artifact_image
+
+    scorer = quality_scorer(model)
+
+    def quality(rows: list[dict], merged: np.ndarray) -> np.ndarray:
+        if scorer is None:
+            return np.full(len(rows), np.nan)
+        return scorer.score_image(read_artifact_image(image_root, image), rows, merged, qsource)
+
+    merged, rows = merge_drop_image(masks[0], records[0], threshold, source=source, criterion=criterion,
+                                    quality_threshold=quality_threshold, quality=quality)
+    return rows, merged, None
+
+
 def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float = 0.95,
-               criterion: str = "proxy_box_iou", quality_threshold: float = 0.7, model: str = "default") -> dict:
+               criterion: str = "proxy_box_iou", quality_threshold: float = 0.7, model: str = "default",
+               workers: int = 1) -> dict:
     """Run merge-and-drop over one mask-source artifact and write a `merge_drop` artifact; returns a summary.
     The merged masks' `quality` is predicted by the scorer `model` names (see `pseudomask.stage.quality_scorer`)."""
     from .quality.features import SOURCES
-    from .stage import quality_scorer, read_artifact_image
+    from .stage import quality_scorer
 
     threshold, quality_threshold = _check_threshold(threshold), _check_threshold(quality_threshold)
     if criterion not in CRITERIA:
@@ -189,20 +208,12 @@ def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float 
         origin = {"source_stage": a.stage, "source_method": a.method}
         qsource = a.stage if a.stage in SOURCES else str(a.attrs.get("quality_source", a.stage))
 
-        def per_image(image: dict, records: list[list[dict]], masks: list[np.ndarray]):
-            def quality(rows: list[dict], merged: np.ndarray) -> np.ndarray:
-                if scorer is None:
-                    return np.full(len(rows), np.nan)
-                return scorer.score_image(read_artifact_image(a, image), rows, merged, qsource)
-
-            merged, rows = merge_drop_image(masks[0], records[0], threshold, source=a.stage, criterion=criterion,
-                                            quality_threshold=quality_threshold, quality=quality)
-            return rows, merged, None
-
+        per_image = partial(_per_image, threshold, a.stage, criterion, quality_threshold, model, qsource,
+                            str(a.attrs.get("image_root") or ""))
         params = {"threshold": threshold, "criterion": criterion, "quality_threshold": quality_threshold,
                   "model": model, **origin}
         run_artifact_stage([a], out, per_image, stage="merge_drop", method=METHODS[criterion],
-                           params=params, attrs=origin, rescore=False)
+                           params=params, attrs=origin, rescore=False, workers=workers)
     with Artifact(out, stage="merge_drop") as b:
         return summary(b)
 
@@ -253,4 +264,4 @@ def drop_curve(proxy_iou: Iterable[float], thresholds: Sequence[float] = THRESHO
 def run_stage(s: MergeDropSettings, *, masks: str, out: str, threads: int = 1) -> dict:
     """The `merge_drop` stage (see pseudomask.stages)."""
     return {"out": out, **merge_drop(masks, out, threshold=s.threshold, criterion=s.criterion,
-                                     quality_threshold=s.quality_threshold, model=s.model)}
+                                     quality_threshold=s.quality_threshold, model=s.model, workers=threads)}

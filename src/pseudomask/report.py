@@ -3,6 +3,8 @@
 Sections: instance counts by status per stage; the drop curve over thresholds (BoxCaseg Table 8 shape:
 drop rate, and with ground truth the mIoU of kept masks next to that of all masks), computed from the
 merge_drop data; a histogram of proxy box IoU; mask quality per stage against ground truth when given;
+predicted mask quality (histograms; with ground truth calibration, Spearman and drop curves by proxy box IoU
+and by quality at equal keep rates; the lowest-quality kept masks to review first);
 counts by category; sample images with every stage's overlay side by side; provenance. Every picture is a
 base64 PNG inside the one HTML file, so the report can be mailed or opened offline.
 """
@@ -229,11 +231,255 @@ def plot_curve(curve: list[dict]) -> str:
     return figure_uri(fig)
 
 
+# ---------------------------------------------------------------- predicted mask quality
+
+def stage_quality(files: Sequence[Path]) -> dict[str, np.ndarray]:
+    """Over the shards of one stage, the instances with a finite predicted `quality`: columns id, quality,
+    status, shard (stem) and, where the stage has one, proxy_box_iou (NaN otherwise). Empty when none."""
+    cols: dict[str, list] = {"id": [], "quality": [], "status": [], "shard": [], "proxy_box_iou": []}
+    for f in files:
+        with Artifact(f) as a:
+            inst = a.instances
+            if "quality" not in inst or not len(inst["quality"]):
+                continue
+            q = np.asarray(inst["quality"], np.float64)
+            sel = np.isfinite(q)
+            n = int(sel.sum())
+            cols["id"].append(np.asarray(inst["id"])[sel].astype(np.int64))
+            cols["quality"].append(q[sel])
+            cols["status"].append(np.asarray(inst["status"]).astype(str)[sel])
+            cols["shard"].append(np.full(n, f.stem, dtype=object))
+            proxy = (np.asarray(inst["proxy_box_iou"], np.float64) if "proxy_box_iou" in inst
+                     else np.full(len(q), np.nan))
+            cols["proxy_box_iou"].append(proxy[sel])
+    if not cols["id"] or not sum(len(x) for x in cols["id"]):
+        return {}
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def lowest_quality(qual: dict[str, np.ndarray], n: int, status: str = "kept") -> list[tuple[str, int, float]]:
+    """(shard, instance id, quality) of the n instances of `status` with the lowest predicted quality,
+    ascending (ties by id)."""
+    if not qual or n <= 0:
+        return []
+    sel = np.flatnonzero(qual["status"] == status)
+    order = sel[np.lexsort((qual["id"][sel], qual["quality"][sel]))][:n]
+    return [(str(qual["shard"][i]), int(qual["id"][i]), float(qual["quality"][i])) for i in order]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman rank correlation, None with fewer than 3 pairs or a constant side."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    rho = spearmanr(x, y).statistic
+    return float(rho) if np.isfinite(rho) else None
+
+
+def keep_rate_curves(scores: dict[str, np.ndarray], true_iou: np.ndarray,
+                     fractions: Sequence[float] = tuple(np.linspace(0.1, 1.0, 10))) -> list[dict]:
+    """At each fraction kept, the mIoU of the masks kept by ranking on each score (highest kept first;
+    ties by position), so that criteria compare at equal keep rates. Rows: fraction, kept, then one mIoU
+    per score name."""
+    true_iou = np.asarray(true_iou, np.float64)
+    n = len(true_iou)
+    orders = {k: np.lexsort((np.arange(n), -np.asarray(v, np.float64))) for k, v in scores.items()}
+    rows = []
+    for f in fractions:
+        k = max(1, int(round(f * n))) if n else 0
+        row = {"fraction": float(f), "kept": k}
+        for name, order in orders.items():
+            row[name] = float(true_iou[order[:k]].mean()) if k else None
+        rows.append(row)
+    return rows
+
+
+def quality_crop(artifact: Artifact, instance_id: int, pad: float = 0.25, size: int = 96) -> np.ndarray:
+    """The image around one instance's box (padded by `pad` of its size) with its mask and box overlaid,
+    scaled so that the longer side is about `size` px."""
+    from .images import ImageError, read_image
+    from .visualize import STATUS_COLOURS, overlay
+
+    hit = np.flatnonzero(artifact.instances["id"] == int(instance_id))
+    i = int(hit[0])
+    image_id = int(artifact.instances["image_id"][i])
+    im = artifact.image(image_id)
+    try:
+        rgb = read_image(Path(artifact.attrs.get("image_root", ".")) / im["file_name"])
+    except ImageError:
+        rgb = np.full((im["height"], im["width"], 3), 40, np.uint8)
+    h, w = rgb.shape[:2]
+    mask = artifact.mask(instance_id) if artifact.has_masks() else np.zeros((h, w), np.uint8)
+    if mask.shape != (h, w):
+        mask = np.zeros((h, w), np.uint8)
+    x, y, bw, bh = (float(v) for v in artifact.instances["bbox"][i])
+    px, py = pad * max(bw, 1), pad * max(bh, 1)
+    x0, y0 = max(0, int(np.floor(x - px))), max(0, int(np.floor(y - py)))
+    x1, y1 = min(w, int(np.ceil(x + bw + px))), min(h, int(np.ceil(y + bh + py)))
+    if x1 <= x0 or y1 <= y0:
+        x0, y0, x1, y1 = 0, 0, w, h
+    crop, m = rgb[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+    status = str(artifact.instances["status"][i])
+    colour = np.array([STATUS_COLOURS.get(status, (255, 255, 0))], np.uint8)
+    scale = max(1, size // max(crop.shape[:2]))
+    out = overlay(crop, m[None], [[x - x0, y - y0, bw, bh]], colours=colour, scale=scale)
+    if max(out.shape[:2]) > size * 2:  # large objects: shrink to a thumbnail
+        f = size / max(out.shape[:2])
+        out = cv2.resize(out, (max(1, round(out.shape[1] * f)), max(1, round(out.shape[0] * f))),
+                         interpolation=cv2.INTER_AREA)
+    return out
+
+
+def plot_quality_histograms(per_stage: dict[str, np.ndarray]) -> str:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    bins = np.linspace(0, 1, 41)
+    for s, q in per_stage.items():
+        ax.hist(np.clip(q, 0, 1), bins=bins, histtype="step", lw=1.5, label=f"{s} ({len(q)})")
+    ax.set_xlabel("predicted mask quality (predicted IoU with the true mask)")
+    ax.set_ylabel("instances")
+    ax.set_xlim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    return figure_uri(fig)
+
+
+def plot_calibration(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """Per stage, predicted vs true IoU: points, the diagonal, and the mean true IoU per predicted bin."""
+    from matplotlib.figure import Figure
+
+    n = len(pairs)
+    fig = Figure(figsize=(3.0 * n, 3.2))
+    bins = np.linspace(0, 1, 11)
+    for k, (s, (pred, true)) in enumerate(pairs.items()):
+        ax = fig.add_subplot(1, n, k + 1)
+        ax.scatter(pred, true, s=6, alpha=0.4, color="#1f77b4", lw=0)
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        which = np.clip(np.digitize(pred, bins) - 1, 0, len(bins) - 2)
+        mids, means = [], []
+        for b in range(len(bins) - 1):
+            if np.any(which == b):
+                mids.append(pred[which == b].mean())
+                means.append(true[which == b].mean())
+        ax.plot(mids, means, "o-", color="#d62785", ms=3, label="binned mean")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("predicted IoU", fontsize=8)
+        if k == 0:
+            ax.set_ylabel("true IoU", fontsize=8)
+            ax.legend(loc="upper left", fontsize=7)
+        ax.tick_params(labelsize=7)
+    return figure_uri(fig)
+
+
+def plot_keep_rate(rows: list[dict]) -> str:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    x = [r["fraction"] for r in rows]
+    ax.plot(x, [r["proxy_box_iou"] for r in rows], "o-", color="#1f77b4", label="kept by proxy box IoU")
+    ax.plot(x, [r["quality"] for r in rows], "s-", color="#2ca02c", label="kept by predicted quality")
+    ax.set_xlabel("fraction of masks kept")
+    ax.set_ylabel("mIoU of the kept masks")
+    ax.set_xlim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return figure_uri(fig)
+
+
+def quality_section(files: dict[str, list[Path]], gt=None, score=None, gallery: int = 8,
+                    thumb_width: int = 160) -> str:
+    """The "Predicted mask quality" section: histograms, calibration and Spearman per stage with ground
+    truth, the lowest-quality kept masks of the final mask stage, and drop curves by proxy box IoU and by
+    quality at equal keep rates. `score(stage)` returns that stage's gt_scores rows (cached by the caller)."""
+    head = "<h2 id='predicted-quality'>Predicted mask quality</h2>"
+    quals = {s: q for s, fs in files.items() if s != "ingest" and (q := stage_quality(fs))}
+    if not quals:
+        return head + ("<p class='note'>no predicted quality: no artifact has a finite <code>quality</code> "
+                       "column, so this section is skipped.</p>")
+    parts = [head, "<p class='note'>the quality scorer's predicted IoU of each mask with its true mask "
+             "(instances without a prediction left out).</p>",
+             f"<div class='row'><img alt='predicted quality histogram' "
+             f"src='{plot_quality_histograms({s: q['quality'] for s, q in quals.items()})}'></div>"]
+    if gt is not None and score is not None:
+        pairs, srows = {}, []
+        for s, q in quals.items():
+            try:
+                rows = score(s)
+            except PseudomaskError as e:
+                srows.append([s, 0, None, None, None, str(e)[:60]])
+                continue
+            have = np.array([int(i) in rows for i in q["id"]], bool)
+            pred = q["quality"][have]
+            true = np.array([rows[int(i)]["iou"] for i in q["id"][have]], np.float64)
+            if not len(pred):
+                srows.append([s, 0, None, None, None, "no instance matches a ground-truth id"])
+                continue
+            pairs[s] = (pred, true)
+            srows.append([s, int(len(pred)), spearman(pred, true), float(pred.mean()), float(true.mean()), ""])
+        parts.append("<h3>Calibration against ground truth</h3><p class='note'>Spearman rank correlation of "
+                     "predicted vs true mask IoU over the instances with a prediction; the dashed diagonal "
+                     "is perfect calibration.</p>"
+                     + _table(["stage", "instances", "Spearman", "mean predicted", "mean true", "note"], srows))
+        if pairs:
+            parts.append(f"<div class='row'><img alt='calibration' src='{plot_calibration(pairs)}'></div>")
+    # the lowest-quality kept masks of the final mask stage
+    final = "merge_drop" if "merge_drop" in quals else list(quals)[-1]
+    low = lowest_quality(quals[final], gallery)
+    figs = []
+    by_shard = {f.stem: f for f in files[final]}
+    truth = None
+    if gt is not None and score is not None:
+        try:
+            truth = score(final)
+        except PseudomaskError:
+            truth = None
+    for shard, iid, qv in low:
+        with Artifact(by_shard[shard]) as a:
+            rgb = quality_crop(a, iid)
+        extra = f" · true {truth[iid]['iou']:.2f}" if truth and iid in truth else ""
+        figs.append(f"<figure class='lowq' data-id='{iid}'><img alt='instance {iid}' "
+                    f"src='{png_uri(rgb, thumb_width)}'><figcaption>id {iid} · q {qv:.2f}{extra}"
+                    f"</figcaption></figure>")
+    parts.append(f"<h3>Lowest predicted quality: review first ({html.escape(final)})</h3>"
+                 + (f"<p class='note'>the {len(low)} kept masks with the lowest predicted quality, ascending; "
+                    "crop around the box, mask filled.</p><div class='strip' style='grid-template-columns:"
+                    f"repeat({len(figs)},minmax(80px,{thumb_width}px))'>" + "".join(figs) + "</div>"
+                    if figs else "<p class='note'>no kept masks with a predicted quality.</p>"))
+    # drop curves at equal keep rates
+    if gt is not None and score is not None and "merge_drop" in quals:
+        q = quals["merge_drop"]
+        sel = np.isin(q["status"], ("kept", "dropped")) & np.isfinite(q["proxy_box_iou"])
+        try:
+            rows = score("merge_drop")
+        except PseudomaskError as e:
+            rows = None
+            parts.append(f"<p class='note'>keep-rate curves not computed: {html.escape(str(e))}</p>")
+        if rows is not None and sel.sum():
+            true = np.array([rows[int(i)]["iou"] if int(i) in rows else 0.0 for i in q["id"][sel]])
+            curve = keep_rate_curves({"proxy_box_iou": q["proxy_box_iou"][sel], "quality": q["quality"][sel]}, true)
+            parts.append("<h3>Drop by proxy box IoU or by quality, at equal keep rates</h3><p class='note'>"
+                         f"over the {int(sel.sum())} judged merge_drop instances with both scores: keep the "
+                         "given fraction with the highest score, mIoU of those kept against ground truth.</p>"
+                         "<div class='row'><div>"
+                         + _table(["fraction kept", "kept", "mIoU by proxy box IoU", "mIoU by quality"],
+                                  [[f"{r['fraction']:.1f}", r["kept"], r["proxy_box_iou"], r["quality"]]
+                                   for r in curve])
+                         + f"</div><img alt='keep-rate curves' src='{plot_keep_rate(curve)}'></div>")
+    return "".join(parts)
+
+
 # ---------------------------------------------------------------- report
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;background:#fff}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:14px;margin:16px 0 6px}
 .meta{color:#666;font-size:13px}.note{color:#666;font-size:13px;margin:4px 0}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f2f2f2}td.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -246,7 +492,7 @@ figure{margin:0}figure img{width:100%;display:block}figcaption{font-size:12px;co
 def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
                  ground_truth: str | os.PathLike | None = None, samples: int = 4,
                  stages: Sequence[str] | None = None, thresholds: Sequence[float] = THRESHOLDS,
-                 thumb_width: int = 320, reasons: int = 5) -> Path:
+                 thumb_width: int = 320, reasons: int = 5, gallery: int = 8) -> Path:
     """Write the HTML report to `out`, of a results folder or of a list of artifacts (files or folders)."""
     from .visualize import STATUS_COLOURS, render_artifact_image
 
@@ -267,6 +513,18 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
 
         gt = GroundTruth(ground_truth)
         gt_note = f"ground truth: {html.escape(str(ground_truth))}"
+    cache: dict[str, dict[int, dict] | PseudomaskError] = {}
+
+    def score(stage: str) -> dict[int, dict]:
+        """gt_scores of one stage, computed once (a failure is remembered and raised again)."""
+        if stage not in cache:
+            try:
+                cache[stage] = gt_scores(files[stage], gt)
+            except PseudomaskError as e:
+                cache[stage] = e
+        if isinstance(cache[stage], PseudomaskError):
+            raise cache[stage]
+        return cache[stage]
     parts = [f"<h1>pseudomask report</h1><div class='meta'>{html.escape(str(where.resolve()))} · "
              f"{time.strftime('%Y-%m-%d %H:%M')} · pseudomask {__version__} · {gt_note}</div>"]
 
@@ -296,7 +554,7 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
         gt_iou = None
         if gt is not None:
             try:
-                scores = gt_scores(md, gt)
+                scores = score("merge_drop")
                 gt_iou = [scores[int(i)]["iou"] if int(i) in scores else 0.0 for i in ids]
             except PseudomaskError as e:
                 parts.append(f"<p class='note'>mIoU not computed: {html.escape(str(e))}</p>")
@@ -325,7 +583,7 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
             if s == "ingest":
                 continue
             try:
-                q = summarize(list(gt_scores(fs, gt).values()))
+                q = summarize(list(score(s).values()))
             except PseudomaskError as e:
                 qrows.append([s, str(e)[:60]] + [None] * 6)
                 continue
@@ -360,6 +618,9 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
     parts.append("<h2>Sample images, stage by stage</h2><p class='note'>masks filled, ignore (255) pixels "
                  "hatched grey, boxes labelled category:status.</p>" + ("".join(strips) or "<p class='note'>"
                                                                          "no images with instances.</p>"))
+
+    # predicted mask quality
+    parts.append(quality_section(files, gt, score if gt is not None else None, gallery=gallery))
 
     # by category
     cats, ccount, cproxy = category_status(files[ref])

@@ -44,9 +44,10 @@ def add_quality(scorer, rgb: np.ndarray | None, rows: list[dict], masks: np.ndar
         r["quality"] = float(v)
 
 
-def read_artifact_image(artifact: Artifact, image: dict) -> np.ndarray | None:
-    """The RGB image of an artifact's image record from its image_root, or None when it cannot be read."""
-    root = artifact.attrs.get("image_root")
+def read_artifact_image(artifact: Artifact | str | None, image: dict) -> np.ndarray | None:
+    """The RGB image of an artifact's image record from its image_root (or from the image_root given),
+    or None when it cannot be read."""
+    root = artifact.attrs.get("image_root") if isinstance(artifact, Artifact) else artifact
     if not root:
         return None
     try:
@@ -81,19 +82,20 @@ def progress(items: Iterable, desc: str, total: int | None = None, unit: str = "
 
 
 def mask_image(predict: Predict, image: dict, path: str, records: list[dict], *, stage: str, out: str,
-               usable: Callable[[dict], bool] = usable, every_image: bool = False, quality: str | None = None
-               ) -> tuple[list[dict], np.ndarray, Any, list[str]]:
+               usable: Callable[[dict], bool] = usable, every_image: bool = False, quality: str | None = None,
+               rgb: np.ndarray | None = None) -> tuple[list[dict], np.ndarray, Any, list[str]]:
     """One image of `run_mask_stage` (in this process or in a worker): (rows, (K,H,W) masks, maps, log lines).
 
-    Reads the image at `path`, runs `predict` on the usable records and fills every row's `quality`."""
+    Reads the image at `path` (unless its pixels `rgb` are given), runs `predict` on the usable records and
+    fills every row's `quality`."""
     h, w = image["height"], image["width"]
     masks = np.zeros((len(records), h, w), np.uint8)
     rows = [dict(r) for r in records]
     todo = [i for i, r in enumerate(records) if usable(r)]
-    maps, rgb, notes = None, None, []
+    maps, notes = None, []
     if todo or every_image:
         try:
-            rgb = read_image(path)
+            rgb = read_image(path) if rgb is None else rgb
         except ImageError as e:
             for i in todo:
                 rows[i].update(status="failed", reason=str(e))
@@ -132,6 +134,8 @@ def run_mask_stage(
     every_image: bool = False,
     quality: str | None = None,
     workers: int = 1,
+    batch_images: int = 0,
+    loaders: int = 2,
 ) -> Path:
     """Run `predict` on each image's usable instances and write every instance to one artifact.
 
@@ -143,8 +147,16 @@ def run_mask_stage(
     `workers` > 1 spreads the images over that many spawned processes (`pseudomask.workers`): `predict` and
     `usable` must then be picklable (module-level functions or partials of them). Results are written in
     image order as they complete, a bounded number in flight, and do not depend on the number of workers
-    as long as `predict` is deterministic per image."""
+    as long as `predict` is deterministic per image.
+
+    `batch_images` > 0 (GPU stages) makes `predict` a function of a batch: predict([(rgb, usable records),
+    ...]) -> one result per image (as a per-image `predict` returns), called on up to `batch_images` images
+    at a time, read ahead by `loaders` threads, so that one forward pass spans images."""
     from .workers import ordered_map, worker_count
+
+    if batch_images > 0:
+        return _run_batched(ds, out, predict, stage=stage, method=method, params=params, inputs=inputs,
+                            usable=usable, quality=quality, batch_images=batch_images, loaders=loaders)
 
     by_image = ds.by_image()
     scorer = quality_scorer(quality)
@@ -165,6 +177,55 @@ def run_mask_stage(
                 w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
         finally:
             results.close()
+    return Path(out)
+
+
+def _read_or_none(path: str) -> np.ndarray | None:
+    try:
+        return read_image(path)
+    except (ImageError, OSError):
+        return None  # mask_image reads it again and reports the error
+
+
+def _run_batched(ds: Dataset, out: str | os.PathLike, predict_batch: Callable[[list], list], *, stage: str,
+                 method: str, params: Mapping[str, Any], inputs: Sequence[str | os.PathLike],
+                 usable: Callable[[dict], bool], quality: str | None, batch_images: int, loaders: int) -> Path:
+    """`run_mask_stage` with a batch predict: images grouped, read ahead by a thread pool, predicted together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    by_image = ds.by_image()
+    scorer = quality_scorer(quality)
+    attrs = {"image_root": str(Path(ds.image_root).resolve()), "quality_source": stage, **quality_attrs(scorer)}
+    groups = [ds.images[k:k + batch_images] for k in range(0, len(ds.images), batch_images)]
+
+    def load(group: list[dict]) -> list[np.ndarray | None]:
+        return [_read_or_none(str(ds.image_path(im))) if any(usable(r) for r in by_image.get(im["id"], []))
+                else None for im in group]
+
+    with ThreadPoolExecutor(max(int(loaders), 1)) as pool, \
+            ArtifactWriter(out, stage=stage, method=method, params=params, inputs=inputs,
+                           categories=ds.categories, attrs=attrs) as w:
+        ahead = [pool.submit(load, g) for g in groups[:2]]
+        bar = progress(iter(()), desc=f"{stage}:{method}", total=len(ds.images))
+        for k, group in enumerate(groups):
+            rgbs = ahead.pop(0).result()
+            if k + 2 < len(groups):
+                ahead.append(pool.submit(load, groups[k + 2]))
+            todo = [(j, [r for r in by_image.get(im["id"], []) if usable(r)]) for j, im in enumerate(group)]
+            todo = [(j, recs) for j, recs in todo if recs and rgbs[j] is not None]
+            results = dict(zip((j for j, _ in todo), predict_batch([(rgbs[j], recs) for j, recs in todo]))) \
+                if todo else {}
+            for j, im in enumerate(group):
+                rows, masks, maps, notes = mask_image(lambda *_a, _r=results.get(j): _r, im, str(ds.image_path(im)),
+                                                      by_image.get(im["id"], []), stage=stage, out=str(out),
+                                                      usable=usable, quality=quality, rgb=rgbs[j])
+                for line in notes:
+                    print(line, file=sys.stderr)
+                w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
+                if hasattr(bar, "update"):
+                    bar.update(1)
+        if hasattr(bar, "close"):
+            bar.close()
     return Path(out)
 
 
@@ -192,6 +253,23 @@ def check_rows(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str,
                         "every input instance must appear once, in the input's order")
 
 
+def artifact_image(per_image: PerImage, image: dict, records: list[list[dict]], masks: list[np.ndarray], *,
+                   out: str, source: str, rescore: bool, quality: str | None, quality_source: str,
+                   image_root: str) -> tuple[dict, list[dict], Any, Any]:
+    """One image of `run_artifact_stage` (in this process or in a worker): (image, rows, masks, maps)."""
+    rows, out_masks, maps = per_image(image, records, masks)
+    check_rows(rows, records[0], out, source, image["id"])
+    rows = [dict(r) for r in rows]
+    if rescore:
+        scorer = quality_scorer(quality)
+        feats = [{**a, **r} for a, r in zip(records[0], rows)]
+        rgb = read_artifact_image(image_root, image) if scorer is not None and rows else None
+        add_quality(scorer, rgb, feats, np.asarray(out_masks, np.uint8), quality_source)
+        for r, f in zip(rows, feats):
+            r["quality"] = f["quality"]
+    return image, rows, out_masks, maps
+
+
 def run_artifact_stage(
     sources: Sequence[str | os.PathLike | Artifact],
     out: str | os.PathLike,
@@ -207,6 +285,7 @@ def run_artifact_stage(
     quality: str | None = None,
     quality_source: str | None = None,
     rescore: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Write artifact `out` from input artifacts, one `per_image` call per image of the first source.
 
@@ -219,7 +298,10 @@ def run_artifact_stage(
     first source's image_root and on the input rows' columns under the output's; `quality_source` names
     the source whose masks the stage writes (default: this stage when it makes masks of its own, else the
     first source's). `rescore=False`: the rows bring their own `quality` (select's, with cross-source
-    features)."""
+    features). `workers` > 1 runs `per_image` (which must then be picklable) and the scoring in that many
+    spawned processes, the masks read here and the results written in image order (see `run_mask_stage`)."""
+    from .workers import ordered_map, worker_count
+
     with ExitStack() as stack:
         arts = []
         for i, src in enumerate(sources):
@@ -239,20 +321,17 @@ def run_artifact_stage(
                  **(attrs or {})}
         with ArtifactWriter(out, stage=stage, method=method, params=params, inputs=[a.path for a in arts],
                             categories=first.categories, attrs=extra) as w:
-            for image_id in progress(first.image_ids, desc=stage, total=len(first.image_ids)):
-                image, records = first.image(image_id), [a.records(image_id) for a in arts]
-                rows, masks, maps = per_image(image, records, [a.masks(image_id) for a in arts])
-                check_rows(rows, records[0], out, first.path, image_id)
-                rows = [dict(r) for r in rows]
-                if not rescore:
+            fn = partial(artifact_image, per_image, out=str(out), source=str(first.path), rescore=rescore,
+                         quality=quality, quality_source=src, image_root=extra["image_root"])
+            jobs = ((first.image(i), [a.records(i) for a in arts], [a.masks(i) for a in arts])
+                    for i in first.image_ids)
+            results = ordered_map(fn, jobs, worker_count(workers, len(first.image_ids)))
+            try:
+                for image_id, (image, rows, masks, maps) in progress(zip(first.image_ids, results), desc=stage,
+                                                                     total=len(first.image_ids)):
                     w.add_image(image, rows, masks, maps=maps, tags=first.tags.get(image_id, []))
-                    continue
-                feats = [{**a, **r} for a, r in zip(records[0], rows)]
-                rgb = read_artifact_image(first, image) if scorer is not None and rows else None
-                add_quality(scorer, rgb, feats, np.asarray(masks, np.uint8), src)
-                for r, f in zip(rows, feats):
-                    r["quality"] = f["quality"]
-                w.add_image(image, rows, masks, maps=maps, tags=first.tags.get(image_id, []))
+            finally:
+                results.close()
             if final_attrs is not None:
                 w.set_attrs(**final_attrs())
     return Path(out)

@@ -1,6 +1,6 @@
 """HDF5 artifact store: one file per stage and shard, written atomically, readable with plain h5py.
 
-Layout (documented in README):
+Layout (documented for users in docs/hdf5.md):
 
     /                      attrs: schema, schema_version, stage, method, parameters (JSON),
                            package_version, inputs (JSON {path: sha256}), created
@@ -8,8 +8,11 @@ Layout (documented in README):
     /images/{id,file_name,width,height}
     /tags/{image_id,category_id}              image-level tags (tag-only datasets)
     /instances/{id,image_id,category_id,bbox,status,reason,...}   one row per input instance
-    /masks/<image_id>      uint8 (K, H, W): 1 foreground, 0 background, 255 ignore;
-                           attrs instance_ids gives the row order (K = all instances of the image)
+    /masks/{data,start,offset,shape}   compact masks (schema version 2), one per instance row, in the
+                           instance table's order: row i's mask is its tight crop (values 1 foreground,
+                           0 background, 255 ignore; 0 outside the crop)
+                           data[start[i]:start[i + 1]].reshape(shape[i]) placed at offset[i] = (y, x)
+                           (see `pseudomask.crops`; version 1 stored (K, H, W) frames at /masks/<image_id>)
     /<map>/<image_id>      per-image arrays of a stage (e.g. semantic, instance, proposals/...)
 """
 
@@ -26,11 +29,14 @@ import h5py
 import numpy as np
 
 from . import __version__
+from .crops import crop_masks, paste_crops
 from .errors import PseudomaskError
 from .files import PendingFile
 
 SCHEMA = "pseudomask-artifact"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: full-frame masks/<image_id>
+MASK_CHUNK = 1 << 16  # bytes per chunk of masks/data (gzip level 6): one instance's read inflates one or two
 STATUSES = ("kept", "invalid", "dropped", "ignored", "failed")
 IGNORE = 255
 RESERVED = {"categories", "images", "tags", "instances", "masks"}
@@ -72,11 +78,17 @@ def _column(values: list, name: str) -> np.ndarray:
 
 
 def _write_table(group: h5py.Group, columns: Mapping[str, np.ndarray]) -> None:
+    """One dataset per column, gzip-compressed; strings as fixed-length UTF-8 (which compresses, unlike
+    variable-length strings), read back with `.asstr()` like any h5py string."""
     for name, col in columns.items():
         if col.dtype == object:
-            group.create_dataset(name, data=col.astype(str).astype(object), dtype=_STR)
+            raw = [str(v).encode("utf-8") for v in col]
+            n = max((len(b) for b in raw), default=0) or 1
+            data = np.array(raw, dtype=h5py.string_dtype("utf-8", n))
         else:
-            group.create_dataset(name, data=col)
+            data = col
+        kw = {"compression": "gzip", "compression_opts": 6, "shuffle": data.dtype.itemsize > 1} if len(data) else {}
+        group.create_dataset(name, data=data, **kw)
 
 
 class ArtifactWriter:
@@ -121,6 +133,11 @@ class ArtifactWriter:
         self._images: list[Mapping[str, Any]] = []
         self._rows: list[Mapping[str, Any]] = []
         self._tags: list[tuple[int, int]] = []
+        self._crop_start: list[int] = [0]
+        self._crop_offset: list[np.ndarray] = []
+        self._crop_shape: list[np.ndarray] = []
+        self._crop_data: h5py.Dataset | None = None
+        self._has_masks = False
         self._closed = False
 
     def add_image(
@@ -146,8 +163,11 @@ class ArtifactWriter:
             if masks.ndim != 3 or masks.shape[0] != len(instances) or masks.shape[1:] != (h, w):
                 raise ArtifactError(f"{self.path}: image {image_id}: masks of shape {masks.shape} do not match "
                                     f"{len(instances)} instances of a {h}x{w} image")
-            self._dataset(f"masks/{image_id}", masks).attrs["instance_ids"] = np.array(
-                [int(r["id"]) for r in instances], dtype=np.int64)
+            self._add_crops(*crop_masks(masks))
+            self._has_masks = True
+        else:
+            k = len(instances)
+            self._add_crops(np.zeros(0, np.uint8), np.zeros((k, 2), np.int32), np.zeros((k, 2), np.int32))
         for name, value in (maps or {}).items():
             if name in RESERVED:
                 raise ArtifactError(f"{self.path}: map name {name!r} is reserved")
@@ -156,6 +176,28 @@ class ArtifactWriter:
                     self._dataset(f"{name}/{image_id}/{key}", np.asarray(arr))
             else:
                 self._dataset(f"{name}/{image_id}", np.asarray(value))
+
+    def _add_crops(self, data: np.ndarray, offsets: np.ndarray, shapes: np.ndarray) -> None:
+        """Append one image's crops (rows in instance order) to masks/data and its index."""
+        if len(data):
+            if self._crop_data is None:
+                self._crop_data = self._f.create_dataset("masks/data", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                                         chunks=(MASK_CHUNK,), compression="gzip", compression_opts=6)
+            n = self._crop_data.shape[0]
+            self._crop_data.resize((n + len(data),))
+            self._crop_data[n:] = data
+        sizes = shapes[:, 0].astype(np.int64) * shapes[:, 1]
+        self._crop_start.extend((self._crop_start[-1] + np.cumsum(sizes)).tolist())
+        self._crop_offset.append(offsets)
+        self._crop_shape.append(shapes)
+
+    def _write_crop_index(self) -> None:
+        g = self._f.require_group("masks")
+        if self._crop_data is None:
+            g.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(MASK_CHUNK,))
+        g.create_dataset("start", data=np.asarray(self._crop_start, np.int64), compression="gzip")
+        g.create_dataset("offset", data=np.concatenate(self._crop_offset).reshape(-1, 2), compression="gzip")
+        g.create_dataset("shape", data=np.concatenate(self._crop_shape).reshape(-1, 2), compression="gzip")
 
     def _dataset(self, name: str, arr: np.ndarray) -> h5py.Dataset:
         if arr.ndim >= 2 and arr.size:
@@ -182,6 +224,8 @@ class ArtifactWriter:
             _write_table(f.create_group("instances"), table)
             tags = np.array(self._tags, dtype=np.int64).reshape(-1, 2)
             _write_table(f.create_group("tags"), {"image_id": tags[:, 0], "category_id": tags[:, 1]})
+            if self._has_masks:  # none at all: no /masks (e.g. ingest's shard records)
+                self._write_crop_index()
             f.close()
             self._pending.commit()
         except BaseException:  # e.g. a column of mixed types: leave no file behind
@@ -222,10 +266,11 @@ class Artifact:
             self._f.close()
             raise ArtifactError(f"{self.path}: not a pseudomask artifact (schema attribute {a.get('schema')!r})")
         version = int(a["schema_version"])
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             self._f.close()
-            raise ArtifactError(f"{self.path}: schema version {version}, this pseudomask reads "
-                                f"version {SCHEMA_VERSION}; rerun the stage that wrote it")
+            raise ArtifactError(f"{self.path}: schema version {version}, this pseudomask reads versions "
+                                f"{', '.join(map(str, READABLE_VERSIONS))}; rerun the stage that wrote it")
+        self.schema_version = version
         self.stage = str(a["stage"])
         wanted = (stage,) if isinstance(stage, str) else tuple(stage or ())
         if wanted and self.stage not in wanted:
@@ -244,6 +289,7 @@ class Artifact:
         for i, c in zip(tags.get("image_id", []), tags.get("category_id", [])):
             self.tags.setdefault(int(i), []).append(int(c))
         self._rows_by_image: dict[int, np.ndarray] | None = None
+        self._crop_index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _read_categories(self) -> list[dict]:
         g = self._f["categories"]
@@ -286,8 +332,32 @@ class Artifact:
             out.append(r)
         return out
 
+    def _crops(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, offset, shape) of the compact masks (version 2), read once."""
+        if self._crop_index is None:
+            g = self._f["masks"]
+            start, offset, shape = g["start"][:], g["offset"][:], g["shape"][:]
+            n = len(self.instances.get("id", []))
+            if len(shape) != n or len(start) != n + 1:
+                raise ArtifactError(f"{self.path}: masks/ index holds {len(shape)} masks for {n} instance rows")
+            self._crop_index = start, offset, shape
+        return self._crop_index
+
     def masks(self, image_id: int) -> np.ndarray:
         """(K,H,W) uint8 masks of one image, aligned with `rows(image_id)`."""
+        if self.schema_version >= 2:
+            im = self.image(image_id)
+            rows = self.rows(image_id)
+            if "masks" not in self._f or not len(rows):
+                return np.zeros((len(rows), im["height"], im["width"]), np.uint8)
+            start, offset, shape = self._crops()
+            data = self._f["masks/data"]
+            if np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):  # contiguous: one read
+                lo, hi = int(start[rows[0]]), int(start[rows[-1] + 1])
+                crops = data[lo:hi] if hi > lo else np.zeros(0, np.uint8)
+            else:
+                crops = np.concatenate([data[int(start[r]):int(start[r + 1])] for r in rows] or [np.zeros(0, np.uint8)])
+            return paste_crops(crops, offset[rows], shape[rows], im["height"], im["width"])
         key = f"masks/{int(image_id)}"
         if key not in self._f:
             im = self.image(image_id)
@@ -297,6 +367,22 @@ class Artifact:
         if not np.array_equal(ds.attrs["instance_ids"], expected):
             raise ArtifactError(f"{self.path}: masks/{image_id} rows do not match the instance table")
         return ds[:]
+
+    def mask(self, instance_id: int) -> np.ndarray:
+        """(H,W) uint8 mask of one instance (by its id)."""
+        hit = np.flatnonzero(self.instances.get("id", np.zeros(0, np.int64)) == int(instance_id))
+        if not len(hit):
+            raise ArtifactError(f"{self.path}: no instance {instance_id}")
+        i = int(hit[0])
+        image_id = int(self.instances["image_id"][i])
+        if self.schema_version < 2:
+            return self.masks(image_id)[list(self.rows(image_id)).index(i)]
+        im = self.image(image_id)
+        if "masks" not in self._f:
+            return np.zeros((im["height"], im["width"]), np.uint8)
+        start, offset, shape = self._crops()
+        return paste_crops(self._f["masks/data"][int(start[i]):int(start[i + 1])], offset[i:i + 1], shape[i:i + 1],
+                           im["height"], im["width"])[0]
 
     def has_masks(self) -> bool:
         return "masks" in self._f

@@ -85,3 +85,22 @@ def pixel_loss(salient_logits: torch.Tensor, transferred_logits: torch.Tensor, m
     """Eq. 3: pixel BCE of the fused map against the salient mask (mean over pixels)."""
     z = fused_logits(salient_logits, transferred_logits, alpha)
     return F.binary_cross_entropy_with_logits(z, mask.to(z.dtype))
+
+
+def iou_target(pred_mask_prob: torch.Tensor, true_mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """The IoU head's target, (N,): the squared IoU between the thresholded predicted mask and the true mask,
+    detached (an image where both are empty counts as IoU 1). Squaring stretches the low IoUs, the ones that
+    matter for finding bad masks (Bellver et al., Sec. 5)."""
+    with torch.no_grad():
+        p = (pred_mask_prob.flatten(1) >= threshold).float()
+        t = (true_mask.flatten(1) > 0.5).float()
+        inter = (p * t).sum(1)
+        union = p.sum(1) + t.sum(1) - inter
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return iou.pow(2)
+
+
+def iou_loss(pred: torch.Tensor, pred_mask_prob: torch.Tensor, true_mask: torch.Tensor,
+             threshold: float = 0.5) -> torch.Tensor:
+    """L1 between the IoU head's prediction `pred` (N,) (a squared IoU in [0, 1]) and `iou_target`."""
+    return F.l1_loss(pred.flatten(), iou_target(pred_mask_prob, true_mask, threshold).to(pred.dtype))

@@ -35,6 +35,10 @@ class TrainConfig(Settings):
     jitter_scale: tuple[float, ...] = setting([0.5, 1.5], "box jitter: side scale range", schema=PAIR)
     alpha: float = setting(0.7, "fused map alpha * salient + (1 - alpha) * transferred", minimum=0, maximum=1)
     smooth_weight: float = setting(0.05, "weight of the 8-neighbour smoothness term", minimum=0)
+    iou_start: float = setting(0.5, "fraction of the iterations after which the IoU head (predicted squared IoU "
+                                    "of the fused mask, L1 loss on the salient crops) trains; 1 = never",
+                               minimum=0, maximum=1)
+    iou_weight: float = setting(1.0, "weight of the IoU head's L1 loss", minimum=0)
     optimizer: str = setting("sgd", "sgd (momentum, weight decay, poly decay: the paper) | adam (AdamW, decoupled "
                                     "weight decay)", choices=OPTIMIZERS)
     lr: float = setting(0.004, "learning rate (poly decay)", exclusive_minimum=0)

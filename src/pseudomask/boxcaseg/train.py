@@ -9,6 +9,10 @@ runs from random weights.
 Training is counted in iterations and resumable as every trainer of the project (pseudomask.checkpoints): the
 resume state `<out>.resume.pt` is written every `checkpoint_every` iterations and at the end; its key leaves out
 the number of iterations, so a run with more iterations and otherwise the same settings extends a finished run.
+
+From `iou_start` x iters on, the IoU head (see .model) also trains: L1 between its output and the squared IoU
+of the thresholded fused mask with the salient mask, on the salient crops of each batch, weighted by
+`iou_weight`. Its input features are detached, so this term does not change the segmentation.
 """
 
 from __future__ import annotations
@@ -30,29 +34,42 @@ from ..files import atomic_path
 from ..optim import build_optimizer
 from ..stage import progress
 from .data import BoxCasegDataError, JointDataset, RatioBatchSampler, SalientFolder, box_items, collate
-from .losses import mil_loss, pixel_loss, smoothness, weak_loss
+from .losses import fused_probability, iou_loss, mil_loss, pixel_loss, smoothness, weak_loss
 from .model import STAGE, BoxCasegError, architecture, build_model, load_state, save_checkpoint
 from .settings import TrainConfig
 
-LOG_COLUMNS = ("iteration", "loss", "mil", "mil_box", "mil_salient", "smooth", "pixel", "lr", "seconds")
+LOG_COLUMNS = ("iteration", "loss", "mil", "mil_box", "mil_salient", "smooth", "pixel", "iou", "lr", "seconds")
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
     return base * (1.0 - it / max(total, 1)) ** power
 
 
-def train_step(model, batch: dict, cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-    """One forward pass and the BoxCaseg loss of a mixed batch: (loss, its parts as floats)."""
+def iou_on(it: int, cfg: TrainConfig) -> bool:
+    """Whether iteration `it` (0-based) trains the IoU head: from iou_start x iters on, never at iou_start 1."""
+    return cfg.iou_start < 1 and it >= cfg.iou_start * cfg.iters
+
+
+def train_step(model, batch: dict, cfg: TrainConfig, device: torch.device, iou: bool = False
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """One forward pass and the BoxCaseg loss of a mixed batch: (loss, its parts as floats). `iou` adds
+    iou_weight x the IoU head's L1 loss on the salient crops (the only ones with a true mask)."""
     img, box = batch["image"].to(device), batch["box"].to(device)
     sal = batch["salient"].to(device)
-    out = model(img, salient=sal)
+    heads = ("weak", "salient", "transferred") + (("iou",) if iou else ())
+    out = model(img, salient=sal, heads=heads)
     weak = out["weak"]
     loss = weak_loss(weak, box, cfg.smooth_weight)
-    parts = {"pixel": 0.0}
+    parts = {"pixel": 0.0, "iou": 0.0}
     if bool(sal.any()):
-        l_pix = pixel_loss(out["salient"], out["transferred"], batch["mask"].to(device)[sal], cfg.alpha)
+        mask = batch["mask"].to(device)[sal]
+        l_pix = pixel_loss(out["salient"], out["transferred"], mask, cfg.alpha)
         loss = loss + l_pix
         parts["pixel"] = l_pix.item()
+        if iou:
+            l_iou = iou_loss(out["iou"], fused_probability(out["salient"], out["transferred"], cfg.alpha), mask)
+            loss = loss + cfg.iou_weight * l_iou
+            parts["iou"] = l_iou.item()
     with torch.no_grad():
         parts["mil"] = float(mil_loss(weak, box))
         parts["smooth"] = float(smoothness(torch.sigmoid(weak)))
@@ -120,7 +137,7 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
         lr = poly_lr(cfg.lr, it, cfg.iters, cfg.poly_power)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, parts = train_step(model, next(batches), cfg, device)
+        loss, parts = train_step(model, next(batches), cfg, device, iou=iou_on(it, cfg))
         if not torch.isfinite(loss):
             raise BoxCasegError(f"BoxCaseg loss became {float(loss)} at iteration {it + 1}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
@@ -135,6 +152,7 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
     if start < cfg.iters:
         save_state(cfg.iters)
     model.eval()
+    model.iou_head_trained = iou_on(cfg.iters - 1, cfg)
     save_checkpoint(out, model, cfg.to_dict(), iteration=cfg.iters,
                     data={"box_instances": len(boxes), "salient_images": len(folder), "salient": str(salient)})
     write_log(loss_log, rows)

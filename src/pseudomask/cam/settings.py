@@ -29,11 +29,11 @@ class TrainSettings(Settings):
     input_size: int = setting(448, "images are resized to this square for the classifier (PRM: 448)", minimum=64)
     window: int = setting(3, "peak window r, in cells of the class response map (odd)", minimum=1)
     levels: tuple[int, ...] = setting([-1], "backbone levels feeding the class maps (-1: the last, as PRM)")
+    seed: int = setting(0, "seed of weights and batches")
     save_every: int = setting(100, "iterations between resume states (<model>.resume.pt, kept after the run)",
                               minimum=1)
     workers: int = setting(0, "image-loading processes", minimum=0)
     cache_mb: int = setting(1024, "decoded images kept in memory (per loading process)", minimum=0)
-    seed: int = setting(0, "seed of weights and batches")
     device: str = device_setting()
     cpu: dict = cpu_profile(CPU_PROFILE)
 

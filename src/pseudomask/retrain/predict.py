@@ -40,7 +40,7 @@ def find_config(checkpoint: str | os.PathLike, config: str | os.PathLike | None 
     with trusted_checkpoints():
         meta = torch.load(checkpoint, map_location="cpu").get("meta", {})
     if "cfg" not in meta:
-        raise RetrainError(f"{checkpoint}: no {CONFIG_NAME} beside it and no config in its metadata; pass --config")
+        raise RetrainError(f"{checkpoint}: no {CONFIG_NAME} beside it and no config in its metadata; pass --mmdet-config")
     return Config.fromstring(meta["cfg"], ".py")
 
 
