@@ -96,27 +96,3 @@ def test_merge_drop_artifact_does_not_depend_on_the_number_of_workers(demo_datas
     two = merge_drop(src, tmp_path / "two.h5", workers=2)
     assert one == two
     _same_artifacts(tmp_path / "one.h5", tmp_path / "two.h5")
-
-
-def _box_fill(rgb, recs):
-    from pseudomask.masks import box_mask
-
-    h, w = rgb.shape[:2]
-    return [{"mask": box_mask(r["bbox"], h, w), "status": "kept", "reason": "", "mean": float(rgb.mean())}
-            for r in recs]
-
-
-def test_a_batch_predict_over_images_writes_what_the_per_image_one_does(demo_dataset, tmp_path):
-    from pseudomask.stage import run_mask_stage
-
-    batches = []
-
-    def predict_batch(items):
-        batches.append(len(items))
-        return [_box_fill(rgb, recs) for rgb, recs in items]
-
-    kw = {"stage": "boxcaseg", "method": "t", "params": {}, "quality": "none"}
-    one = run_mask_stage(demo_dataset, tmp_path / "one.h5", _box_fill, **kw)
-    many = run_mask_stage(demo_dataset, tmp_path / "many.h5", predict_batch, batch_images=5, loaders=2, **kw)
-    _same_artifacts(one, many)
-    assert max(batches) == 5 and sum(batches) == len(demo_dataset.images)

@@ -82,20 +82,19 @@ def progress(items: Iterable, desc: str, total: int | None = None, unit: str = "
 
 
 def mask_image(predict: Predict, image: dict, path: str, records: list[dict], *, stage: str, out: str,
-               usable: Callable[[dict], bool] = usable, every_image: bool = False, quality: str | None = None,
-               rgb: np.ndarray | None = None) -> tuple[list[dict], np.ndarray, Any, list[str]]:
+               usable: Callable[[dict], bool] = usable, every_image: bool = False, quality: str | None = None
+               ) -> tuple[list[dict], np.ndarray, Any, list[str]]:
     """One image of `run_mask_stage` (in this process or in a worker): (rows, (K,H,W) masks, maps, log lines).
 
-    Reads the image at `path` (unless its pixels `rgb` are given), runs `predict` on the usable records and
-    fills every row's `quality`."""
+    Reads the image at `path`, runs `predict` on the usable records and fills every row's `quality`."""
     h, w = image["height"], image["width"]
     masks = np.zeros((len(records), h, w), np.uint8)
     rows = [dict(r) for r in records]
     todo = [i for i, r in enumerate(records) if usable(r)]
-    maps, notes = None, []
+    maps, notes, rgb = None, [], None
     if todo or every_image:
         try:
-            rgb = read_image(path) if rgb is None else rgb
+            rgb = read_image(path)
         except ImageError as e:
             for i in todo:
                 rows[i].update(status="failed", reason=str(e))
@@ -134,8 +133,6 @@ def run_mask_stage(
     every_image: bool = False,
     quality: str | None = None,
     workers: int = 1,
-    batch_images: int = 0,
-    loaders: int = 2,
 ) -> Path:
     """Run `predict` on each image's usable instances and write every instance to one artifact.
 
@@ -147,16 +144,8 @@ def run_mask_stage(
     `workers` > 1 spreads the images over that many spawned processes (`pseudomask.workers`): `predict` and
     `usable` must then be picklable (module-level functions or partials of them). Results are written in
     image order as they complete, a bounded number in flight, and do not depend on the number of workers
-    as long as `predict` is deterministic per image.
-
-    `batch_images` > 0 (GPU stages) makes `predict` a function of a batch: predict([(rgb, usable records),
-    ...]) -> one result per image (as a per-image `predict` returns), called on up to `batch_images` images
-    at a time, read ahead by `loaders` threads, so that one forward pass spans images."""
+    as long as `predict` is deterministic per image."""
     from .workers import ordered_map, worker_count
-
-    if batch_images > 0:
-        return _run_batched(ds, out, predict, stage=stage, method=method, params=params, inputs=inputs,
-                            usable=usable, quality=quality, batch_images=batch_images, loaders=loaders)
 
     by_image = ds.by_image()
     scorer = quality_scorer(quality)
@@ -177,55 +166,6 @@ def run_mask_stage(
                 w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
         finally:
             results.close()
-    return Path(out)
-
-
-def _read_or_none(path: str) -> np.ndarray | None:
-    try:
-        return read_image(path)
-    except (ImageError, OSError):
-        return None  # mask_image reads it again and reports the error
-
-
-def _run_batched(ds: Dataset, out: str | os.PathLike, predict_batch: Callable[[list], list], *, stage: str,
-                 method: str, params: Mapping[str, Any], inputs: Sequence[str | os.PathLike],
-                 usable: Callable[[dict], bool], quality: str | None, batch_images: int, loaders: int) -> Path:
-    """`run_mask_stage` with a batch predict: images grouped, read ahead by a thread pool, predicted together."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    by_image = ds.by_image()
-    scorer = quality_scorer(quality)
-    attrs = {"image_root": str(Path(ds.image_root).resolve()), "quality_source": stage, **quality_attrs(scorer)}
-    groups = [ds.images[k:k + batch_images] for k in range(0, len(ds.images), batch_images)]
-
-    def load(group: list[dict]) -> list[np.ndarray | None]:
-        return [_read_or_none(str(ds.image_path(im))) if any(usable(r) for r in by_image.get(im["id"], []))
-                else None for im in group]
-
-    with ThreadPoolExecutor(max(int(loaders), 1)) as pool, \
-            ArtifactWriter(out, stage=stage, method=method, params=params, inputs=inputs,
-                           categories=ds.categories, attrs=attrs) as w:
-        ahead = [pool.submit(load, g) for g in groups[:2]]
-        bar = progress(iter(()), desc=f"{stage}:{method}", total=len(ds.images))
-        for k, group in enumerate(groups):
-            rgbs = ahead.pop(0).result()
-            if k + 2 < len(groups):
-                ahead.append(pool.submit(load, groups[k + 2]))
-            todo = [(j, [r for r in by_image.get(im["id"], []) if usable(r)]) for j, im in enumerate(group)]
-            todo = [(j, recs) for j, recs in todo if recs and rgbs[j] is not None]
-            results = dict(zip((j for j, _ in todo), predict_batch([(rgbs[j], recs) for j, recs in todo]))) \
-                if todo else {}
-            for j, im in enumerate(group):
-                rows, masks, maps, notes = mask_image(lambda *_a, _r=results.get(j): _r, im, str(ds.image_path(im)),
-                                                      by_image.get(im["id"], []), stage=stage, out=str(out),
-                                                      usable=usable, quality=quality, rgb=rgbs[j])
-                for line in notes:
-                    print(line, file=sys.stderr)
-                w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
-                if hasattr(bar, "update"):
-                    bar.update(1)
-        if hasattr(bar, "close"):
-            bar.close()
     return Path(out)
 
 
