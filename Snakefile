@@ -23,9 +23,13 @@ include: "rules/box_priors.smk"
 include: "rules/mcg.smk"
 include: "rules/refine.smk"
 include: "rules/retrain.smk"
+include: "rules/hybrid.smk"
+include: "rules/crf.smk"
+include: "rules/rounds.smk"
 include: "rules/boxcaseg.smk"
 include: "rules/cam.smk"
 include: "rules/report.smk"
+include: "rules/annotation.smk"
 
 
 rule all:

@@ -17,7 +17,11 @@ side by side:
   precision of foreground pixels against GT on non-ignored pixels, the ignored fraction of box pixels and
   the mIoU where it decides (IoU over non-ignored pixels).
 
-    .venv/bin/python benchmarks/bench_box_priors.py [--limit N] [--no-mcg]
+With --sweep it first prints the tuning behind the GrabCut defaults: CPU ms per instance (process time, one
+thread) and mIoU of the stage's output for the previous defaults (5 + 2 iterations, min_side 80) and the
+candidates, overall and by image-id parity (chosen on the even ids, checked on the odd ones).
+
+    .venv/bin/python benchmarks/bench_box_priors.py [--limit N] [--no-mcg] [--sweep]
 """
 
 from __future__ import annotations
@@ -73,10 +77,39 @@ def stage_line(name: str, seconds: float, label: str, ev: dict, note: str = "") 
             f"medium {ev['miou_medium']:.3f} large {ev['miou_large']:.3f}{'  ' + note if note else ''}")
 
 
+SWEEP = {  # previous defaults, then the candidates: fewer iterations, smaller crops
+    "previous defaults (5 + 2 iterations, min_side 80)": dict(iterations=5, retry_iterations=2, min_side=80),
+    "3 + 1 iterations": dict(iterations=3, retry_iterations=1, min_side=80),
+    "2 + 1 iterations": dict(iterations=2, retry_iterations=1, min_side=80),
+    "1 + 1 iterations": dict(iterations=1, retry_iterations=1, min_side=80),
+    "1 + 1, min_side 64 (default)": dict(iterations=1, retry_iterations=1, min_side=64),
+    "1 + 1, max_side 144": dict(iterations=1, retry_iterations=1, min_side=80, max_side=144),
+    "5 + 2, max_side 128": dict(iterations=5, retry_iterations=2, min_side=80, max_side=128),
+    "core 0.75, 2 iterations, no retry": dict(iterations=2, core=0.75, retry_core=0.0, min_side=80),
+}
+
+
+def sweep(items: list, gt: GroundTruth) -> None:
+    """The GrabCut tuning table (see the module docstring); `items` are (image id, BGR image, records)."""
+    print("\n== GrabCut tuning: CPU per instance (one thread) and mIoU of the stage output; even / odd image ids")
+    print(f"{'':52s}{'ms/inst':>8s}  {'mIoU':>6s}  {'even':>6s}  {'odd':>6s}  {'retried':>7s}")
+    masks = {r["id"]: gt.mask(r["id"]) for _, _, recs in items for r in recs}
+    for name, kw in SWEEP.items():
+        p = GrabCutParams(**kw)
+        c = time.process_time()
+        outs = [(iid, r["id"], grabcut_instance(bgr, r["bbox"], p)) for iid, bgr, recs in items for r in recs]
+        cpu = (time.process_time() - c) / len(outs)
+        iou = np.array([mask_iou(o["mask"], masks[rid]) for _, rid, o in outs])
+        odd = np.array([iid % 2 for iid, _, _ in outs]) == 1
+        print(f"{name:52s}{cpu * 1000:8.1f}  {iou.mean():6.4f}  {iou[~odd].mean():6.4f}  {iou[odd].mean():6.4f}  "
+              f"{np.mean([o['retried'] for _, _, o in outs]):7.1%}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=0, help="only the first N images")
     ap.add_argument("--no-mcg", action="store_true", help="skip the MCG-style stage and agreement")
+    ap.add_argument("--sweep", action="store_true", help="first print the GrabCut tuning table")
     args = ap.parse_args()
     root = coco_dev()
     if not (root / "annotations.json").is_file():
@@ -98,6 +131,12 @@ def main() -> int:
     print(f"coco-dev: {len(ds.images)} images, {len(ds.instances)} instances ({root}); "
           f"OpenCV {cv2.__version__}, threads for the per-instance timing: 1")
     cv2.setNumThreads(1)
+    if args.sweep:
+        by_im = ds.by_image()
+        items = [(im["id"], cv2.cvtColor(read_image(ds.image_path(im)), cv2.COLOR_RGB2BGR), recs)
+                 for im in ds.images
+                 if (recs := [r for r in by_im.get(im["id"], []) if r["status"] not in ("failed", "ignored")])]
+        sweep(items, gt)
     fast, raw_p = GrabCutParams(), GrabCutParams(fallback="none", min_fill=0.0, min_box_iou=0.0, retry_core=0.0)
     no_retry = GrabCutParams(retry_core=0.0)
     rows = []

@@ -7,8 +7,10 @@ best one). Beside them, on the same images and the same proposals:
     the CAM rows is what the classifier's localisation costs, the rest is the proposals' and selection's;
   - box-supervised sources from the true boxes: the mcg stage's best proposal per box, GrabCut (the
     grabcut module's), the inscribed ellipse, the filled box.
-Pseudo masks are scored against the scenes' true masks (`detection_metrics.evaluate_detections`): CAM masks
-are ranked by their peak's CAM score, the others (one per true box) have score 1.
+Pseudo masks are scored against the scenes' true masks (`detection_metrics.evaluate_detections`): the CAM
+artifacts as `pseudomask evaluate` and the workflow's evaluate_masks score every tag-only artifact
+(`metrics.evaluate_tag_only`: kept masks ranked by their peak's CAM score), the others (one per true box) with
+score 1.
 
 With /work/shared/data/coco-dev present (or PSEUDOMASK_COCO_DEV), the same is run there too (64 real images,
 80 classes; random init, so expect little from the classifier); absent, that part says so and is skipped.
@@ -41,6 +43,7 @@ from pseudomask.grabcut import grabcut_image
 from pseudomask.images import read_image
 from pseudomask.masks import box_mask, ellipse_mask, rle_encode, segmentation_mask
 from pseudomask.mcg import run_mcg
+from pseudomask.metrics import evaluate_tag_only
 from pseudomask.proposals import read_proposals
 from pseudomask.store import Artifact
 
@@ -66,13 +69,6 @@ def gt_masks(gt: dict) -> dict[int, list[tuple[dict, np.ndarray]]]:
 
 def result(image_id: int, cat: int, mask: np.ndarray, score: float) -> dict:
     return {"image_id": image_id, "category_id": cat, "segmentation": rle_encode(mask), "score": float(score)}
-
-
-def cam_results(path: Path) -> tuple[list[dict], dict]:
-    with Artifact(path) as a:
-        res = [result(im["id"], r["category_id"], m, r["cam_score"])
-               for im, rows, masks in a.iter_images() for r, m in zip(rows, masks) if r["status"] == "kept"]
-        return res, a.status_counts()
 
 
 def oracle_results(gts, props_path: Path, mode: str) -> list[dict]:
@@ -119,11 +115,22 @@ def box_results(ds, gts, props_path: Path) -> dict[str, list[dict]]:
     return out
 
 
+def _row(ev: dict, n: int) -> dict:
+    return {k: ev[k] or 0.0 for k in ("apr_25", "apr_50", "apr_75", "abo")} | {"n": n}
+
+
 def score(gt_path: Path, res: list[dict]) -> dict:
     if not res:
         return {"apr_25": 0.0, "apr_50": 0.0, "apr_75": 0.0, "abo": 0.0, "n": 0}
-    ev = evaluate_detections(gt_path, res)
-    return {k: ev[k] or 0.0 for k in ("apr_25", "apr_50", "apr_75", "abo")} | {"n": len(res)}
+    return _row(evaluate_detections(gt_path, res), len(res))
+
+
+def cam_score(gt_path: Path, cam: Path) -> tuple[dict, dict]:
+    """The CAM artifact scored by the library's tag-only evaluation, and its status counts."""
+    with Artifact(cam) as a:
+        counts = a.status_counts()
+    ev = evaluate_tag_only(cam, gt_path)
+    return _row(ev, ev["predictions"]), counts
 
 
 def run(name: str, gt_path: Path, images: Path, work: Path, a) -> None:
@@ -153,9 +160,9 @@ def run(name: str, gt_path: Path, images: Path, work: Path, a) -> None:
         out = extract_peaks(ds, work / "model.pt", work / f"cam_{mode}.h5", props,
                             PeakSettings(select=mode, peak_threshold=a.peak_threshold, max_peaks=a.max_peaks))
         ext_s = (time.perf_counter() - t) / len(ds.images)
-        res, counts = cam_results(out)
+        m, counts = cam_score(gt_path, out)
         rows.append((f"CAM peaks, {mode} (WISE)" if mode == "sample" else f"CAM peaks, {mode}", "tags",
-                     score(gt_path, res), f"{ext_s:.2f} s/img; {counts}"))
+                     m, f"{ext_s:.2f} s/img; {counts}"))
     for mode in ("sample", "best"):
         rows.append((f"oracle peaks, {mode}", "points", score(gt_path, oracle_results(gts, props, mode)), ""))
     for src, res in box_results(ds, gts, props).items():

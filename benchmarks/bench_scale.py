@@ -16,9 +16,14 @@
    ratios: artifact bytes per instance against the same masks as COCO compressed RLE in JSON, read times,
    threads 2 / threads 1, GrabCut CPU per instance and mIoU, box-prior core-hours. Planning time
    (`snakemake -n`) is section 1: shard_size 1000 gives COCO's job count, shard_size 100 that of 10x COCO.
+4. Rehearsal: the same chain, threads 2, on one shard of --rehearsal real images (coco-dev repeated; 1,000 is
+   the full rehearsal, the default 200 fits a shared 2-core machine and is extrapolated to 1,000): wall, CPU,
+   disk and peak RSS per stage; then grabcut and merge-drop at threads 1 and 2 side by side on that shard
+   (threads 1, 2, 2, 1), the ratios the targets report (the 64-image shard is too small for merge-drop:
+   its work is about the cost of spawning the workers).
 
     .venv/bin/python benchmarks/bench_scale.py [--images 118287 --instances 860001 --shard-size 1000 100]
-        [--skip-dag] [--skip-grabcut] [--skip-costs]
+        [--skip-dag] [--skip-grabcut] [--skip-costs] [--rehearsal 200] [--threads-only]
 """
 
 from __future__ import annotations
@@ -314,8 +319,9 @@ def grabcut_miou(artifact: Path) -> float | None:
     return evaluate_pseudo(str(artifact), gt).get("miou")
 
 
-def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 1000) -> None:
-    """Measure the box-prior stages on coco-dev (one shard, threads 1 and 2) and print the cost table."""
+def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 1000, rehearsal: int = 0) -> None:
+    """Measure the box-prior stages on coco-dev (one shard, threads 1 and 2) and print the cost table; with
+    `rehearsal` images, then the rehearsal (`bench_rehearsal`) and its side-by-side threads ratios."""
     dev = coco_dev()
     if not (dev / "annotations.json").exists():
         print(f"{dev} not found: cost model not measured")
@@ -335,12 +341,13 @@ def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 
     mask_bytes = {s: masks_storage(out[s]) for s in BOX_PRIORS}
     start = {s: job_start_cpu(s, work) for s in BOX_PRIORS}
     two = {}
-    for s in ("grabcut", "mcg", "merge_drop"):
+    for s in ("mcg",) if rehearsal else ("grabcut", "mcg", "merge_drop"):  # the rest: side by side below
         p = dict(ports[s], out=work / f"{s}-t2.h5")
         two[s] = run_stage_cli(s, p, 2, work)
     rle, n_rle = rle_json_bytes(out["grabcut"])
     reads = read_times(out["grabcut"])
     miou = grabcut_miou(out["grabcut"])
+    side_by_side = bench_rehearsal(work, rehearsal) if rehearsal else []
 
     print(f"\n== measured on coco-dev: one shard of {n_img} real COCO images, {n_inst} instances; each stage by its "
           "CLI, threads 1 (CPU = whole process tree)")
@@ -398,13 +405,107 @@ def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 
     for s, r in two.items():
         ratio = r["wall"] / m1[s]["wall"]
         print(f"{s}: threads 2 {r['wall']:.1f} s wall vs threads 1 {m1[s]['wall']:.1f} s: ratio {ratio:.2f} "
-              f"(target <= 0.6); CPU {r['cpu']:.1f} s vs {m1[s]['cpu']:.1f} s")
+              f"(target <= 0.6); CPU {r['cpu']:.1f} s vs {m1[s]['cpu']:.1f} s ({n_img} images)")
+    for line in side_by_side:
+        print(line)
     print(f"grabcut CPU per instance {gc_ms:.1f} ms (target <= 25): ratio {gc_ms / 25:.2f}; mIoU on coco-dev "
           f"{miou if miou is None else round(miou, 3)} (0.661 before)")
     print(f"box priors for COCO train {totals[scale[0]][0]:.1f} core-hours (target < 40): ratio "
           f"{totals[scale[0]][0] / 40:.2f}")
     print(f"load average during the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
           "(other work shares the machine: wall-time ratios are upper bounds)")
+
+
+def coco_dev_images(out: Path, n_images: int) -> Path:
+    """COCO JSON of n_images real images: coco-dev's images with boxes, repeated under new ids."""
+    src = json.loads((coco_dev() / "annotations.json").read_text())
+    used = [im for im in src["images"] if any(a["image_id"] == im["id"] for a in src["annotations"])]
+    images, anns = [], []
+    for k in range(n_images):
+        im = used[k % len(used)]
+        new_id = (k // len(used)) * 1_000_000 + im["id"]
+        images.append({**im, "id": new_id})
+        for a in src["annotations"]:
+            if a["image_id"] == im["id"]:
+                anns.append({**a, "id": len(anns) + 1, "image_id": new_id})
+    path = out / f"coco-dev-{n_images}-images.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": src["categories"]}))
+    return path
+
+
+def disk_bytes(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def bench_rehearsal(work: Path, n_images: int, threads: int = 2, full: int = 1000, chain: bool = True) -> list[str]:
+    """The box-prior chain by its CLIs, `threads` each, on one shard of `n_images` real images (coco-dev
+    repeated): wall, CPU, disk and peak RSS per stage, extrapolated linearly to `full` images when smaller.
+    Then grabcut and merge-drop at threads 1 and 2 side by side (A B B A: threads 1, 2, 2, 1, so that a
+    load that drifts during the run hits both alike); returns those ratio lines for the targets. Without
+    `chain` only grabcut and validity run first (merge-drop's input), unreported."""
+    dev = coco_dev()
+    ann = coco_dev_images(work, n_images)
+    manifest = ingest(ann, dev / "images", work / "rehearsal", shard_size=10**9)
+    shard = work / "rehearsal" / f"{manifest['shards'][0]}.h5"
+    n_img, n_inst = manifest["images"], manifest["instances"]
+    out = {s: work / f"rehearsal-{s}.h5" for s in BOX_PRIORS}
+    ports = {"grabcut": {"shard": shard, "out": out["grabcut"]}, "mcg": {"shard": shard, "out": out["mcg"]},
+             "agree": {"grabcut": out["grabcut"], "mcg": out["mcg"], "out": out["agree"]},
+             "validity": {"masks": out["grabcut"], "out": out["validity"]},
+             "merge_drop": {"masks": out["validity"], "out": out["merge_drop"]}}
+    if not chain:
+        for s in ("grabcut", "validity"):
+            run_stage_cli(s, ports[s], threads, work)
+        return side_by_side(work, ports, n_img)
+    t0 = time.perf_counter()
+    runs = {s: run_stage_cli(s, ports[s], threads, work) for s in BOX_PRIORS}
+    total_wall = time.perf_counter() - t0
+    k = full / n_img
+    print(f"\n== rehearsal: the box-prior chain by its CLIs, threads {threads}, on one shard of {n_img} real images "
+          f"(coco-dev repeated), {n_inst} instances" + (f"; x{k:.3g} = extrapolated to {full} images" if k != 1 else ""))
+    print(f"{'stage':<11} {'wall s':>7} {'CPU s':>7} {'disk MiB':>9} {'peak RSS MiB':>12}"
+          + (f" {'wall s x' + format(k, '.3g'):>10} {'CPU s x' + format(k, '.3g'):>10} {'disk MiB x' + format(k, '.3g'):>12}"
+             if k != 1 else ""))
+    tot = {"wall": 0.0, "cpu": 0.0, "disk": 0}
+    for s in BOX_PRIORS:
+        r, d = runs[s], disk_bytes(out[s])
+        tot["wall"] += r["wall"]
+        tot["cpu"] += r["cpu"]
+        tot["disk"] += d
+        print(f"{s:<11} {r['wall']:>7.1f} {r['cpu']:>7.1f} {d / 2**20:>9.1f} {r['rss'] / 2**20:>12.0f}"
+              + (f" {r['wall'] * k:>10.0f} {r['cpu'] * k:>10.0f} {d * k / 2**20:>12.1f}" if k != 1 else ""))
+    print(f"{'chain':<11} {tot['wall']:>7.1f} {tot['cpu']:>7.1f} {tot['disk'] / 2**20:>9.1f} {'':>12}"
+          + (f" {tot['wall'] * k:>10.0f} {tot['cpu'] * k:>10.0f} {tot['disk'] * k / 2**20:>12.1f}" if k != 1 else "")
+          + f"   (elapsed {total_wall:.0f} s)")
+    miou = grabcut_miou_of(out["grabcut"], ann)
+    if miou is not None:
+        print(f"grabcut mIoU on the rehearsal shard {miou:.3f}")
+    return side_by_side(work, ports, n_img)
+
+
+def side_by_side(work: Path, ports: dict, n_img: int) -> list[str]:
+    """grabcut and merge-drop at threads 1 and 2, run as 1, 2, 2, 1: the ratio lines of the targets."""
+    lines = []
+    for s in ("grabcut", "merge_drop"):
+        walls: dict[int, list[float]] = {1: [], 2: []}
+        cpus: dict[int, list[float]] = {1: [], 2: []}
+        for t in (1, 2, 2, 1):
+            r = run_stage_cli(s, dict(ports[s], out=work / f"rehearsal-{s}-t{t}.h5"), t, work)
+            walls[t].append(r["wall"])
+            cpus[t].append(r["cpu"])
+        w1, w2 = np.mean(walls[1]), np.mean(walls[2])
+        lines.append(f"{s}: threads 2 {w2:.1f} s wall vs threads 1 {w1:.1f} s, side by side on {n_img} images (run "
+                     f"as 1, 2, 2, 1; walls threads 1 {walls[1][0]:.1f}, {walls[1][1]:.1f}, threads 2 {walls[2][0]:.1f}, "
+                     f"{walls[2][1]:.1f}): ratio {w2 / w1:.2f} (target <= 0.6); CPU {np.mean(cpus[2]):.1f} s vs "
+                     f"{np.mean(cpus[1]):.1f} s: ratio {np.mean(cpus[2]) / np.mean(cpus[1]):.2f}, so with two free "
+                     f"cores at best {np.mean(cpus[2]) / np.mean(cpus[1]) / 2:.2f}")
+    return lines
+
+
+def grabcut_miou_of(artifact: Path, gt: Path) -> float | None:
+    from pseudomask.metrics import evaluate_pseudo
+
+    return evaluate_pseudo(str(artifact), gt, panoptic=False).get("miou")
 
 
 def main() -> int:
@@ -418,6 +519,10 @@ def main() -> int:
     ap.add_argument("--skip-dag", action="store_true")
     ap.add_argument("--skip-grabcut", action="store_true")
     ap.add_argument("--skip-costs", action="store_true", help="skip the cost model (box-prior stages on coco-dev)")
+    ap.add_argument("--threads-only", action="store_true",
+                    help="only the side-by-side threads ratios of grabcut and merge-drop on the rehearsal shard")
+    ap.add_argument("--rehearsal", type=int, default=200, metavar="IMAGES",
+                    help="images of the rehearsal shard (coco-dev repeated; 1000 for the full one; 0 = none)")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -447,8 +552,13 @@ def main() -> int:
                     print(f"{n:>9} {n_img:>7} {t:>7.1f} {rss / 2**20:>13.0f}")
                 (n0, _, _, r0), (n1, _, _, r1) = rows[0], rows[-1]
                 print(f"RSS ratio {n1} / {n0} instances: {r1 / r0:.2f} (shard {n1 / n0:.0f}x larger)")
-        if not args.skip_costs:
-            bench_costs(work)
+        if args.threads_only:
+            print(f"load average before: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+            for line in bench_rehearsal(work, args.rehearsal or 200, chain=False):
+                print(line)
+            print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        elif not args.skip_costs:
+            bench_costs(work, rehearsal=args.rehearsal)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

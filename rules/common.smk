@@ -12,6 +12,7 @@ RESOURCES = config["resources"]
 
 wildcard_constraints:
     shard=r"s\d+",
+    round=r"[2-9]|[1-9]\d+",  # rounds 2.. (rules/rounds.smk); round 1 is the rules without it
 
 
 def settings(stage):
@@ -53,9 +54,60 @@ def ground_truth():
     return config["dataset"]["ground_truth"]
 
 
+def strong_file():
+    """dataset.strong as input files: the one file, or none."""
+    return [config["dataset"]["strong"]] if config["dataset"]["strong"] else []
+
+
+def scorer_model():
+    """The quality model of select and merge_drop: scorer_train's, when the dataset has strong images."""
+    return f"{R}/quality/scorer.json" if config["dataset"]["strong"] else []
+
+
 def test_annotations():
     """The COCO JSON whose images the retrained model predicts: workflow.test_annotations, else the export."""
     return config["workflow"]["test_annotations"] or f"{R}/export/pseudo.json"
+
+
+def rounds():
+    """How many rounds of pseudo labels and Mask R-CNN run (retrain.rounds; rules/rounds.smk)."""
+    return int(config["retrain"]["rounds"]) if config["workflow"]["retrain"] else 1
+
+
+def round_dir(k):
+    """Round k's folder: results itself for round 1, results/round<k> for the later rounds."""
+    return R if int(k) == 1 else f"{R}/round{k}"
+
+
+def this_round(path):
+    """`path` (with {shard} where per shard) in the folder of the rule's round."""
+    return f"{R}/round{{round}}/{path}"
+
+
+def previous_round(path):
+    """Input function: `path` (with {shard} where per shard) in the folder of the round before the rule's."""
+
+    def inner(wildcards):
+        return f"{round_dir(int(wildcards.round) - 1)}/{path.format(shard=wildcards.get('shard', ''))}"
+
+    return inner
+
+
+def round_shards(path):
+    """Input function: `path` (with {shard}) of the rule's round, for every shard."""
+
+    def inner(wildcards):
+        return expand(this_round(path), shard=shard_names(), round=wildcards.round)
+
+    return inner
+
+
+def train_predictions(wildcards):
+    """The previous round's detections on the training images: its test-set predictions when those are the
+    training images (no workflow.test_annotations), else a prediction run of their own."""
+    if not config["workflow"]["test_annotations"] and not config["workflow"]["test_images"]:
+        return previous_round("retrain/predictions.json")(wildcards)
+    return f"{R}/round{wildcards.round}/train_predictions.json"
 
 
 def final_targets(wildcards):
@@ -69,13 +121,24 @@ def final_targets(wildcards):
         t += expand(mask_artifact("select"), shard=shards)
     else:
         t += expand(mask_artifact("cam"), shard=shards)
+    if config["workflow"]["crf_source"]:
+        t += expand(mask_artifact("crf"), shard=shards)
     t += expand(mask_artifact("merge_drop"), shard=shards)
     t += [f"{R}/export/pseudo.json", f"{R}/report/report.html"]
-    if ground_truth() and supervision() == "boxes":
-        # id-matched mask quality; tag-only instances have no GT ids (benchmarks/bench_cam.py scores them by AP^r)
+    if config["workflow"]["annotate"]:
+        t += [f"{R}/annotation/job.json"]
+    if ground_truth():
+        # boxes: id-matched mask quality; tags: the CAM masks as scored predictions (AP^r, ABO, COCO AP); both PQ
         t += [f"{R}/evaluate/pseudo_masks.json"]
-    if config["workflow"]["retrain"]:
-        t += [f"{R}/retrain/predictions.json"]
+    if config["workflow"]["retrain"] and config["retrain"]["recipe"] == "hybrid":
+        # hybrid networks (rules/hybrid.smk): two branches fused by size instead of the one Mask R-CNN
+        t += [f"{R}/hybrid/predictions.json"]
         if config["workflow"]["test_annotations"] or ground_truth():
-            t += [f"{R}/evaluate/model.json"]
+            t += [f"{R}/evaluate/hybrid.json"]
+    elif config["workflow"]["retrain"]:
+        t += [f"{round_dir(rounds())}/retrain/predictions.json"]
+        for k in range(2, rounds() + 1):  # every round's figures, for the report
+            t += [f"{round_dir(k)}/evaluate/pseudo_masks.json"] if ground_truth() else []
+        if config["workflow"]["test_annotations"] or ground_truth():
+            t += [f"{round_dir(k)}/evaluate/model.json" for k in range(1, rounds() + 1)]
     return t

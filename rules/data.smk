@@ -24,6 +24,7 @@ checkpoint ingest:
     input:
         annotations=config["dataset"]["annotations"],
         images=config["dataset"]["images"],
+        strong=config["dataset"]["strong"] or [],
     output:
         manifest=f"{R}/ingest/manifest.json",
         shards=directory(f"{R}/ingest/shards"),

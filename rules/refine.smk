@@ -4,6 +4,7 @@
 rule merge_drop:
     input:
         masks=mask_artifact(config["workflow"]["merge_drop_source"]),
+        scorer=scorer_model(),
     output:
         out=mask_artifact("merge_drop"),
     params:
@@ -25,6 +26,7 @@ rule export:
         artifacts=per_shard(mask_artifact("merge_drop")),
     output:
         out=f"{R}/export/pseudo.json",
+        **({"panoptic_json": f"{R}/export/pseudo_panoptic.json"} if settings("export")["panoptic"] else {}),
     params:
         settings=settings("export"),
     log:
@@ -62,6 +64,7 @@ rule evaluate_masks:
 rule select:
     input:
         masks=[mask_artifact(s) for s in config["workflow"]["select_sources"]],
+        scorer=scorer_model(),
     output:
         out=mask_artifact("select"),
     params:
@@ -72,6 +75,25 @@ rule select:
     resources:
         mem_mb=res("select", "mem_mb"),
         runtime=res("select", "runtime"),
+    conda:
+        "../envs/cv.yaml"
+    script:
+        "../scripts/run_stage.py"
+
+
+rule scorer_train:
+    input:
+        shards=per_shard(f"{R}/ingest/shards/{{shard}}.h5"),
+    output:
+        model=f"{R}/quality/scorer.json",
+    params:
+        settings=settings("scorer_train"),
+    log:
+        f"{LOGS}/scorer_train.log",
+    threads: res("scorer_train", "threads")
+    resources:
+        mem_mb=res("scorer_train", "mem_mb"),
+        runtime=res("scorer_train", "runtime"),
     conda:
         "../envs/cv.yaml"
     script:

@@ -8,6 +8,9 @@ rule report:
         artifacts=lambda wildcards: [f"{R}/ingest/shards"]
         + [t for t in final_targets(wildcards) if t.endswith(".h5")],
         ground_truth=lambda wildcards: ground_truth() or [],
+        cost=f"{R}/annotation/cost.json",
+        choice=f"{R}/annotation/choice.json" if config["workflow"]["annotate"] else [],
+        evaluations=lambda wildcards: [t for t in final_targets(wildcards) if "/evaluate/" in t],
     output:
         out=report(f"{R}/report/report.html", category="Report", labels={"file": "pseudomask report"}),
     params:

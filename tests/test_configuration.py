@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pseudomask.cli import build_parser
-from pseudomask.configuration import (README_FILE, SCHEMA_FILE, SECTIONS, Resources, complete_config,
+from pseudomask.configuration import (DOCS_INDEX, README_FILE, SCHEMA_FILE, docs_stage_index, SECTIONS, Resources, complete_config,
                                       default_config, generated_files, readme_with_table, stage_settings)
 from pseudomask.settings import SettingsError, defaults, option
 from pseudomask.stages import STAGES
@@ -23,6 +23,8 @@ def test_generated_files_are_up_to_date():
         assert (REPO / rel).read_text() == text, f"{rel} is stale: run `python -m pseudomask.configuration`"
     readme = (REPO / README_FILE).read_text()
     assert readme_with_table(readme, REPO) == readme, "README's stage table is stale"
+    index = (REPO / DOCS_INDEX).read_text()
+    assert readme_with_table(index, REPO, docs_stage_index()) == index, "docs/README.md's stage list is stale"
     assert "<!-- stage-table: generated -->" in readme
 
 

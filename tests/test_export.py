@@ -128,3 +128,36 @@ def test_sparse_rle_is_byte_identical_to_pycocotools():
         (span,), (has,) = fg_boxes(m[None])
         want = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         assert sparse_rle(m, span if has else None) == {"size": list(m.shape), "counts": want["counts"].decode()}
+
+
+def test_panoptic_export_of_merge_drop_shards(tmp_path, demo, demo_shard):
+    """merge_drop masks do not overlap: every kept instance is one thing segment with exactly its merged
+    foreground; mask-ignored (dropped) foreground and ignore rings are VOID; the PNGs decode to that map."""
+    from pseudomask.images import read_image
+    from pseudomask.panoptic import panoptic_folder, rgb_to_id
+
+    src = perturbed_gt_source(demo, demo_shard, tmp_path / "agree.h5", stage="agree", ignore_ring=True)
+    merge_drop(src, tmp_path / "md.h5", threshold=0.95)
+    pan = tmp_path / "pan.json"
+    export_coco([tmp_path / "md.h5"], tmp_path / "pseudo.json", pan)
+    data = json.loads(pan.read_text())
+    assert all(c["isthing"] == 1 for c in data["categories"])
+    kept = dropped = 0
+    with Artifact(tmp_path / "md.h5") as md:
+        assert sorted(a["image_id"] for a in data["annotations"]) == sorted(md.image_ids)
+        for ann in data["annotations"]:
+            ids = rgb_to_id(read_image(panoptic_folder(pan) / ann["file_name"]))
+            masks = md.masks(ann["image_id"])
+            rows = md.records(ann["image_id"])
+            seg_of = {s["instance_ids"][0]: s for s in ann["segments_info"]}
+            for k, r in enumerate(rows):
+                if r["status"] == "kept":
+                    s = seg_of[r["id"]]
+                    assert np.array_equal(ids == s["id"], masks[k] == 1) and s["area"] == (masks[k] == 1).sum()
+                    assert s["category_id"] == r["category_id"] and s["iscrowd"] == 0
+                    kept += 1
+                else:
+                    assert r["id"] not in seg_of and (ids[masks[k] == 1] == 0).all()
+                    dropped += r["status"] == "dropped"
+                assert (ids[(masks[k] == 255) & ~(masks == 1).any(0)] == 0).all()
+    assert kept and dropped

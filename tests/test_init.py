@@ -27,7 +27,7 @@ def test_demo_config_is_complete_valid_and_commented(demo, tmp_path):
     assert complete_config(cfg) == cfg  # every key written, and the workflow's check passes
     assert cfg["dataset"] == {"annotations": str((demo / "annotations.json").resolve()),
                               "images": str((demo / "images").resolve()), "supervision": "boxes",
-                              "ground_truth": "", "salient": ""}
+                              "ground_truth": "", "salient": "", "strong": ""}
     assert cfg["ingest"]["shard_size"] == 2 and cfg["workflow"]["boxcaseg"] is False
     default = default_config()
     assert {k: v for k, v in cfg.items() if k not in ("dataset", "ingest", "workflow")} == \
@@ -105,3 +105,16 @@ def test_cli_prints_counts_and_the_command(demo, tmp_path, capsys):
     assert "images      8" in printed and "shards      4" in printed and "missing     0" in printed
     assert f"snakemake --cores all --configfile {out}" in printed
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_strong_masks_are_checked_at_init_and_written(demo, tmp_path):
+    ids = tmp_path / "strong.txt"
+    ids.write_text("1\n2\n")
+    facts = init_config(demo / "annotations.json", demo / "images", tmp_path / "a.yaml", strong=str(ids))
+    assert _read(tmp_path / "a.yaml")["dataset"]["strong"] == str(ids.resolve())
+    n = sum(a["image_id"] in (1, 2) for a in json.loads((demo / "annotations.json").read_text())["annotations"])
+    assert facts["strong"] == n > 0
+    ids.write_text("1\n999\n")
+    with pytest.raises(Exception, match="image 999 is not an image of the dataset"):
+        init_config(demo / "annotations.json", demo / "images", tmp_path / "b.yaml", strong=str(ids))
+    assert not (tmp_path / "b.yaml").exists()

@@ -70,9 +70,39 @@ def test_artifact_prediction_and_unrelated_ids(tmp_path):
                 for a in gt["annotations"]]
         w.add_image(gt["images"][0], rows, masks)
     assert evaluate_pseudo(tmp_path / "a.h5", p)["miou"] == pytest.approx(0.625)
-    bad = {**gt, "annotations": [{**gt["annotations"][0], "id": 99}]}
-    with pytest.raises(PseudomaskError, match="none of its instance ids"):
-        evaluate_pseudo(bad, p)
+    # no id is an annotation id: the masks are unmatched predictions (tag-only), score 1 without a cam_score;
+    # the one mask is the big square exactly: 1 of 2 instances found first -> AP^r 0.5
+    unmatched = {**gt, "annotations": [{**gt["annotations"][0], "id": 99}]}
+    r = evaluate_pseudo(unmatched, p)
+    assert r["mode"] == "tag_only" and r["apr_50"] == pytest.approx(0.5) and r["predictions"] == 1
+    elsewhere = {**unmatched, "images": [{**gt["images"][0], "id": 2}],
+                 "annotations": [{**unmatched["annotations"][0], "image_id": 2}]}
+    with pytest.raises(PseudomaskError, match="image 2, not in the ground truth"):
+        evaluate_pseudo(elsewhere, p)
+
+
+def test_panoptic_quality_of_id_matched_masks(tmp_path):
+    p, gt = _gt(tmp_path)
+    gt["categories"] = gt["categories"] + [{"id": 2, "name": "sky", "isthing": 0}]
+    p.write_text(json.dumps(gt))
+    h, w = 100, 120
+    # big: the box fill (IoU 1); small: its 20x20 box fill (IoU 100 / 400 = 0.25: no match, a FP and a FN);
+    # an extra mask on the background (an id the GT lacks): a FP, the background is not VOID
+    extra = box_mask([90, 10, 20, 20], h, w)
+    sky = np.zeros((h, w), np.uint8)
+    sky[:5] = 1  # a stuff class the GT has no masks of: left unscored
+    pseudo = _pseudo(gt, [box_mask(a["bbox"], h, w) for a in gt["annotations"]])
+    pseudo["annotations"] += [{**pseudo["annotations"][0], "id": 50, "bbox": [90, 10, 20, 20],
+                               "segmentation": rle_encode(extra)},
+                              {**pseudo["annotations"][0], "id": 51, "category_id": 2, "bbox": [0, 0, 120, 5],
+                               "segmentation": rle_encode(sky)}]
+    r = evaluate_pseudo(pseudo, p)
+    assert r["mode"] == "id_matched" and r["miou"] == pytest.approx((1.0 + 0.25) / 2)
+    # class 1: TP 1 (IoU 1), FP 2, FN 1 -> PQ = SQ x RQ = 1 x 1 / (1 + 1 + 0.5)
+    assert (r["pq_tp"], r["pq_fp"], r["pq_fn"]) == (1, 2, 1)
+    assert r["pq"] == pytest.approx(1 / 2.5) and r["sq"] == 1.0 and r["rq"] == pytest.approx(1 / 2.5)
+    assert r["pq_stuff"] is None and r["pq_unscored_categories"] == 1
+    assert evaluate_pseudo(p, p)["pq"] == 1.0
 
 
 def test_results_list_is_recognised(tmp_path):

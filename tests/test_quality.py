@@ -178,3 +178,32 @@ def test_merge_drop_image_rejects_nothing_without_a_quality_function():
     _, rows = merge_drop_image(m, [{"id": 1, "bbox": [5, 5, 10, 10], "status": "kept", "reason": ""}], 0.9,
                                criterion="quality")
     assert rows[0]["status"] == "dropped" and "no predicted quality" in rows[0]["reason"]
+
+
+def test_the_choice_model_ranks_within_a_box_and_survives_json(tmp_path):
+    from pseudomask.quality.scorer import CHOICE_FEATURES, choice_features
+    from pseudomask.quality.training import box_relative, train
+
+    rng = np.random.default_rng(0)
+    n_box, per = 60, 4
+    x = rng.uniform(0, 1, (n_box * per, len(FEATURES)))
+    # the true IoU follows `fill` plus a per-box offset that no feature sees: only the ranking within a box
+    # is learnable, so the choice model's targets (IoU minus the box mean) are what it must fit
+    offset = np.repeat(rng.uniform(-0.3, 0.3, n_box), per)
+    y = np.clip(0.4 + 0.4 * x[:, FILL] + offset, 0, 1)
+    data = {"x_single": x, "x_cross": x, "y": y, "instance": np.repeat(np.arange(n_box), per),
+            "image": np.repeat(np.arange(n_box), per), "name": np.array(["grabcut"] * len(y)),
+            "proxy": y}
+    xr, yr = box_relative(data, np.ones(len(y), bool))
+    assert xr.shape == (len(y), len(CHOICE_FEATURES))
+    assert np.allclose(yr.reshape(n_box, per).mean(1), 0)
+    s = train(data)
+    assert s.choice is not None and s.choice.features == CHOICE_FEATURES
+    box = rng.uniform(0, 1, (per, len(FEATURES)))
+    box[:, FILL] = [0.1, 0.9, 0.5, 0.3]
+    assert int(np.argmax(s.rank(box))) == 1
+    assert np.allclose(choice_features(box)[:, len(FEATURES):].mean(0), 0)
+    back = Scorer.load(s.save(tmp_path / "m.json"))
+    assert np.allclose(back.rank(box), s.rank(box)) and np.allclose(back.predict(box), s.predict(box))
+    best, why = choose(["a", "b", "c", "d"], s.predict(box), s.rank(box))
+    assert best == 1 and why.startswith("first by the choice model")

@@ -173,3 +173,100 @@ def test_keep_rate_curves_and_lowest_quality():
             "status": np.array(["kept", "kept", "kept", "dropped"]), "shard": np.array(["s"] * 4, object)}
     assert [i for _, i, _ in lowest_quality(qual, 3)] == [6, 5, 7]
     assert lowest_quality({}, 3) == []
+
+
+def test_tag_only_masks_are_scored_as_unmatched_predictions(demo, tmp_path):
+    """A cam-stage artifact (instances without ground-truth ids) gets AP^r rather than id-matched mIoU:
+    the true masks themselves under new ids score AP^r 1, the same masks shifted off their objects 0."""
+    import json
+
+    from pseudomask.masks import segmentation_mask
+    from pseudomask.store import ArtifactWriter
+
+    data = json.loads((demo / "annotations.json").read_text())
+    by_image = {}
+    for a in data["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    figures = {}
+    for name, shift in (("exact", 0), ("shifted", 200)):
+        path = tmp_path / name / "cam" / "s00000.h5"
+        path.parent.mkdir(parents=True)
+        with ArtifactWriter(path, stage="cam", method="peak-proposals", params={}, categories=data["categories"],
+                            attrs={"image_root": str(demo / "images")}) as w:
+            for im in data["images"]:
+                anns = by_image.get(im["id"], [])
+                masks = np.stack([np.roll(segmentation_mask(a["segmentation"], im["height"], im["width"]), shift, 1)
+                                  for a in anns]) if anns else np.zeros((0, im["height"], im["width"]), np.uint8)
+                rows = [{"id": 10 ** 6 + a["id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                         "status": "kept", "reason": "", "cam_score": 1.0} for a in anns]
+                w.add_image(im, rows, masks, tags=sorted({a["category_id"] for a in anns}))
+        out = build_report(tmp_path / name, tmp_path / f"{name}.html", ground_truth=demo / "annotations.json")
+        html = out.read_text()
+        assert "Tag-only pseudo masks against ground truth" in html
+        row = re.search(r"<tr><td>cam</td>(.*?)</tr>", html.split("Tag-only pseudo masks")[1]).group(1)
+        figures[name] = [c for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+    n = str(len(data["annotations"]))
+    assert figures["exact"][:2] == [n, n]
+    assert float(figures["exact"][3]) == pytest.approx(1.0)   # AP^r at .5
+    assert float(figures["shifted"][3]) < 0.2
+
+
+def test_annotation_section_shows_cost_budget_and_the_chosen_images(results, tmp_path):
+    import json
+
+    from pseudomask.stages import STAGES
+
+    cost, choice = tmp_path / "cost.json", tmp_path / "choice.json"
+    st = STAGES["annotation_cost"]
+    st(st.resolve(), shards=[str(results / "ingest" / "shards" / "s00000.h5")], out=str(cost))
+    st = STAGES["choose_images"]
+    st(st.resolve({"count": 3}), masks=[str(results / "merge_drop" / "s00000.h5")], cost=str(cost),
+       out=str(choice))
+    chosen = json.loads(choice.read_text())["chosen"]
+    assert len(chosen) == 3
+    page = build_report(results, tmp_path / "r.html", cost=cost, choice=choice).read_text()
+    section = page.split("Annotation: cost and the images to annotate next")[1].split("<h2>")[0]
+    full = json.loads(cost.read_text())["seconds"]["full_masks"]
+    assert "masks for the whole dataset" in section and f"{full:.4g}" in section.replace(",", "")
+    assert "3 of " in section
+    for r in chosen:
+        assert f"alt='image {r['image_id']}'" in section
+    assert len(_images(section)) == 3
+    assert "Annotation: cost" not in build_report(results, tmp_path / "r2.html").read_text()
+
+
+def test_evaluation_section_lists_every_round(results, demo, tmp_path):
+    """The evaluate stages' JSON files, by round: pseudo-mask mIoU and a model's AP (here: the true masks
+    given as detections, AP 1)."""
+    import json
+    import shutil
+
+    from pseudomask.masks import rle_encode, segmentation_mask
+    from pseudomask.stages import STAGES
+
+    gt = demo / "annotations.json"
+    r1 = tmp_path / "results" / "evaluate"
+    st = STAGES["evaluate_masks"]
+    st(st.resolve(), pseudo=str(results / "merge_drop" / "s00000.h5"), ground_truth=str(gt),
+       out=str(r1 / "pseudo_masks.json"))
+    data = json.loads(gt.read_text())
+    ims = {im["id"]: im for im in data["images"]}
+    preds = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
+              "segmentation": rle_encode(segmentation_mask(a["segmentation"], ims[a["image_id"]]["height"],
+                                                           ims[a["image_id"]]["width"]))}
+             for a in data["annotations"]]
+    (tmp_path / "pred.json").write_text(json.dumps(preds))
+    st = STAGES["evaluate_model"]
+    st(st.resolve(), predictions=str(tmp_path / "pred.json"), ground_truth=str(gt), out=str(r1 / "model.json"))
+    r2 = tmp_path / "results" / "round2" / "evaluate"
+    r2.mkdir(parents=True)
+    shutil.copy(r1 / "pseudo_masks.json", r2 / "pseudo_masks.json")
+    files = [r1 / "pseudo_masks.json", r1 / "model.json", r2 / "pseudo_masks.json"]
+    page = build_report(results, tmp_path / "r.html", evaluations=files).read_text()
+    section = page.split("Evaluation by round")[1].split("<h2>")[0]
+    miou = json.loads((r1 / "pseudo_masks.json").read_text())["miou"]
+    rows = re.findall(r"<tr><td class='n'>(\d)</td><td>([^<]+)</td>(.*?)</tr>", section)
+    assert [(r, f) for r, f, _ in rows] == [("1", "evaluate/pseudo_masks.json"), ("2", "round2/evaluate/pseudo_masks.json"),
+                                            ("1", "evaluate/model.json")]
+    assert f"{miou:.3f}" in rows[0][2] and f"{miou:.3f}" in rows[1][2]
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", rows[2][2])[0] == "1.000"  # segm AP of the true masks

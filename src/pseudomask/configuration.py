@@ -54,10 +54,14 @@ class DatasetSettings(Settings):
     ground_truth: str = setting("resources/demo/annotations.json", "COCO JSON with true masks, for evaluation "
                                                                    "only; \"\" = none")
     salient: str = setting("resources/demo/salient", "DUTS-style images/ + masks/ folder for BoxCaseg")
+    strong: str = setting("", "true masks of some images (mixed supervision): COCO JSON with masks, or a text file "
+                              "of image ids whose masks the annotations hold; they pass through every stage as "
+                              "source gt and train the quality scorer; \"\" = none")
 
 
 def _sources(exclude: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(s for s in mask_stages() if s not in exclude)
+    # refine_round writes results/round<k>/, not results/<stage>/: it feeds only the rounds' own rules
+    return tuple(s for s in mask_stages() if s not in exclude + ("refine_round",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +80,26 @@ class WorkflowSettings(Settings):
     test_annotations: str = setting("", "COCO JSON with true masks to predict and evaluate on; \"\" = the training "
                                         "images against dataset.ground_truth")
     test_images: str = setting("", "image folder of test_annotations; \"\" = dataset.images")
+    annotate: bool = setting(False, "choose images for a person to annotate (choose_images, annotation_job) and "
+                                    "show them in the report")
+    annotation_corrections: str = setting("annotation/corrected.json", "COCO JSON of the annotator's corrections "
+                                          "of results/annotation/job.json, which take_back turns into "
+                                          "results/annotation/strong.json")
+    crf_source: str = setting("", "the mask stage whose masks crf refines (results/crf/; then e.g. merge_drop_source: "
+                                  "crf); \"\" = crf does not run", choices=("",) + _sources(("crf", "merge_drop")))
 
     def check(self) -> None:
         allowed = _sources(("select", "merge_drop", "validity"))
         bad = [x for x in self.select_sources if x not in allowed]
         if bad or not self.select_sources:
             self.fail(f"select_sources: {bad or 'none given'}; choose from {', '.join(allowed)}")
+        takes = {"validity_input": [self.validity_input], "merge_drop_source": [self.merge_drop_source],
+                 "select_sources": list(self.select_sources)}
+        wants = [k for k, v in takes.items() if "crf" in v]
+        if wants and not self.crf_source:
+            self.fail(f"{wants[0]} takes crf's masks: set crf_source to the mask stage crf refines")
+        if "crf" in {"validity": takes["validity_input"], "select": takes["select_sources"]}.get(self.crf_source, []):
+            self.fail(f"crf_source {self.crf_source} takes crf's masks itself: a cycle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +167,10 @@ def complete_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def stage_settings(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """A stage's section without its resources: the rule's `params` (a change reruns the stage)."""
-    return {k: v for k, v in cfg[name].items() if k != "resources"}
+    """A stage's section without its resources and its wiring keys (the settings class's `WIRING`, e.g.
+    retrain.rounds): the rule's `params` (a change reruns the stage)."""
+    wiring = set(getattr(STAGES[name].settings_class(), "WIRING", ())) if name in STAGES else set()
+    return {k: v for k, v in cfg[name].items() if k != "resources" and k not in wiring}
 
 
 def stage_resource(cfg: Mapping[str, Any], name: str, key: str) -> int:
@@ -283,12 +303,23 @@ def generated_files() -> dict[str, str]:
 TABLE_START, TABLE_END = "<!-- stage-table: generated -->\n", "<!-- /stage-table -->\n"
 
 
-def readme_with_table(text: str, root: str | Path = ".") -> str:
-    """README text with the block between the stage-table markers replaced by `stage_table()`."""
+DOCS_INDEX = "docs/README.md"
+
+
+def docs_stage_index() -> str:
+    """docs/README.md's stage list: every stage's page and what it does, in pipeline order."""
+    rows = ["| stage | what it does |", "|---|---|"]
+    rows += [f"| [{name}](stages/{name}.md) | {st.help} |" for name, st in STAGES.items()]
+    return "\n".join(rows) + "\n"
+
+
+def readme_with_table(text: str, root: str | Path = ".", table: str | None = None) -> str:
+    """README text with the block between the stage-table markers replaced by `table` (default:
+    `stage_table()`)."""
     if TABLE_START not in text or TABLE_END not in text:
         return text
     head, rest = text.split(TABLE_START, 1)
-    return head + TABLE_START + stage_table(root) + TABLE_END + rest.split(TABLE_END, 1)[1]
+    return head + TABLE_START + (stage_table(root) if table is None else table) + TABLE_END + rest.split(TABLE_END, 1)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     readme = root / README_FILE
     if readme.exists():
         readme.write_text(readme_with_table(readme.read_text(), root))
+    index = root / DOCS_INDEX
+    if index.exists():
+        index.write_text(readme_with_table(index.read_text(), root, docs_stage_index()))
     return 0
 
 

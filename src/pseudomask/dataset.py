@@ -15,8 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from .errors import PseudomaskError, read_json
 from .images import ImageError, image_size
+from .masks import mask_box, rle_decode, rle_encode, segmentation_mask
 from .store import Artifact, ArtifactWriter
 
 VOC_CLASSES = (
@@ -38,6 +41,7 @@ class Dataset:
     instances: list[dict] = field(default_factory=list)  # id, image_id, category_id, bbox, status, reason
     image_root: Path = Path(".")
     source: str = ""
+    strong: dict[int, dict] = field(default_factory=dict)  # instance id -> COCO RLE of its true mask (source gt)
 
     @property
     def has_boxes(self) -> bool:
@@ -324,13 +328,21 @@ def shard(ds: Dataset, shard_size: int) -> list[Dataset]:
 
 def write_shard(ds: Dataset, path: str | os.PathLike, params: dict | None = None,
                 inputs: Sequence[str | os.PathLike] | dict[str, str] = ()) -> Path:
-    """Write a dataset (shard) record as an `ingest` artifact."""
+    """Write a dataset (shard) record as an `ingest` artifact; the true masks of strong instances (source
+    `gt`) are its masks, every other row's mask is empty."""
     by_image = ds.by_image()
     with ArtifactWriter(path, stage="ingest", method="ingest", params=params or {}, inputs=inputs,
                         categories=ds.categories,
                         attrs={"image_root": str(Path(ds.image_root).resolve()), "source": ds.source}) as w:
         for im in ds.images:
-            w.add_image(im, by_image.get(im["id"], []), tags=im.get("tags", []))
+            rows = [{"source": "", **r} for r in by_image.get(im["id"], [])]
+            masks = None
+            if any(r["id"] in ds.strong for r in rows):
+                masks = np.zeros((len(rows), im["height"], im["width"]), np.uint8)
+                for k, r in enumerate(rows):
+                    if r["id"] in ds.strong:
+                        masks[k] = rle_decode(ds.strong[r["id"]])
+            w.add_image(im, rows, masks, tags=im.get("tags", []))
     return Path(path)
 
 
@@ -342,8 +354,102 @@ def read_shard(path: str | os.PathLike) -> Dataset:
             im = a.image(i)
             im["tags"] = a.tags.get(i, [])
             images.append(im)
-        inst = [{k: r[k] for k in ("id", "image_id", "category_id", "bbox", "status", "reason")} for r in a.records()]
-        return Dataset(a.categories, images, inst, Path(a.attrs["image_root"]), str(a.attrs.get("source", path)))
+        inst = [{**{k: r[k] for k in ("id", "image_id", "category_id", "bbox", "status", "reason")},
+                 "source": str(r.get("source") or "")} for r in a.records()]
+        strong: dict[int, dict] = {}
+        gt_images = sorted({r["image_id"] for r in inst if r["source"] == "gt"})
+        for image_id in gt_images:
+            rows, masks = a.records(image_id), a.masks(image_id)
+            strong.update({int(r["id"]): rle_encode(masks[k]) for k, r in enumerate(rows) if r.get("source") == "gt"})
+        return Dataset(a.categories, images, inst, Path(a.attrs["image_root"]), str(a.attrs.get("source", path)),
+                       strong)
+
+
+def strong_images(path: str | os.PathLike) -> list[int]:
+    """The image ids a `dataset.strong` file names: a COCO JSON's images, or a text file of ids."""
+    p = Path(path)
+    if p.suffix.lower() == ".json":
+        data = read_json(p, DatasetError, "strong-annotation file")
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise DatasetError(f"{p}: not a COCO dataset (no 'images' list)")
+        return [int(im["id"]) for im in data["images"]]
+    ids = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.split("#")[0].strip()
+        if line:
+            try:
+                ids.append(int(line))
+            except ValueError:
+                raise DatasetError(f"{p}: line {n}: {line!r} is not an image id") from None
+    return ids
+
+
+def add_strong(ds: Dataset, path: str | os.PathLike, annotations: str | os.PathLike | None = None) -> Dataset:
+    """`ds` with the true masks of `path` (`dataset.strong`) as its strong instances (source `gt`).
+
+    `path` is a COCO JSON with masks (its images are the strong images; an annotation of a dataset
+    instance gives that instance its true mask, box and category; an annotation with a new id adds an
+    instance to its image) or a text file of image ids, whose masks are then those of the dataset's own
+    COCO `annotations`. Instances of a strong image without a true mask stay box instances. An image or
+    instance that does not fit the dataset raises DatasetError naming the file and the record."""
+    p = Path(path)
+    if p.suffix.lower() == ".json":
+        data = read_json(p, DatasetError, "strong-annotation file")
+        image_ids = strong_images(p)
+        anns = data.get("annotations", [])
+    else:
+        image_ids = strong_images(p)
+        if annotations is None or Path(annotations).suffix.lower() != ".json":
+            raise DatasetError(f"{p}: a list of strong image ids takes the masks of a COCO JSON dataset; "
+                               f"{annotations or 'none'} is not one (give the strong masks as COCO JSON)")
+        data = read_json(Path(annotations), DatasetError, "annotation file")
+        want = set(image_ids)
+        anns = [a for a in data.get("annotations", []) if int(a.get("image_id", -1)) in want]
+    images = {im["id"]: im for im in ds.images}
+    unknown = [i for i in image_ids if i not in images]
+    if unknown:
+        raise DatasetError(f"{p}: image {unknown[0]} is not an image of the dataset {ds.source}"
+                           + (f" ({len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    strong_set = set(image_ids)
+    cats = {c["id"] for c in ds.categories}
+    by_id = {r["id"]: r for r in ds.instances}
+    instances = [dict(r) for r in ds.instances]
+    index = {r["id"]: k for k, r in enumerate(instances)}
+    strong: dict[int, dict] = dict(ds.strong)
+    for i, a in enumerate(anns):
+        if "id" not in a or "image_id" not in a or "segmentation" not in a:
+            raise DatasetError(f"{p}: annotations[{i}] lacks 'id', 'image_id' or 'segmentation'")
+        ann_id, image_id = int(a["id"]), int(a["image_id"])
+        if a.get("iscrowd", 0):
+            continue
+        if image_id not in strong_set:
+            raise DatasetError(f"{p}: annotation {ann_id} refers to image {image_id}, which is not in its images")
+        old = by_id.get(ann_id)
+        if old is not None and old["image_id"] != image_id:
+            raise DatasetError(f"{p}: annotation {ann_id} is on image {image_id}, but the dataset's instance "
+                               f"{ann_id} is on image {old['image_id']}")
+        cat = int(a.get("category_id", old["category_id"] if old else -1))
+        if cat not in cats:
+            raise DatasetError(f"{p}: annotation {ann_id} has unknown category {cat}")
+        im = images[image_id]
+        mask = segmentation_mask(a["segmentation"], im["height"], im["width"])
+        if not mask.any():
+            raise DatasetError(f"{p}: annotation {ann_id} (image {image_id}) has an empty mask")
+        box = check_box(a["bbox"], im["width"], im["height"])[0] if "bbox" in a else None
+        box = box or mask_box(mask)
+        rec = {"id": ann_id, "image_id": image_id, "category_id": cat, "bbox": box, "status": "kept",
+               "reason": "true mask (dataset.strong)" if old else "added by dataset.strong", "source": "gt"}
+        if old is None:
+            index[ann_id] = len(instances)
+            instances.append(rec)
+        else:
+            instances[index[ann_id]] = rec
+        strong[ann_id] = rle_encode(mask)
+        if cat not in im["tags"]:
+            im["tags"].append(cat)
+    order = {im["id"]: k for k, im in enumerate(ds.images)}
+    instances.sort(key=lambda r: order[r["image_id"]])  # stable: added instances after their image's own
+    return replace(ds, instances=instances, strong=strong)
 
 
 def to_coco(ds: Dataset) -> dict:

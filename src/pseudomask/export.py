@@ -12,7 +12,13 @@ ids, nothing is left out. Besides the COCO keys (`segmentation` as compressed RL
 
 Instances without a mask (failed, or empty after merging) have an empty RLE and `mask_ignore` true; their
 `area` is then the box area so that loaders that skip zero-area annotations keep the box. Crowd regions
-(status ignored) are exported with `iscrowd` 1, every other annotation with `iscrowd` 0.
+(status ignored) are exported with `iscrowd` 1, every other annotation with `iscrowd` 0. Rows of the CAM stage
+also carry `cam_score` (the ranking score of a tag-only mask) and `stuff` (a Grad-CAM stuff region).
+
+With `panoptic` the same instances are also written as COCO panoptic segmentation (`pseudomask.panoptic`):
+a JSON with `segments_info` (id, category_id, iscrowd, area, bbox, instance_ids) per image, categories with
+`isthing` (0 for stuff categories and CAM stuff classes), and one RGB id PNG per image in the folder of the
+same name without `.json`.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from .errors import PseudomaskError
 from .files import write_json
 from .masks import box_agreement
 from .merge_drop import JUDGED, fg_boxes
-from .settings import Settings
+from .panoptic import default_panoptic_path, image_panoptic, is_stuff_row, png_name, write_panoptic
+from .settings import Settings, setting
 from .stages import mask_stages
 from .store import IGNORE, Artifact
 
@@ -40,9 +47,11 @@ from .store import IGNORE, Artifact
 
 @dataclass(frozen=True)
 class ExportSettings(Settings):
-    """No settings: every instance of every input artifact is written."""
+    """Every instance of every input artifact is written; `panoptic` adds the COCO panoptic files."""
 
     SECTION = "export"
+    panoptic: bool = setting(False, "also write COCO panoptic segmentation (RGB id PNGs and a JSON with "
+                                    "segments_info): kept things, stuff regions, ignore and mask-ignored pixels VOID")
 
 
 def sparse_rle(mask: np.ndarray, span: Sequence[int] | None = None) -> dict:
@@ -78,14 +87,21 @@ def _number(v: Any) -> float | None:
     return None if math.isnan(f) else round(f, 6)
 
 
-def annotations_of(artifact: Artifact, image_id: int, source: str) -> list[dict]:
-    """The COCO annotations of one image of an artifact."""
+def rows_and_masks(artifact: Artifact, image_id: int) -> tuple[list[dict], np.ndarray]:
+    """One image's instance rows and (K, H, W) masks (zeros for an artifact without masks)."""
     im = artifact.image(image_id)
     h, w = int(im["height"]), int(im["width"])
     rows = artifact.records(image_id)
     masks = artifact.masks(image_id) if artifact.has_masks() else np.zeros((0, h, w), np.uint8)
     if len(masks) != len(rows):
         masks = np.zeros((len(rows), h, w), np.uint8)
+    return rows, masks
+
+
+def annotations_of(artifact: Artifact, image_id: int, source: str,
+                   loaded: tuple[list[dict], np.ndarray] | None = None) -> list[dict]:
+    """The COCO annotations of one image of an artifact (`loaded`: its rows_and_masks, if read already)."""
+    rows, masks = loaded or rows_and_masks(artifact, image_id)
     fgm = masks == 1
     span, has = fg_boxes(fgm)
     fg = [sparse_rle(fgm[k], span[k] if has[k] else None) for k in range(len(masks))]
@@ -110,13 +126,19 @@ def annotations_of(artifact: Artifact, image_id: int, source: str) -> list[dict]
         }
         if k in ign:
             a["ignore_segmentation"] = ign[k]
+        if _number(r.get("cam_score")) is not None:
+            a["cam_score"] = _number(r["cam_score"])
+        if _number(r.get("stuff")) is not None:
+            a["stuff"] = bool(r["stuff"])
         out.append(a)
     return out
 
 
-def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> dict:
+def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
+                panoptic: str | os.PathLike | None = None) -> dict:
     """COCO dataset of all instances of the given shards (merge_drop or any mask stage); written
-    atomically to `out` when given. Shards must share categories and must not repeat image or annotation ids."""
+    atomically to `out` when given. Shards must share categories and must not repeat image or annotation ids.
+    `panoptic`: also write the COCO panoptic JSON there (and its PNG folder, `panoptic.panoptic_folder`)."""
     from .stage import progress
 
     if not inputs:
@@ -127,6 +149,10 @@ def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | No
     sources = []
     seen_images: dict[int, str] = {}
     seen_anns: dict[int, str] = {}
+    pan_anns: list[dict] = []
+    id_maps: dict[int, np.ndarray] = {}
+    stuff_cats: set[int] = set()
+    pngs: dict[str, int] = {}
     for path in inputs:
         with Artifact(path, stage=mask_stages()) as a:
             cats = [{"id": c["id"], "name": c["name"], "isthing": c["isthing"]} for c in a.categories]
@@ -144,7 +170,19 @@ def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | No
                 im = a.image(image_id)
                 images.append({"id": int(image_id), "file_name": str(im["file_name"]), "width": int(im["width"]),
                                "height": int(im["height"])})
-                for ann in annotations_of(a, image_id, source):
+                loaded = rows_and_masks(a, image_id)
+                if panoptic is not None:
+                    given = {c["id"] for c in cats if not c["isthing"]}
+                    stuff_cats |= given | {int(r["category_id"]) for r in loaded[0] if is_stuff_row(r, given)}
+                    ids, segments = image_panoptic(*loaded, stuff_categories=given)
+                    name = png_name(str(im["file_name"]))
+                    if name in pngs:
+                        raise PseudomaskError(f"{path}: images {pngs[name]} and {image_id} would share the panoptic "
+                                              f"PNG {name}; their file names differ only in the suffix")
+                    pngs[name] = int(image_id)
+                    id_maps[int(image_id)] = ids
+                    pan_anns.append({"image_id": int(image_id), "file_name": name, "segments_info": segments})
+                for ann in annotations_of(a, image_id, source, loaded):
                     if ann["id"] in seen_anns:
                         raise PseudomaskError(f"{path}: image {image_id}: annotation id {ann['id']} is also in "
                                               f"{seen_anns[ann['id']]}")
@@ -158,6 +196,10 @@ def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | No
         "annotations": annotations,
         "categories": categories or [],
     }
+    if panoptic is not None:
+        pan = {"info": data["info"], "licenses": [], "images": images, "annotations": pan_anns,
+               "categories": [{**c, "isthing": int(c["id"] not in stuff_cats)} for c in categories or []]}
+        write_panoptic(pan, id_maps, panoptic)
     if out is not None:
         write_json(data, out)
     return data
@@ -173,6 +215,15 @@ def export_summary(data: dict) -> dict:
             "mask_ignore": sum(bool(a["mask_ignore"]) for a in anns)}
 
 
-def run_stage(s: ExportSettings, *, artifacts: list[str], out: str, threads: int = 1) -> dict:
-    """The `export` stage (see pseudomask.stages)."""
-    return {"out": out, **export_summary(export_coco(artifacts, out))}
+def run_stage(s: ExportSettings, *, artifacts: list[str], out: str, panoptic_json: str | None = None,
+              threads: int = 1) -> dict:
+    """The `export` stage (see pseudomask.stages); with `panoptic` also the panoptic JSON at `panoptic_json`
+    (default `panoptic.default_panoptic_path(out)`) and its PNG folder."""
+    if panoptic_json and not s.panoptic:
+        raise PseudomaskError(f"export: {panoptic_json} is written only with the setting panoptic "
+                              "(--panoptic, or export.panoptic: true)")
+    pan = (panoptic_json or default_panoptic_path(out)) if s.panoptic else None
+    summary = {"out": out, **export_summary(export_coco(artifacts, out, pan))}
+    if pan is not None:
+        summary["panoptic_json"] = str(pan)
+    return summary

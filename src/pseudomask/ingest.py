@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dataset import load_dataset, shard, write_shard
+from .dataset import add_strong, load_dataset, shard, write_shard
 from .dataset import FORMATS
 from .files import write_json
 from .settings import Settings, setting
@@ -27,14 +27,19 @@ def shard_name(i: int) -> str:
 
 
 def ingest(annotations: str | os.PathLike, images: str | os.PathLike | None, out_dir: str | os.PathLike,
-           shard_size: int = 500, fmt: str = "auto") -> dict:
-    """Write OUT/{shard}.h5 for every shard and OUT/manifest.json; return the manifest."""
+           shard_size: int = 500, fmt: str = "auto", strong: str | os.PathLike | None = None) -> dict:
+    """Write OUT/{shard}.h5 for every shard and OUT/manifest.json; return the manifest. `strong`
+    (`dataset.strong`) gives true masks of some images, which the shards carry as source `gt`."""
     ds = load_dataset(annotations, images, fmt)
+    if strong:
+        ds = add_strong(ds, strong, annotations)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = {"shard_size": shard_size, "format": fmt}
     shards = shard(ds, shard_size)
     digests = {str(annotations): file_digest(annotations)}  # once, not once per shard
+    if strong:
+        digests[str(strong)] = file_digest(strong)
     names = []
     for i, part in enumerate(progress(shards, desc="ingest", total=len(shards), unit="shard")):
         names.append(shard_name(i))
@@ -43,15 +48,17 @@ def ingest(annotations: str | os.PathLike, images: str | os.PathLike | None, out
         "source": str(annotations), "images": len(ds.images), "instances": len(ds.instances),
         "supervision": "boxes" if ds.has_boxes else "tags", "shards": names,
         "status": dict(Counter(r["status"] for r in ds.instances)),
+        "strong_images": len({r["image_id"] for r in ds.instances if r.get("source") == "gt"}),
+        "strong_instances": len(ds.strong),
     }
     write_json(manifest, out / "manifest.json", indent=1)
     return manifest
 
 
 def run_stage(s: IngestSettings, *, annotations: str, images: str | None, manifest: str, shards: str,
-              threads: int = 1) -> dict:
+              strong: str | None = None, threads: int = 1) -> dict:
     """The `ingest` stage (see pseudomask.stages): shard records in `shards`, the manifest at `manifest`."""
-    m = ingest(annotations, images, shards, shard_size=s.shard_size, fmt=s.format)
+    m = ingest(annotations, images, shards, shard_size=s.shard_size, fmt=s.format, strong=strong)
     if Path(manifest).resolve() != (Path(shards) / "manifest.json").resolve():
         Path(manifest).parent.mkdir(parents=True, exist_ok=True)
         os.replace(Path(shards) / "manifest.json", manifest)

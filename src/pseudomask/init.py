@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .configuration import complete_config, default_config, render_config
-from .dataset import Dataset, load_dataset
+from .dataset import Dataset, add_strong, load_dataset
 from .errors import PseudomaskError
 from .files import write_text_atomic
 
@@ -86,13 +86,14 @@ def _salient(path: str) -> str:
 
 
 def dataset_config(ds: Dataset, annotations: str | os.PathLike, images: str | os.PathLike, *, supervision: str,
-                   ground_truth: str = "", salient: str = "") -> dict[str, Any]:
+                   ground_truth: str = "", salient: str = "", strong: str = "") -> dict[str, Any]:
     """The complete config of a loaded dataset: defaults, with the dataset section, shard size and stage
     choices that follow from it (no salient set: no BoxCaseg; tags: merge-drop refines the CAM masks).
     Dataset paths are made absolute, so that the config reads the same data from any working folder."""
     cfg = default_config()
     cfg["dataset"] = {"annotations": str(Path(annotations).resolve()), "images": str(Path(images).resolve()),
-                      "supervision": supervision, "ground_truth": ground_truth, "salient": salient}
+                      "supervision": supervision, "ground_truth": ground_truth, "salient": salient,
+                      "strong": strong}
     cfg["ingest"]["shard_size"] = choose_shard_size(len(ds.images))
     if not salient:
         cfg["workflow"]["boxcaseg"] = False
@@ -112,7 +113,7 @@ def header(facts: dict[str, Any]) -> str:
 
 def init_config(annotations: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike = "config.yaml",
                 *, ground_truth: str = "", supervision: str | None = None, salient: str = "",
-                force: bool = False) -> dict[str, Any]:
+                strong: str = "", force: bool = False) -> dict[str, Any]:
     """Check a dataset and write its config to `out` (refused if `out` exists, unless `force`); returns the
     facts printed by the command: counts, the missing image files and the config written."""
     out = Path(out)
@@ -121,14 +122,16 @@ def init_config(annotations: str | os.PathLike, images: str | os.PathLike, out: 
     ds = load_dataset(annotations, images)
     missing = check_images(ds, images)
     supervision = infer_supervision(ds, supervision)
+    strong = _existing(strong, "strong-annotation file")
+    n_strong = len(add_strong(ds, strong, annotations).strong) if strong else 0  # ingest's checks, now
     cfg = dataset_config(ds, annotations, images, supervision=supervision,
                          ground_truth=_existing(ground_truth, "ground-truth annotation file"),
-                         salient=_salient(salient))
+                         salient=_salient(salient), strong=strong)
     size = cfg["ingest"]["shard_size"]
     facts = {"out": str(out), "annotations": str(annotations), "images": len(ds.images),
              "instances": len(ds.instances), "categories": len(ds.categories),
              "shards": math.ceil(len(ds.images) / size), "shard_size": size, "supervision": supervision,
-             "missing": len(missing), "missing_first": missing[:SHOW_MISSING], "config": cfg}
+             "missing": len(missing), "missing_first": missing[:SHOW_MISSING], "strong": n_strong, "config": cfg}
     text = render_config(cfg, header(facts))
     complete_config(yaml.safe_load(text))  # the workflow's check, before anything is written
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +147,7 @@ def format_facts(facts: dict[str, Any]) -> str:
              f"  categories  {facts['categories']}",
              f"  shards      {facts['shards']} (up to {facts['shard_size']} images each)",
              f"  supervision {facts['supervision']}",
+             f"  strong      {facts['strong']} instances with true masks",
              f"  missing     {facts['missing']} image files"
              + (f", first: {', '.join(facts['missing_first'])} (their instances will be failed)"
                 if facts["missing"] else "")]

@@ -104,7 +104,8 @@ def merge_drop_image(masks: np.ndarray, rows: Sequence[Mapping[str, Any]], thres
                      source: str = "", criterion: str = "proxy_box_iou", quality_threshold: float = 0.7,
                      quality: Callable[[list[dict], np.ndarray], np.ndarray] | None = None
                      ) -> tuple[np.ndarray, list[dict]]:
-    """Merge then drop one image's masks; returns merged masks and rows with status, reason,
+    """Merge then drop one image's masks (a true mask, source gt, wins every overlap and is never dropped:
+    see `pseudomask.stage.pass_true_masks`); returns merged masks and rows with status, reason,
     `proxy_box_iou` (NaN when not judged), `mask_ignore` (1/0), `merge_lost_px` and `source`.
 
     `criterion` says what drops a mask: its proxy box IoU below `threshold`, its predicted quality below
@@ -116,7 +117,9 @@ def merge_drop_image(masks: np.ndarray, rows: Sequence[Mapping[str, Any]], thres
         masks = np.zeros((len(rows),) + masks.shape[1:], np.uint8)
     active = np.array([r["status"] in JUDGED for r in rows], bool)
     boxes = np.array([r["bbox"] for r in rows], np.float64).reshape(-1, 4)
-    merged, lost, span, has = _merge(masks, boxes, active)
+    rank = boxes.copy()
+    rank[[r.get("source") == "gt" for r in rows], 2:] = 0  # a true mask (dataset.strong) wins every overlap
+    merged, lost, span, has = _merge(masks, rank, active)
     for k, r in enumerate(rows):
         r["source"] = r.get("source") or source
         r["merge_lost_px"] = int(lost[k])
@@ -213,7 +216,7 @@ def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float 
         params = {"threshold": threshold, "criterion": criterion, "quality_threshold": quality_threshold,
                   "model": model, **origin}
         run_artifact_stage([a], out, per_image, stage="merge_drop", method=METHODS[criterion],
-                           params=params, attrs=origin, rescore=False, workers=workers)
+                           params=params, attrs=origin, quality=model, rescore=False, workers=workers)
     with Artifact(out, stage="merge_drop") as b:
         return summary(b)
 
@@ -261,7 +264,7 @@ def drop_curve(proxy_iou: Iterable[float], thresholds: Sequence[float] = THRESHO
     return out
 
 
-def run_stage(s: MergeDropSettings, *, masks: str, out: str, threads: int = 1) -> dict:
-    """The `merge_drop` stage (see pseudomask.stages)."""
+def run_stage(s: MergeDropSettings, *, masks: str, out: str, scorer: str | None = None, threads: int = 1) -> dict:
+    """The `merge_drop` stage (see pseudomask.stages); `scorer` (scorer-train's model) overrides `s.model`."""
     return {"out": out, **merge_drop(masks, out, threshold=s.threshold, criterion=s.criterion,
-                                     quality_threshold=s.quality_threshold, model=s.model, workers=threads)}
+                                     quality_threshold=s.quality_threshold, model=scorer or s.model, workers=threads)}

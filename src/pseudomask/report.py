@@ -151,6 +151,111 @@ def gt_scores(files: Sequence[Path], gt) -> dict[int, dict]:
     return rows
 
 
+def evaluation_kind(path: str | os.PathLike) -> tuple[int | str, str]:
+    """(round or "hybrid", "pseudo masks" or "model") of an evaluation JSON from its place in the results:
+    results/evaluate/<f>.json is round 1, results/round<k>/evaluate/<f>.json round k."""
+    p = Path(path)
+    parent = p.parent.parent.name
+    rnd: int | str = int(parent[5:]) if parent.startswith("round") and parent[5:].isdigit() else 1
+    if p.stem == "hybrid":
+        rnd = "hybrid"
+    return rnd, "pseudo masks" if p.stem == "pseudo_masks" else "model"
+
+
+def evaluation_section(paths: Sequence[str | os.PathLike]) -> str:
+    """The evaluate stages' figures side by side, per round: the pseudo masks (mIoU, or AP^r for tag-only
+    masks; PQ) and the retrained model (COCO AP, AP^r, ABO)."""
+    from .errors import read_json
+
+    masks, models = [], []
+    for path in sorted(paths, key=lambda p: (str(evaluation_kind(p)[0]), str(p))):
+        m = read_json(path, PseudomaskError, "evaluation")
+        rnd, kind = evaluation_kind(path)
+        up = 2 if isinstance(rnd, int) and rnd >= 2 else 1  # from the results folder: [round<k>/]evaluate/<f>
+        name = str(Path(path).relative_to(Path(path).parents[up]) if len(Path(path).parents) > up else Path(path))
+        if kind == "pseudo masks":
+            masks.append([rnd, name, m.get("mode", "id_matched"), m.get("miou"), m.get("apr_50"), m.get("abo"),
+                          m.get("pq"), m.get("true_masks")])
+        else:
+            models.append([rnd, name, m.get("segm_AP"), m.get("segm_AP50"), m.get("bbox_AP"), m.get("apr_50"),
+                           m.get("apr_75"), m.get("abo"), m.get("segm_APs")])
+    parts = ["<h2>Evaluation by round</h2><p class='note'>the evaluate stages' JSON files: round 1 is "
+             "results/evaluate, round k results/round&lt;k&gt;/evaluate (retrain.rounds), hybrid the hybrid "
+             "recipe's fused predictions.</p>"]
+    if masks:
+        parts.append("<h3>Pseudo masks</h3>" + _table(["round", "file", "mode", "mIoU", "AP^r .5", "ABO", "PQ",
+                                                       "true masks given"], masks))
+    if models:
+        parts.append("<h3>Retrained model</h3>" + _table(["round", "file", "segm AP", "segm AP50", "bbox AP",
+                                                          "AP^r .5", "AP^r .75", "ABO", "segm AP small"], models))
+    return "".join(parts)
+
+
+def annotation_section(files: dict[str, list[Path]], cost: str | os.PathLike | None,
+                       choice: str | os.PathLike | None, thumb_width: int = 320, show: int = 8) -> str:
+    """What the labels cost (annotation-cost's JSON) and which images a person should annotate next
+    (choose-images' JSON): budget, scores and the chosen images with their pseudo masks."""
+    from .errors import read_json
+    from .visualize import render_artifact_image
+
+    parts = ["<h2>Annotation: cost and the images to annotate next</h2>"]
+    if cost:
+        c = read_json(cost, PseudomaskError, "annotation cost")
+        sec, days = c.get("seconds", {}), c.get("days", {})
+        labels = [("tags", "tags (every class verified per image)"), ("tags_counts", "tags + counts"),
+                  ("boxes", "boxes"), ("masks_strong", "masks of the strong images"),
+                  ("run", "this run's labels"), ("full_masks", "masks for the whole dataset")]
+        rows = [[what, sec.get(k), days.get(k)] for k, what in labels if k in sec]
+        share = c.get("run_vs_full_masks")
+        parts.append("<p class='note'>Bearman et al.'s per-label times (1 s per class verified, 1.48 s per present "
+                     "class counted, 7 s per box, 79 s per mask) on this dataset's counts"
+                     + (f"; this run's labels cost {share:.1%} of full mask annotation" if share is not None else "")
+                     + ".</p>" + _table(["labels", "seconds", "annotator-days"], rows))
+    if choice:
+        ch = read_json(choice, PseudomaskError, "annotation choice")
+        chosen = ch.get("chosen", [])
+        how = ch.get("strategy", "")
+        if how == "beta":
+            how += f" (closest to {ch.get('beta')})"
+        parts.append(f"<p class='note'>{len(chosen)} of {ch.get('candidates', '?')} eligible images chosen by "
+                     f"{html.escape(str(how))}; spent {ch.get('spent_s', 0):.0f} s ({ch.get('spent_days', 0):.2f} "
+                     f"annotator-days) of a budget of {ch.get('budget_s') or 'no limit'} s; mean image score "
+                     f"{ch.get('mean_score_chosen')} chosen vs {ch.get('mean_score_all')} all.</p>"
+                     + _table(["rank", "image", "score (mean predicted quality)", "cost (s)"],
+                              [[r.get("rank"), r.get("image_id"), r.get("score"), r.get("cost_s")] for r in chosen]))
+        ref = files.get("merge_drop") or next(iter(files.values()))
+        figs = []
+        for r in chosen[:show]:
+            for f in ref:
+                with Artifact(f) as a:
+                    if int(r["image_id"]) in a.image_ids:
+                        rgb = render_artifact_image(a, int(r["image_id"]))
+                        figs.append(f"<figure><img alt='image {r['image_id']}' src='{png_uri(rgb, thumb_width)}'>"
+                                    f"<figcaption>image {r['image_id']}, score {r.get('score', 0):.3f}"
+                                    "</figcaption></figure>")
+                        break
+        if figs:
+            parts.append(f"<div class='strip' style='grid-template-columns:repeat({min(len(figs), 4)},"
+                         f"minmax(150px,1fr))'>" + "".join(figs) + "</div>")
+    return "".join(parts)
+
+
+def tag_only(files: Sequence[Path], gt) -> bool:
+    """Whether a stage's artifacts hold tag-only instances (no ground-truth ids; see metrics.is_tag_only)."""
+    from .metrics import PseudoMasks, is_tag_only
+
+    with PseudoMasks(files[0], gt) as pm:
+        return is_tag_only(pm, gt)
+
+
+def tag_only_metrics(files: Sequence[Path], gt) -> dict:
+    """AP^r, ABO and COCO AP of a stage's tag-only masks over all its shards (metrics.evaluate_tag_only)."""
+    from .export import export_coco
+    from .metrics import evaluate_tag_only
+
+    return evaluate_tag_only(export_coco(files), gt.path)
+
+
 def pick_samples(files: Sequence[Path], n: int) -> list[tuple[str, int]]:
     """(shard name, image id) of up to n images: first ones that show both a kept and a dropped mask, then
     evenly spread images with instances; deterministic."""
@@ -492,8 +597,12 @@ figure{margin:0}figure img{width:100%;display:block}figcaption{font-size:12px;co
 def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
                  ground_truth: str | os.PathLike | None = None, samples: int = 4,
                  stages: Sequence[str] | None = None, thresholds: Sequence[float] = THRESHOLDS,
-                 thumb_width: int = 320, reasons: int = 5, gallery: int = 8) -> Path:
-    """Write the HTML report to `out`, of a results folder or of a list of artifacts (files or folders)."""
+                 thumb_width: int = 320, reasons: int = 5, gallery: int = 8, cost: str | os.PathLike | None = None,
+                 choice: str | os.PathLike | None = None,
+                 evaluations: Sequence[str | os.PathLike] | None = None) -> Path:
+    """Write the HTML report to `out`, of a results folder or of a list of artifacts (files or folders);
+    `cost` and `choice` (annotation-cost and choose-images JSON) add the annotation section, `evaluations`
+    (metrics JSONs of the evaluate stages) the evaluation section, by round."""
     from .visualize import STATUS_COLOURS, render_artifact_image
 
     if isinstance(results, (str, os.PathLike)):
@@ -578,9 +687,14 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
     if gt is not None:
         from .metrics import summarize
 
-        qrows = []
+        qrows, trows = [], []
         for s, fs in files.items():
             if s == "ingest":
+                continue
+            if tag_only(fs, gt):
+                t = tag_only_metrics(fs, gt)
+                trows.append([s, t["predictions"], t["gt_instances"], t["apr_25"], t["apr_50"], t["apr_70"],
+                              t["apr_75"], t["abo"], t["segm_AP"]])
                 continue
             try:
                 q = summarize(list(score(s).values()))
@@ -593,7 +707,14 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
                      "instance (0 for no mask; ignore pixels count as background); invalid = box agreement "
                      "&lt; 0.5, split at 64×64 px (hybrid networks: 76.5 % small, 23.2 % large on VOC).</p>"
                      + _table(["stage", "with mask", "mIoU", "small", "medium", "large", "invalid small64",
-                               "invalid large64"], qrows))
+                               "invalid large64"], qrows) if qrows else "")
+        if trows:
+            parts.append("<h2>Tag-only pseudo masks against ground truth</h2><p class='note'>instances from image-level "
+                         "tags have no ground-truth ids: each kept thing mask is an unmatched prediction ranked by "
+                         "its cam_score; AP^r at mask IoU .25/.5/.7/.75 (VOC style), ABO (mean best overlap per true "
+                         "instance) and COCO segm AP.</p>"
+                         + _table(["stage", "predictions", "true instances", "AP^r .25", "AP^r .5", "AP^r .7",
+                                   "AP^r .75", "ABO", "segm AP"], trows))
 
     # sample overlays
     ref = "merge_drop" if md else list(files)[-1]
@@ -621,6 +742,11 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
 
     # predicted mask quality
     parts.append(quality_section(files, gt, score if gt is not None else None, gallery=gallery))
+
+    if evaluations:
+        parts.append(evaluation_section(evaluations))
+    if cost or choice:
+        parts.append(annotation_section(files, cost, choice, thumb_width))
 
     # by category
     cats, ccount, cproxy = category_status(files[ref])
@@ -652,9 +778,11 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
 
 
 def run_stage(s: ReportSettings, *, artifacts: list[str], ground_truth: str | None, out: str,
+              cost: str | None = None, choice: str | None = None, evaluations: list[str] | None = None,
               threads: int = 1) -> dict:
     """The `report` stage (see pseudomask.stages): of artifacts and folders of them, or of one results folder."""
     one = Path(artifacts[0]) if len(artifacts) == 1 else None
     where = str(one) if one is not None and (one / "ingest").is_dir() else list(artifacts)
     return {"out": str(build_report(where, out, ground_truth=ground_truth or None, samples=s.samples,
-                                    thresholds=s.thresholds))}
+                                    thresholds=s.thresholds, cost=cost, choice=choice,
+                                    evaluations=evaluations))}

@@ -4,12 +4,14 @@ instance through: `run_mask_stage` reads each image and runs a method on its usa
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import sys
 from pathlib import Path
 from contextlib import ExitStack
 from functools import partial
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -31,17 +33,35 @@ def quality_attrs(scorer) -> dict:
     return {"quality_predictor": scorer.name if scorer is not None else "none"}
 
 
-def add_quality(scorer, rgb: np.ndarray | None, rows: list[dict], masks: np.ndarray, source: str) -> None:
-    """Set each row's `quality` (predicted IoU with the true mask; NaN where none is predicted)."""
-    if scorer is None:
-        q = np.full(len(rows), np.nan)
-        for k, r in enumerate(rows):
-            if r.get("source") == "gt":
-                q[k] = 1.0
-    else:
-        q = scorer.score_image(rgb, rows, masks, source)
-    for r, v in zip(rows, q):
-        r["quality"] = float(v)
+def add_quality(scorer, rgb: np.ndarray | None, rows: list[dict], masks: np.ndarray, source: str,
+                keep: Sequence[bool] = ()) -> None:
+    """Set each row's `quality` (predicted IoU with the true mask; NaN where none is predicted; 1 for a
+    true mask), except the rows `keep` marks, whose method predicted its own (BoxCaseg's IoU head)."""
+    q = np.full(len(rows), np.nan) if scorer is None else scorer.score_image(rgb, rows, masks, source)
+    q[[is_true_mask(r) for r in rows]] = 1.0
+    for k, (r, v) in enumerate(zip(rows, q)):
+        if not (k < len(keep) and keep[k]):
+            r["quality"] = float(v)
+
+
+GT_REASON = "true mask (dataset.strong)"
+
+
+def is_true_mask(record: Mapping[str, Any]) -> bool:
+    """Whether a row is a strong instance: a true mask of `dataset.strong`, passed through every stage."""
+    return record.get("source") == "gt"
+
+
+def pass_true_masks(rows: list[dict], masks: np.ndarray, records: Sequence[Mapping[str, Any]],
+                    true: np.ndarray) -> None:
+    """Rows of strong instances (as `records` say) get their true mask back from `true` (K,H,W), status
+    kept and quality 1, whatever a stage's per-image function made of them."""
+    for k, r in enumerate(records):
+        if is_true_mask(r):
+            masks[k] = true[k]
+            rows[k].update(source="gt", status="kept", reason=r.get("reason") or GT_REASON, quality=1.0)
+            if "mask_ignore" in rows[k]:
+                rows[k]["mask_ignore"] = 0
 
 
 def read_artifact_image(artifact: Artifact | str | None, image: dict) -> np.ndarray | None:
@@ -81,20 +101,34 @@ def progress(items: Iterable, desc: str, total: int | None = None, unit: str = "
                 disable=os.environ.get("PSEUDOMASK_NO_PROGRESS") == "1")
 
 
-def mask_image(predict: Predict, image: dict, path: str, records: list[dict], *, stage: str, out: str,
-               usable: Callable[[dict], bool] = usable, every_image: bool = False, quality: str | None = None
-               ) -> tuple[list[dict], np.ndarray, Any, list[str]]:
+def mask_image(predict: Predict, image: dict, path: str, records: list[dict],
+               strong: Mapping[int, dict] | None = None, *, usable: Callable[[dict], bool] = usable,
+               every_image: bool = False, quality: str | None = None, stage: str, out: str,
+               image_rgb: np.ndarray | None = None) -> tuple[list[dict], np.ndarray, Any, list[str]]:
     """One image of `run_mask_stage` (in this process or in a worker): (rows, (K,H,W) masks, maps, log lines).
 
-    Reads the image at `path`, runs `predict` on the usable records and fills every row's `quality`."""
+    Reads the image at `path` (unless `image_rgb` is the image, read ahead), runs `predict` on the usable
+    records and fills every row's `quality`; a
+    result that brings its own `quality` keeps it. Strong instances (source gt) take their true mask from
+    `strong` (instance id -> COCO RLE) and are not predicted."""
+    from .masks import rle_decode
+
     h, w = image["height"], image["width"]
     masks = np.zeros((len(records), h, w), np.uint8)
     rows = [dict(r) for r in records]
-    todo = [i for i, r in enumerate(records) if usable(r)]
+    own_quality = [False] * len(records)
+    for i, r in enumerate(records):
+        if is_true_mask(r):
+            if not strong or int(r["id"]) not in strong:
+                raise ArtifactError(f"{out}: image {image['id']}: instance {r['id']} is a true mask (source gt) "
+                                    "but the shard holds no mask for it")
+            masks[i] = rle_decode(strong[int(r["id"])])
+            rows[i].update(status="kept", reason=r.get("reason") or GT_REASON)
+    todo = [i for i, r in enumerate(records) if usable(r) and not is_true_mask(r)]
     maps, notes, rgb = None, [], None
     if todo or every_image:
         try:
-            rgb = read_image(path)
+            rgb = read_image(path) if image_rgb is None else image_rgb
         except ImageError as e:
             for i in todo:
                 rows[i].update(status="failed", reason=str(e))
@@ -115,8 +149,9 @@ def mask_image(predict: Predict, image: dict, path: str, records: list[dict], *,
             for i, res in zip(todo, result):
                 res = dict(res)
                 masks[i] = res.pop("mask")
+                own_quality[i] = "quality" in res
                 rows[i].update(res)
-    add_quality(quality_scorer(quality), rgb, rows, masks, stage)
+    add_quality(quality_scorer(quality), rgb, rows, masks, stage, keep=own_quality)
     return rows, masks, maps, notes
 
 
@@ -154,7 +189,8 @@ def run_mask_stage(
     busy = [im for im in ds.images if every_image or any(usable(r) for r in by_image.get(im["id"], []))]
     n = worker_count(workers, len(busy))
     fn = partial(mask_image, predict, **kw)
-    jobs = ((im, str(ds.image_path(im)), by_image.get(im["id"], [])) for im in ds.images)
+    jobs = ((im, str(ds.image_path(im)), recs, {r["id"]: ds.strong[r["id"]] for r in recs if r["id"] in ds.strong})
+            for im in ds.images for recs in [by_image.get(im["id"], [])])
     with ArtifactWriter(out, stage=stage, method=method, params=params, inputs=inputs,
                         categories=ds.categories, attrs=attrs) as w:
         results = ordered_map(fn, jobs, n)
@@ -166,6 +202,107 @@ def run_mask_stage(
                 w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
         finally:
             results.close()
+    return Path(out)
+
+
+# predict_batch([(rgb, usable records), ...]) -> one `Predict` result per image, in order: the usable instances
+# of several images in one call, so that a network takes their crops (or the images) in one forward pass.
+PredictBatch = Callable[[list[tuple[np.ndarray, list[dict]]]], Sequence[Any]]
+
+
+def read_ahead(fn: Callable[[Any], Any], items: Iterable, workers: int = 0, ahead: int = 2) -> Iterator[Any]:
+    """`fn(item)` for each item, in order: computed by `workers` threads up to `ahead` items ahead of the
+    consumer (image decoding releases the GIL), or here, one at a time, when `workers` is 0."""
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
+    with ThreadPoolExecutor(workers) as ex:
+        pending = collections.deque(ex.submit(fn, x) for x in itertools.islice(it, max(ahead, 1)))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                pending.extend(ex.submit(fn, x) for x in itertools.islice(it, 1))
+                yield result
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def run_batched_mask_stage(
+    ds: Dataset,
+    out: str | os.PathLike,
+    predict_batch: PredictBatch,
+    *,
+    stage: str,
+    method: str,
+    params: Mapping[str, Any],
+    batch_size: int,
+    weight: Callable[[list[dict]], int] | None = None,
+    loader_workers: int = 0,
+    inputs: Sequence[str | os.PathLike] = (),
+    usable: Callable[[dict], bool] = usable,
+    quality: str | None = None,
+) -> Path:
+    """`run_mask_stage` for a network that batches across images: consecutive images are grouped until their
+    `weight` (of the usable records; default 1 per image, e.g. the number of crops) reaches `batch_size`, and
+    each group goes to one `predict_batch` call. `loader_workers` threads read the images ahead (0: here).
+
+    The rows, masks and quality are `mask_image`'s for each image (strong instances included), so the
+    artifact equals run_mask_stage's with `predict(rgb, recs) = predict_batch([(rgb, recs)])[0]` whenever the
+    method's results do not depend on which images share a batch."""
+    by_image = ds.by_image()
+    scorer = quality_scorer(quality)
+    attrs = {"image_root": str(Path(ds.image_root).resolve()), "quality_source": stage, **quality_attrs(scorer)}
+    kw = {"stage": stage, "out": str(out), "usable": usable, "quality": quality}
+    cost = weight or (lambda recs: 1)
+
+    def one(rgb: np.ndarray, recs: list[dict]) -> Any:
+        return predict_batch([(rgb, recs)])[0]
+
+    def load(im: dict) -> tuple[dict, list[dict], list[dict], np.ndarray | None]:
+        recs = by_image.get(im["id"], [])
+        todo = [r for r in recs if usable(r) and not is_true_mask(r)]
+        rgb = None
+        if todo:
+            try:
+                rgb = read_image(ds.image_path(im))
+            except ImageError:
+                pass  # mask_image reads it again and fails its instances with the reason
+        return im, recs, todo, rgb
+
+    def groups() -> Iterator[list[tuple[dict, list[dict], list[dict], np.ndarray | None]]]:
+        group, size = [], 0
+        for item in read_ahead(load, ds.images, loader_workers, ahead=max(2 * batch_size, 2 * loader_workers)):
+            group.append(item)
+            size += cost(item[2]) if item[3] is not None else 0
+            if size >= batch_size:
+                yield group
+                group, size = [], 0
+        if group:
+            yield group
+
+    def images() -> Iterator[tuple[dict, tuple[list[dict], np.ndarray, Any, list[str]]]]:
+        for group in groups():
+            jobs = [(rgb, todo) for _, _, todo, rgb in group if rgb is not None]
+            results = list(predict_batch(jobs)) if jobs else []
+            if len(results) != len(jobs):
+                raise ArtifactError(f"{out}: {stage} gave {len(results)} results for a batch of {len(jobs)} "
+                                    "images; one per image, in order")
+            it = iter(results)
+            for im, recs, _, rgb in group:
+                predict = (lambda r: lambda *_: r)(next(it)) if rgb is not None else one
+                strong = {r["id"]: ds.strong[r["id"]] for r in recs if r["id"] in ds.strong}
+                yield im, mask_image(predict, im, str(ds.image_path(im)), recs, strong, image_rgb=rgb, **kw)
+
+    with ArtifactWriter(out, stage=stage, method=method, params=params, inputs=inputs,
+                        categories=ds.categories, attrs=attrs) as w:
+        for im, (rows, masks, maps, notes) in progress(images(), desc=f"{stage}:{method}", total=len(ds.images)):
+            for line in notes:
+                print(line, file=sys.stderr)
+            w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
     return Path(out)
 
 
@@ -200,6 +337,9 @@ def artifact_image(per_image: PerImage, image: dict, records: list[list[dict]], 
     rows, out_masks, maps = per_image(image, records, masks)
     check_rows(rows, records[0], out, source, image["id"])
     rows = [dict(r) for r in rows]
+    if any(is_true_mask(r) for r in records[0]):
+        out_masks = np.array(out_masks, np.uint8)
+        pass_true_masks(rows, out_masks, records[0], masks[0])
     if rescore:
         scorer = quality_scorer(quality)
         feats = [{**a, **r} for a, r in zip(records[0], rows)]

@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 from ..dataset import Dataset
 from ..errors import PseudomaskError
 from ..images import read_image
-from ..masks import box_pixels
+from ..masks import box_pixels, rle_decode
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BOX, SALIENT = "box", "salient"
@@ -70,6 +70,14 @@ def box_in_crop(bbox_xywh: Sequence[float], span: tuple[int, int, int, int], siz
 def box_crop(rgb: np.ndarray, bbox_xywh: Sequence[float], size: int, rng: np.random.Generator | None = None,
              shift: float = 0.25, scale: tuple[float, float] = (0.5, 1.5)) -> tuple[np.ndarray, np.ndarray]:
     """(crop (size,size,3) uint8, box label (size,size) uint8) around a box, jittered when `rng` is given."""
+    crop, label, _ = box_crop_span(rgb, bbox_xywh, size, rng, shift, scale)
+    return crop, label
+
+
+def box_crop_span(rgb: np.ndarray, bbox_xywh: Sequence[float], size: int, rng: np.random.Generator | None = None,
+                  shift: float = 0.25, scale: tuple[float, float] = (0.5, 1.5)
+                  ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """`box_crop` and the pixel span it cut (to crop a mask of the image the same way)."""
     h, w = rgb.shape[:2]
     x, y, bw, bh = (float(v) for v in bbox_xywh)
     if not (bw > 0 and bh > 0):
@@ -80,7 +88,7 @@ def box_crop(rgb: np.ndarray, bbox_xywh: Sequence[float], size: int, rng: np.ran
     span = crop_span(region, w, h)
     x0, y0, x1, y1 = span
     crop = cv2.resize(rgb[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_LINEAR)
-    return crop, box_in_crop(bbox_xywh, span, size)
+    return crop, box_in_crop(bbox_xywh, span, size), span
 
 
 def salient_crop(rgb: np.ndarray, mask: np.ndarray, resize: int, size: int,
@@ -148,6 +156,19 @@ class BoxItem:
     image_path: Path
     bbox: tuple[float, float, float, float]  # COCO xywh
     instance_id: int
+    mask: Any = None  # COCO RLE of the true mask of a strong instance (dataset.strong), else None
+
+
+def strong_items(datasets: Sequence[Dataset]) -> list[BoxItem]:
+    """The strong instances (true masks, source gt) of the datasets/shards: supervised like salient images."""
+    items = []
+    for ds in datasets:
+        images = {im["id"]: im for im in ds.images}
+        for r in ds.instances:
+            if r.get("source") == "gt" and int(r["id"]) in ds.strong:
+                items.append(BoxItem(ds.image_path(images[r["image_id"]]), tuple(float(v) for v in r["bbox"]),
+                                     int(r["id"]), ds.strong[int(r["id"])]))
+    return items
 
 
 def box_items(datasets: Sequence[Dataset], usable: Sequence[str] = ("kept", "invalid", "dropped")) -> list[BoxItem]:
@@ -214,14 +235,18 @@ class RatioBatchSampler:
 class JointDataset(torch.utils.data.Dataset):
     """Items addressed by (kind, index, seed): an augmented box crop or salient crop as tensors.
 
-    Returns {"image": (3,S,S) float in [0,1], "box": (1,S,S) float box label for the MIL bags (the GT box, or
-    the tight box of a salient mask), "mask": (1,S,S) float salient mask (zeros for box items), "salient": bool}."""
+    Salient indices past the salient folder address the `strong` instances (true masks of the dataset): a
+    jittered crop around the box as for box items, with the true mask cropped the same way, supervised as a
+    salient image is (pixel loss, IoU head). Returns {"image": (3,S,S) float in [0,1], "box": (1,S,S) float
+    box label for the MIL bags (the GT box, or the tight box of a salient mask), "mask": (1,S,S) float true
+    mask (zeros for box items), "salient": bool}."""
 
     def __init__(self, boxes: Sequence[BoxItem], salient: SalientFolder, crop_size: int = 288,
-                 salient_resize: int = 320, shift: float = 0.25, scale: tuple[float, float] = (0.5, 1.5)):
+                 salient_resize: int = 320, shift: float = 0.25, scale: tuple[float, float] = (0.5, 1.5),
+                 strong: Sequence[BoxItem] = ()):
         if salient_resize < crop_size:
             raise BoxCasegDataError(f"salient resize {salient_resize} is smaller than the crop size {crop_size}")
-        self.boxes, self.salient = list(boxes), salient
+        self.boxes, self.salient, self.strong = list(boxes), salient, list(strong)
         self.crop_size, self.salient_resize = crop_size, salient_resize
         self.shift, self.scale = shift, tuple(scale)
         self._cache: dict[Path, np.ndarray] = {}
@@ -234,7 +259,7 @@ class JointDataset(torch.utils.data.Dataset):
         return self._cache[path]
 
     def __len__(self) -> int:
-        return len(self.boxes) + len(self.salient)
+        return len(self.boxes) + len(self.salient) + len(self.strong)
 
     def __getitem__(self, key: tuple[str, int, int]) -> dict:
         kind, i, seed = key
@@ -244,6 +269,12 @@ class JointDataset(torch.utils.data.Dataset):
             img, box = box_crop(self._image(item.image_path), item.bbox, self.crop_size, rng,
                                 self.shift, self.scale)
             mask = np.zeros_like(box)
+        elif i >= len(self.salient):
+            item = self.strong[i - len(self.salient)]
+            img, box, (x0, y0, x1, y1) = box_crop_span(self._image(item.image_path), item.bbox, self.crop_size,
+                                                       rng, self.shift, self.scale)
+            mask = cv2.resize(rle_decode(item.mask)[y0:y1, x0:x1], (self.crop_size, self.crop_size),
+                              interpolation=cv2.INTER_NEAREST)
         else:
             rgb, mask = self.salient.load(i)
             img, mask = salient_crop(rgb, mask, self.salient_resize, self.crop_size, rng)

@@ -1,11 +1,13 @@
 """BoxCaseg inference (Wang et al., Sec. 3.4): crop each GT box, resize it to 320x320, predict the fused
 salient + transferred probability, resize it back to the box and paste it into the full-resolution mask.
-Crops of one image are batched; probabilities can be kept in the artifact (map "probability", uint8 0-255,
+The crops of consecutive images share forward passes of `batch_size` crops, the images read ahead by
+`loader_workers` threads (results do not depend on either); probabilities can be kept in the artifact (map "probability", uint8 0-255,
 full image size, one dataset per instance id). A model trained on smaller crops (CPU runs) is applied at its
 own crop size x 320/288 by default.
 
 With a trained IoU head (see .model) each instance also gets `iou_head`, the head's predicted IoU of the fused
-mask with the true mask (the square root of its squared-IoU output, in [0, 1]); the provenance parameters name
+mask with the true mask (the square root of its squared-IoU output, in [0, 1]), which is also its `quality`
+(a model without a trained head leaves `quality` to the stage loop's scorer); the provenance parameters name
 the predictor (`iou_predictor`: "boxcaseg-iou-head", or "none" for a model without a trained head).
 """
 
@@ -21,7 +23,7 @@ import torch
 
 from ..dataset import Dataset
 from ..masks import box_pixels
-from ..stage import run_mask_stage
+from ..stage import run_batched_mask_stage
 from .model import HEADS, IOU_PREDICTOR, BoxCasegError, BoxCasegNet, load_model
 from ..devices import pick_device
 from .settings import InferSettings
@@ -48,41 +50,60 @@ def predict_boxes_quality(model: BoxCasegNet, rgb: np.ndarray, boxes: Sequence[S
                           iou: bool = True) -> tuple[list[np.ndarray | None], list[float]]:
     """`predict_boxes` and, with `iou`, the IoU head's predicted IoU per box (NaN without one or for a box
     that covers no pixel)."""
-    h, w = rgb.shape[:2]
-    spans = [box_pixels(b, h, w) for b in boxes]
-    todo = [i for i, (x0, y0, x1, y1) in enumerate(spans) if x1 > x0 and y1 > y0]
-    out: list[np.ndarray | None] = [None] * len(boxes)
-    quality = [float("nan")] * len(boxes)
+    return predict_images_quality(model, [(rgb, boxes)], size, batch_size, device, head, iou)[0]
+
+
+def predict_images_quality(model: BoxCasegNet, items: Sequence[tuple[np.ndarray, Sequence[Sequence[float]]]],
+                           size: int = 320, batch_size: int = 16, device: str | torch.device = "cpu",
+                           head: str = "fused", iou: bool = True
+                           ) -> list[tuple[list[np.ndarray | None], list[float]]]:
+    """`predict_boxes_quality` of several (image, boxes): the crops of all images go through the network
+    `batch_size` at a time, so that crops of consecutive images share a forward pass."""
     device = torch.device(device)
+    spans, todo, out = [], [], []
+    for n, (rgb, boxes) in enumerate(items):
+        h, w = rgb.shape[:2]
+        spans.append([box_pixels(b, h, w) for b in boxes])
+        todo.extend((n, i) for i, (x0, y0, x1, y1) in enumerate(spans[-1]) if x1 > x0 and y1 > y0)
+        out.append(([None] * len(boxes), [float("nan")] * len(boxes)))
     for k in range(0, len(todo), batch_size):
         chunk = todo[k:k + batch_size]
-        crops = np.stack([cv2.resize(rgb[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_LINEAR)
-                          for x0, y0, x1, y1 in (spans[i] for i in chunk)])
+        crops = np.stack([cv2.resize(items[n][0][y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_LINEAR)
+                          for n, (x0, y0, x1, y1) in ((n, spans[n][i]) for n, i in chunk)])
         x = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float() / 255.0
-        if iou:
-            probs, q = model.predict_quality(x, head)
-            for i, v in zip(chunk, q.float().cpu().tolist()):
-                quality[i] = float(v)
-        else:
-            probs = model.predict(x, head)
+        with torch.no_grad():
+            if iou:
+                probs, q = model.predict_quality(x, head)
+                for (n, i), v in zip(chunk, q.float().cpu().tolist()):
+                    out[n][1][i] = float(v)
+            else:
+                probs = model.predict(x, head)
         probs = probs.float().cpu().numpy()
-        for i, p in zip(chunk, probs):
-            x0, y0, x1, y1 = spans[i]
+        for (n, i), p in zip(chunk, probs):
+            h, w = items[n][0].shape[:2]
+            x0, y0, x1, y1 = spans[n][i]
             full = np.zeros((h, w), np.float32)
             full[y0:y1, x0:x1] = cv2.resize(p, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-            out[i] = full
-    return out, quality
+            out[n][0][i] = full
+    return out
 
 
 def make_predict(model: BoxCasegNet, size: int = 320, batch_size: int = 16, threshold: float = 0.5,
                  keep_probabilities: bool = False, device: str | torch.device = "cpu", head: str = "fused"):
     """The per-image function `run_mask_stage` calls: masks, status and score per instance (+ maps)."""
+    batch = make_predict_batch(model, size, batch_size, threshold, keep_probabilities, device, head)
+    return lambda rgb, recs: batch([(rgb, recs)])[0]
+
+
+def make_predict_batch(model: BoxCasegNet, size: int = 320, batch_size: int = 16, threshold: float = 0.5,
+                       keep_probabilities: bool = False, device: str | torch.device = "cpu", head: str = "fused"):
+    """The function `run_batched_mask_stage` calls on a group of images: per image, masks, status and score
+    per instance (+ maps). With a trained IoU head each instance also gets `iou_head` and, as its `quality`,
+    the same predicted IoU (the stage loop keeps a method's own quality)."""
 
     iou = bool(getattr(model, "iou_head_trained", False))
 
-    def predict(rgb: np.ndarray, recs: list[dict]):
-        probs, quality = predict_boxes_quality(model, rgb, [r["bbox"] for r in recs], size, batch_size, device,
-                                               head, iou=iou)
+    def image_results(rgb: np.ndarray, recs: list[dict], probs: list, quality: list):
         h, w = rgb.shape[:2]
         results, kept = [], {}
         for r, p, q in zip(recs, probs, quality):
@@ -100,18 +121,26 @@ def make_predict(model: BoxCasegNet, size: int = 320, batch_size: int = 16, thre
                 results.append({"mask": mask, "status": "invalid", "reason": "BoxCaseg found no foreground in the box",
                                 "score": score})
             if iou:
-                results[-1]["iou_head"] = q
+                results[-1].update(iou_head=q, quality=q)
             if keep_probabilities:
                 kept[str(int(r["id"]))] = np.round(p * 255).astype(np.uint8)
         return (results, {"probability": kept}) if keep_probabilities and kept else results
 
-    return predict
+    def predict_batch(jobs: list[tuple[np.ndarray, list[dict]]]):
+        preds = predict_images_quality(model, [(rgb, [r["bbox"] for r in recs]) for rgb, recs in jobs], size,
+                                       batch_size, device, head, iou=iou)
+        return [image_results(rgb, recs, probs, q) for (rgb, recs), (probs, q) in zip(jobs, preds)]
+
+    return predict_batch
 
 
 def infer(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.PathLike, size: int | str = "auto",
           batch_size: int = 16, threshold: float = 0.5, keep_probabilities: bool = False,
-          device: str = "auto", head: str = "fused", inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Write the BoxCaseg artifact (stage "boxcaseg") of a dataset or shard with a trained checkpoint."""
+          device: str = "auto", head: str = "fused", inputs: Sequence[str | os.PathLike] = (),
+          loader_workers: int = 0) -> Path:
+    """Write the BoxCaseg artifact (stage "boxcaseg") of a dataset or shard with a trained checkpoint: the box
+    crops of consecutive images fill forward passes of `batch_size` crops, `loader_workers` threads reading
+    the images ahead."""
     dev = pick_device(device)
     model = load_model(checkpoint, dev)
     size = infer_size(model, size)
@@ -121,9 +150,10 @@ def infer(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.PathLike, si
                               "size": size, "batch_size": batch_size, "threshold": threshold, "head": head,
                               "keep_probabilities": keep_probabilities,
                               "iou_predictor": IOU_PREDICTOR if model.iou_head_trained else "none"}
-    predict = make_predict(model, size, batch_size, threshold, keep_probabilities, dev, head)
-    return run_mask_stage(ds, out, predict, stage="boxcaseg", method="boxcaseg", params=params,
-                          inputs=[*inputs, checkpoint])
+    predict_batch = make_predict_batch(model, size, batch_size, threshold, keep_probabilities, dev, head)
+    return run_batched_mask_stage(ds, out, predict_batch, stage="boxcaseg", method="boxcaseg", params=params,
+                                  batch_size=batch_size, weight=len, loader_workers=loader_workers,
+                                  inputs=[*inputs, checkpoint])
 
 
 def run_stage(s: InferSettings, *, shard: str, images: str | None, model: str, out: str, threads: int = 1) -> dict:
@@ -133,6 +163,7 @@ def run_stage(s: InferSettings, *, shard: str, images: str | None, model: str, o
 
     torch.set_num_threads(threads)
     infer(load_dataset(shard, images), model, out, size=s.size, batch_size=s.batch_size, threshold=s.threshold,
-          keep_probabilities=s.keep_probabilities, device=s.device, head=s.head, inputs=[shard])
+          keep_probabilities=s.keep_probabilities, device=s.device, head=s.head, inputs=[shard],
+          loader_workers=s.loader_workers)
     with Artifact(out) as a:
         return {"out": out, "images": len(a.image_ids), "status": a.status_counts()}

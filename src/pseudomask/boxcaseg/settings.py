@@ -73,7 +73,8 @@ class InferSettings(Settings):
     size: Any = setting("auto", "box crops are resized to size x size; auto = training crop x 320/288 (320 for "
                                 "the paper's 288)", schema={"anyOf": [{"type": "integer", "minimum": 8},
                                                                       {"const": "auto"}]})
-    batch_size: int = setting(16, "crops per forward pass", minimum=1)
+    batch_size: int = setting(16, "crops per forward pass (crops of consecutive images share one)", minimum=1)
+    loader_workers: int = setting(2, "threads reading images ahead of the network (0: read in turn)", minimum=0)
     threshold: float = setting(0.5, "foreground probability threshold", minimum=0, maximum=1)
     head: str = setting("fused", "fused (the paper) | weak | salient | transferred (ablation)", choices=HEADS)
     keep_probabilities: bool = setting(False, "also store per-instance probability maps (map \"probability\")")

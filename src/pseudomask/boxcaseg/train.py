@@ -13,6 +13,9 @@ the number of iterations, so a run with more iterations and otherwise the same s
 From `iou_start` x iters on, the IoU head (see .model) also trains: L1 between its output and the squared IoU
 of the thresholded fused mask with the salient mask, on the salient crops of each batch, weighted by
 `iou_weight`. Its input features are detached, so this term does not change the segmentation.
+
+Strong instances of the shards (true masks of `dataset.strong`, source gt) join the salient images: a jittered
+crop around the box with its true mask, supervised by the pixel loss and the IoU head like a salient crop.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from ..devices import pick_device
 from ..files import atomic_path
 from ..optim import build_optimizer
 from ..stage import progress
-from .data import BoxCasegDataError, JointDataset, RatioBatchSampler, SalientFolder, box_items, collate
+from .data import (BoxCasegDataError, JointDataset, RatioBatchSampler, SalientFolder, box_items, collate,
+                   strong_items)
 from .losses import fused_probability, iou_loss, mil_loss, pixel_loss, smoothness, weak_loss
 from .model import STAGE, BoxCasegError, architecture, build_model, load_state, save_checkpoint
 from .settings import TrainConfig
@@ -100,6 +104,7 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
 
     folder = SalientFolder(salient)
     boxes = box_items(datasets)
+    strong = strong_items(datasets)
     if not boxes:
         sources = ", ".join(str(ds.source or ds.image_root) for ds in datasets) or "no dataset given"
         raise BoxCasegDataError(f"no usable box to train BoxCaseg on (status kept and positive size) in {sources}")
@@ -118,10 +123,13 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
         sampler_seed = cfg.seed + start
 
     print(f"BoxCaseg training: {cfg.backbone} on {device}, {len(boxes)} box instances, {len(folder)} salient "
-          f"images, batch {cfg.batch_size} at {cfg.ratio[0]:g}:{cfg.ratio[1]:g}, iterations {start}..{cfg.iters}",
+          f"images, {len(strong)} strong instances (true masks), batch {cfg.batch_size} at "
+          f"{cfg.ratio[0]:g}:{cfg.ratio[1]:g}, iterations {start}..{cfg.iters}",
           file=sys.stderr)
-    sampler = RatioBatchSampler(len(boxes), len(folder), cfg.batch_size, cfg.ratio, seed=sampler_seed)
-    data = JointDataset(boxes, folder, cfg.crop_size, cfg.salient_resize, cfg.jitter_shift, cfg.jitter_scale)
+    sampler = RatioBatchSampler(len(boxes), len(folder) + len(strong), cfg.batch_size, cfg.ratio,
+                                seed=sampler_seed)
+    data = JointDataset(boxes, folder, cfg.crop_size, cfg.salient_resize, cfg.jitter_shift, cfg.jitter_scale,
+                        strong=strong)
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
     batches = iter(loader)
@@ -154,12 +162,14 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
     model.eval()
     model.iou_head_trained = iou_on(cfg.iters - 1, cfg)
     save_checkpoint(out, model, cfg.to_dict(), iteration=cfg.iters,
-                    data={"box_instances": len(boxes), "salient_images": len(folder), "salient": str(salient)})
+                    data={"box_instances": len(boxes), "salient_images": len(folder),
+                          "strong_instances": len(strong), "salient": str(salient)})
     write_log(loss_log, rows)
     first = float(np.mean([r["loss"] for r in rows[:10]])) if rows else float("nan")
     last = float(np.mean([r["loss"] for r in rows[-10:]])) if rows else float("nan")
     return {"checkpoint": str(out), "loss_log": str(loss_log), "iterations": cfg.iters, "resumed_from": start,
-            "box_instances": len(boxes), "salient_images": len(folder), "loss_first10": first, "loss_last10": last,
+            "box_instances": len(boxes), "salient_images": len(folder), "strong_instances": len(strong),
+            "loss_first10": first, "loss_last10": last,
             "seconds": rows[-1]["seconds"] if rows else 0.0, "device": str(device)}
 
 

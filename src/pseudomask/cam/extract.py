@@ -8,10 +8,14 @@ proposal_id, objectness, stuff (0/1). Every tag is accounted for: a tag that yie
 no proposal containing the peak, class unknown to the checkpoint, empty stuff region) gets a "failed" row with
 the reason. When two peaks of a class pick the same proposal the weaker one is "ignored" (a duplicate).
 The low-resolution maps of the tagged classes are stored as map "cam" (/cam/<image_id>/<category_id>).
+
+The backbone runs on `batch_size` images at a time, read ahead by `loader_workers` threads; the class maps,
+peaks and proposals are then computed per image, so results do not depend on the batch size.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +28,7 @@ from ..dataset import Dataset
 from ..images import ImageError, read_image
 from ..masks import mask_box
 from ..proposals import Proposals, read_proposals
-from ..stage import progress
+from ..stage import progress, read_ahead
 from ..store import Artifact, ArtifactWriter
 from ..devices import pick_device
 from .model import CamError, load_classifier, prepare
@@ -56,11 +60,19 @@ def refine_peak(up: np.ndarray, i: int, j: int, h: int, w: int) -> tuple[int, in
     return y0 + int(dy), x0 + int(dx)
 
 
-def image_maps(model, rgb: np.ndarray, input_size: int, device: torch.device, win: int):
-    """(features requiring grad, cams (C, h, w), class scores (C,)) of one image."""
-    x = torch.from_numpy(prepare(rgb, input_size))[None].to(device)
+def image_features(model, rgbs: Sequence[np.ndarray], input_size: int, device: torch.device) -> torch.Tensor:
+    """(N, K, h, w) backbone features of several images in one forward pass (each squashed to input_size)."""
+    x = torch.from_numpy(np.stack([prepare(rgb, input_size) for rgb in rgbs])).to(device)
     with torch.no_grad():
-        feats = model.features(x)
+        return model.features(x)
+
+
+def image_maps(model, rgb: np.ndarray, input_size: int, device: torch.device, win: int,
+               feats: torch.Tensor | None = None):
+    """(features requiring grad, cams (C, h, w), class scores (C,)) of one image; `feats` (1, K, h, w): its
+    features when already computed with other images' (`image_features`)."""
+    if feats is None:
+        feats = image_features(model, [rgb], input_size, device)
     feats = feats.detach().requires_grad_(True)
     with torch.enable_grad():
         cams = model.head(feats)
@@ -75,8 +87,10 @@ def _failed(iid: int, cat: int, reason: str, box=(0.0, 0.0, 0.0, 0.0)) -> dict:
 
 
 def extract_image(model, config: dict, im: dict, rgb: np.ndarray, proposals: Proposals | None, stuff: set[int],
-                  s: PeakSettings, device: torch.device) -> tuple[list[dict], np.ndarray, dict[str, np.ndarray]]:
-    """Rows, (K, H, W) masks and low-res CAMs of one image's tags."""
+                  s: PeakSettings, device: torch.device, feats: torch.Tensor | None = None
+                  ) -> tuple[list[dict], np.ndarray, dict[str, np.ndarray]]:
+    """Rows, (K, H, W) masks and low-res CAMs of one image's tags (`feats`: its backbone features, when
+    computed in a batch)."""
     H, W = rgb.shape[:2]
     col = {c: k for k, c in enumerate(config["class_ids"])}
     win = int(s.window or config["window"])
@@ -98,7 +112,7 @@ def extract_image(model, config: dict, im: dict, rgb: np.ndarray, proposals: Pro
             add(_failed(0, t, f"category {t} is not a class of the CAM checkpoint"), None)
     if not known:
         return rows, np.stack(masks) if masks else np.zeros((0, H, W), np.uint8), {}
-    feats, cams, scores = image_maps(model, rgb, config["input_size"], device, win)
+    feats, cams, scores = image_maps(model, rgb, config["input_size"], device, win, feats)
     h, w = cams.shape[-2:]
     cams_np = cams.detach()[0].cpu().numpy()
     up = F.interpolate(cams.detach()[:, [col[t] for t in known]], size=(H, W), mode="bilinear",
@@ -175,14 +189,34 @@ def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.Path
                             inputs=[checkpoint, *([proposals] if proposals else []), *inputs],
                             categories=ds.categories,
                             attrs={"image_root": str(Path(ds.image_root).resolve())}) as w:
-            for im in progress(ds.images, desc=f"cam:{s.select}", total=len(ds.images)):
+            known = set(config["class_ids"])
+
+            def load(im: dict) -> tuple[dict, list[int], np.ndarray | ImageError | None]:
                 tags = [int(t) for t in im.get("tags", [])]
-                H, W = int(im["height"]), int(im["width"])
                 if not tags:
-                    w.add_image(im, [], np.zeros((0, H, W), np.uint8))
-                    continue
-                rows, masks, maps = _one_image(model, config, ds, im, tags, props_art, proposals_for_image,
-                                               stuff, s, device)
+                    return im, tags, None
+                try:
+                    return im, tags, read_image(ds.image_path(im))
+                except ImageError as e:
+                    return im, tags, e
+
+            def results():
+                # s.batch_size images at a time: the backbone runs once on those whose features are needed
+                items = read_ahead(load, ds.images, s.loader_workers, ahead=2 * s.batch_size)
+                for group in iter(lambda: list(itertools.islice(items, s.batch_size)), []):
+                    need = [k for k, (im, tags, rgb) in enumerate(group) if isinstance(rgb, np.ndarray)
+                            and rgb.shape[:2] == (int(im["height"]), int(im["width"])) and known & set(tags)]
+                    feats = image_features(model, [group[k][2] for k in need], config["input_size"],
+                                           device) if need else None
+                    by_k = {k: feats[n:n + 1] for n, k in enumerate(need)}
+                    for k, (im, tags, rgb) in enumerate(group):
+                        if not tags:
+                            yield im, tags, ([], np.zeros((0, int(im["height"]), int(im["width"])), np.uint8), {})
+                            continue
+                        yield im, tags, _one_image(model, config, ds, im, tags, props_art, proposals_for_image,
+                                                   stuff, s, device, rgb, by_k.get(k))
+
+            for im, tags, (rows, masks, maps) in progress(results(), desc=f"cam:{s.select}", total=len(ds.images)):
                 w.add_image(im, rows, masks, maps={"cam": maps} if maps else None, tags=tags)
     finally:
         if props_art is not None:
@@ -190,7 +224,9 @@ def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.Path
     return Path(out)
 
 
-def _one_image(model, config, ds, im, tags, props_art, proposals_for_image, stuff, s, device):
+def _one_image(model, config, ds, im, tags, props_art, proposals_for_image, stuff, s, device, rgb, feats):
+    """One tagged image of `extract_peaks`: `rgb` is the image read (or the ImageError), `feats` its backbone
+    features when computed in a batch (else None: computed here)."""
     H, W = int(im["height"]), int(im["width"])
     base = int(im["id"]) * ID_STRIDE
 
@@ -198,10 +234,8 @@ def _one_image(model, config, ds, im, tags, props_art, proposals_for_image, stuf
         rows = [{**_failed(base + k, t, reason)} for k, t in enumerate(tags)]
         return rows, np.zeros((len(rows), H, W), np.uint8), {}
 
-    try:
-        rgb = read_image(ds.image_path(im))
-    except ImageError as e:
-        return all_failed(str(e))
+    if isinstance(rgb, ImageError):
+        return all_failed(str(rgb))
     if rgb.shape[:2] != (H, W):
         return all_failed(f"{ds.image_path(im)} is {rgb.shape[1]}x{rgb.shape[0]}, the record says {W}x{H}")
     props = None
@@ -212,7 +246,7 @@ def _one_image(model, config, ds, im, tags, props_art, proposals_for_image, stuf
                               f", the image is {W}x{H}")
     elif proposals_for_image is not None and any(t not in stuff for t in tags):
         props = proposals_for_image(rgb, **s.mcg)
-    rows, masks, maps = extract_image(model, config, im, rgb, props, stuff, s, device)
+    rows, masks, maps = extract_image(model, config, im, rgb, props, stuff, s, device, feats)
     if props is None and props_art is not None:
         for r in rows:
             if r["reason"] == "no proposals for this image":

@@ -11,14 +11,17 @@ from dataclasses import dataclass
 from ..settings import Settings, cpu_profile, device_setting, setting
 
 MODES = ("sample", "best")
-CPU_PROFILE = {"iters": 300, "batch_size": 4, "input_size": 224}
+# measured on the 24 demo scenes, 1 thread of a shared 2-core machine (benchmarks/RESULTS.md, CAM peaks):
+# tiny at 160 px trains in about a minute and its peaks hit objects 4x as often as ResNet-18's (random init)
+CPU_PROFILE = {"backbone": "tiny", "iters": 300, "batch_size": 8, "input_size": 160, "optimizer": "adam",
+               "lr": 0.003, "levels": [-2, -1]}
 
 
 @dataclass(frozen=True)
 class TrainSettings(Settings):
     SECTION = "cam_train"
-    backbone: str = setting("auto", "auto: resnet50 on a GPU, resnet18 on CPU; tiny (no MMDetection); or a "
-                                    "pseudomask.backbones name")
+    backbone: str = setting("auto", "auto: resnet50 on a GPU, resnet18 on CPU (the CPU profile picks tiny); tiny "
+                                    "(no MMDetection); or a pseudomask.backbones name")
     backbone_checkpoint: str = setting("", "pretrained backbone weights (local file); \"\" = random initialisation")
     iters: int = setting(2000, "training iterations (batches)", minimum=1)
     batch_size: int = setting(8, "images per batch", minimum=1)
@@ -58,4 +61,6 @@ class PeakSettings(Settings):
                                      minimum=0, maximum=1)
     dedupe: bool = setting(True, "a peak that picks an already chosen proposal is ignored (a duplicate)")
     mcg: dict = setting({}, "mcg settings of on-the-fly proposals when no proposal artifact is given")
+    batch_size: int = setting(8, "images per forward pass of the backbone", minimum=1)
+    loader_workers: int = setting(2, "threads reading images ahead of the network (0: read in turn)", minimum=0)
     device: str = device_setting()

@@ -24,6 +24,14 @@ from .features import FEATURES, image_features, source_of
 
 FORMAT = "pseudomask-quality-gbrt"
 DEFAULT = "default"
+# the choice model's inputs: a candidate's features and their difference from the mean of its box's candidates
+CHOICE_FEATURES = FEATURES + tuple(f"box_rel_{f}" for f in FEATURES)
+
+
+def choice_features(x: np.ndarray) -> np.ndarray:
+    """(C, 2F) inputs of the choice model from the (C, F) features of one box's candidates."""
+    x = np.asarray(x, np.float64).reshape(-1, len(FEATURES))
+    return np.hstack([x, x - x.mean(0, keepdims=True)]) if len(x) else np.zeros((0, len(CHOICE_FEATURES)))
 
 
 class ScorerError(PseudomaskError, ValueError):
@@ -52,7 +60,11 @@ class Tree:
 
 @dataclass(frozen=True)
 class Scorer:
-    """Predicts the IoU (0..1) of masks from `FEATURES`; `name` identifies it in artifacts' provenance."""
+    """Predicts the IoU (0..1) of masks from `FEATURES`; `name` identifies it in artifacts' provenance.
+
+    `choice` (optional) ranks the candidates of one box: trained on `CHOICE_FEATURES` to predict each
+    candidate's IoU minus the mean IoU of its box's candidates, it picks better than the absolute IoU,
+    which stays the `quality` written."""
 
     features: tuple[str, ...]
     init: float
@@ -60,20 +72,30 @@ class Scorer:
     trees: tuple[Tree, ...]
     name: str = ""
     meta: Mapping[str, Any] | None = None
+    choice: "Scorer | None" = None
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def raw(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float64).reshape(-1, len(self.features))
         out = np.full(len(x), self.init)
         for t in self.trees:
             out += self.learning_rate * t.predict(x)
-        return np.clip(out, 0.0, 1.0)
+        return out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(self.raw(x), 0.0, 1.0)
+
+    def rank(self, x: np.ndarray) -> np.ndarray:
+        """Scores to choose among one box's candidates (features `x`, with the cross-source ones): the
+        choice model's when there is one, else the predicted IoU."""
+        return self.choice.raw(choice_features(x)) if self.choice is not None else self.predict(x)
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "features": list(self.features), "init": self.init,
                 "learning_rate": self.learning_rate, "meta": dict(self.meta or {}),
                 "trees": [{"left": t.left.tolist(), "right": t.right.tolist(), "feature": t.feature.tolist(),
                            "threshold": [round(float(v), 9) for v in t.threshold],
-                           "value": [round(float(v), 9) for v in t.value]} for t in self.trees]}
+                           "value": [round(float(v), 9) for v in t.value]} for t in self.trees],
+                **({"choice": self.choice.to_json()} if self.choice is not None else {})}
 
     def save(self, path: str | os.PathLike) -> Path:
         from ..files import write_json
@@ -82,18 +104,19 @@ class Scorer:
         return write_json(self.to_json(), path)
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], name: str = "") -> "Scorer":
+    def from_json(cls, d: Mapping[str, Any], name: str = "", features: tuple[str, ...] = FEATURES) -> "Scorer":
         if d.get("format") != FORMAT:
             raise ScorerError(f"{name or 'scorer'}: not a {FORMAT} model (format {d.get('format')!r})")
         feats = tuple(d["features"])
-        if feats != FEATURES:
+        if feats != features:
             missing = sorted(set(FEATURES) ^ set(feats))
             raise ScorerError(f"{name or 'scorer'}: trained on other features than this version computes "
                               f"(differing: {missing[:5] or 'order'}); retrain it with scripts/train_scorer.py")
         trees = tuple(Tree(np.asarray(t["left"], np.int64), np.asarray(t["right"], np.int64),
                            np.asarray(t["feature"], np.int64), np.asarray(t["threshold"], np.float64),
                            np.asarray(t["value"], np.float64)) for t in d["trees"])
-        return cls(feats, float(d["init"]), float(d["learning_rate"]), trees, name, d.get("meta") or {})
+        choice = cls.from_json(d["choice"], name, CHOICE_FEATURES) if d.get("choice") else None
+        return cls(feats, float(d["init"]), float(d["learning_rate"]), trees, name, d.get("meta") or {}, choice)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scorer":
@@ -131,15 +154,15 @@ def scorable(row: Mapping[str, Any]) -> bool:
 
 def fit(x: np.ndarray, y: np.ndarray, *, n_estimators: int = 200, learning_rate: float = 0.05, max_depth: int = 3,
         subsample: float = 0.8, min_samples_leaf: int = 5, seed: int = 0, meta: Mapping[str, Any] | None = None,
-        name: str = "") -> Scorer:
+        name: str = "", features: tuple[str, ...] = FEATURES, choice: Scorer | None = None) -> Scorer:
     """A scorer fitted by scikit-learn's GradientBoostingRegressor (squared error) on features x, IoUs y."""
     try:
         from sklearn.ensemble import GradientBoostingRegressor
     except ImportError:  # pragma: no cover
         raise ScorerError("training a quality scorer needs scikit-learn: pip install scikit-learn") from None
     x = np.asarray(x, np.float64)
-    if x.shape[1] != len(FEATURES):
-        raise ScorerError(f"{x.shape[1]} feature columns, expected {len(FEATURES)}")
+    if x.shape[1] != len(features):
+        raise ScorerError(f"{x.shape[1]} feature columns, expected {len(features)}")
     gbr = GradientBoostingRegressor(n_estimators=n_estimators, learning_rate=learning_rate, max_depth=max_depth,
                                     subsample=subsample, min_samples_leaf=min_samples_leaf, random_state=seed)
     gbr.fit(x, np.asarray(y, np.float64))
@@ -150,7 +173,7 @@ def fit(x: np.ndarray, y: np.ndarray, *, n_estimators: int = 200, learning_rate:
         trees.append(Tree(t.children_left.astype(np.int64), t.children_right.astype(np.int64),
                           np.maximum(t.feature, 0).astype(np.int64), t.threshold.astype(np.float64),
                           t.value[:, 0, 0].astype(np.float64)))
-    return Scorer(FEATURES, init, float(learning_rate), tuple(trees), name or "fitted", dict(meta or {}))
+    return Scorer(features, init, float(learning_rate), tuple(trees), name or "fitted", dict(meta or {}), choice)
 
 
 def default_path() -> Path:
@@ -161,7 +184,7 @@ def default_path() -> Path:
 def _load_cached(path: str, mtime: float) -> Scorer:
     s = Scorer.load(path)
     return s if path != str(default_path()) else Scorer(s.features, s.init, s.learning_rate, s.trees,
-                                                        f"default:{s.name}", s.meta)
+                                                        f"default:{s.name}", s.meta, s.choice)
 
 
 def get_scorer(model: str | os.PathLike | None = DEFAULT) -> Scorer | None:

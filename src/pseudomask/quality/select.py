@@ -80,11 +80,15 @@ def candidate_features(rgb: np.ndarray, bbox: Sequence[float], cands: Sequence[t
     return np.asarray(feats, np.float64)
 
 
-def choose(names: Sequence[str], quality: np.ndarray) -> tuple[int, str]:
-    """Index of the highest predicted quality (ties: the earlier candidate) and the reason recorded."""
-    order = np.argsort(-quality, kind="stable")
+def choose(names: Sequence[str], quality: np.ndarray, rank: np.ndarray | None = None) -> tuple[int, str]:
+    """Index of the best candidate by `rank` (the scorer's choice model; default: the predicted quality;
+    ties: the earlier candidate) and the reason recorded."""
+    by_quality = rank is None
+    rank = quality if by_quality else np.asarray(rank, np.float64)
+    order = np.argsort(-rank, kind="stable")
     best = int(order[0])
-    why = f"highest predicted quality {quality[best]:.3f} of {len(names)} candidates"
+    what = "highest predicted quality" if by_quality else "first by the choice model, predicted quality"
+    why = f"{what} {quality[best]:.3f} of {len(names)} candidates"
     if len(order) > 1:
         nxt = int(order[1])
         why += f" (next: {names[nxt]} {quality[nxt]:.3f})"
@@ -122,8 +126,9 @@ def run_select(sources: Sequence[str | os.PathLike], out: str | os.PathLike, ext
                 if not cands:
                     rows.append(row)
                     continue
-                q = scorer.predict(candidate_features(rgb, first["bbox"], cands))
-                best, why = choose([c[0] for c in cands], q)
+                x = candidate_features(rgb, first["bbox"], cands)
+                q = scorer.predict(x)
+                best, why = choose([c[0] for c in cands], q, scorer.rank(x) if scorer.choice is not None else None)
                 name, crow, m = cands[best]
                 outm[k] = m
                 prior = crow.get("reason") or ""
@@ -145,6 +150,6 @@ def run_select(sources: Sequence[str | os.PathLike], out: str | os.PathLike, ext
                 np.isfinite(a.instances["quality"]).any() else None}
 
 
-def run_stage(s: SelectSettings, *, masks: list[str], out: str, threads: int = 1) -> dict:
-    """The `select` stage (see pseudomask.stages)."""
-    return run_select(masks or [], out, extras=s.extras, model=s.model)
+def run_stage(s: SelectSettings, *, masks: list[str], out: str, scorer: str | None = None, threads: int = 1) -> dict:
+    """The `select` stage (see pseudomask.stages); `scorer` (scorer-train's model) overrides `s.model`."""
+    return run_select(masks or [], out, extras=s.extras, model=scorer or s.model)

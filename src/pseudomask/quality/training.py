@@ -11,16 +11,20 @@ benchmarks/bench_quality.py.
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import PseudomaskError
 from ..masks import box_agreement, mask_iou
+from ..settings import Settings, setting
 from .features import FEATURES
-from .scorer import Scorer, fit
+from .scorer import CHOICE_FEATURES, Scorer, choice_features, fit
 from .select import EXTRAS, candidate_features, instance_candidates
 
 SOURCES = ("grabcut", "mcg", "agree")
@@ -103,27 +107,49 @@ def collect(annotations: str | os.PathLike, images: str | os.PathLike, work: str
     return data
 
 
+def box_relative(data: dict[str, Any], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The choice model's inputs (`choice_features` per box, cross view) and targets (IoU minus the mean IoU
+    of the box's candidates) of the given rows, in row order."""
+    idx = np.flatnonzero(rows)
+    x = np.zeros((len(idx), len(CHOICE_FEATURES)))
+    y = np.zeros(len(idx))
+    inst = data["instance"][idx]
+    for i in np.unique(inst):
+        at = np.flatnonzero(inst == i)
+        x[at] = choice_features(data["x_cross"][idx[at]])
+        y[at] = data["y"][idx[at]] - data["y"][idx[at]].mean()
+    return x, y
+
+
 def train(data: dict[str, Any], rows: np.ndarray | None = None, **kw: Any) -> Scorer:
-    """A scorer fitted on both feature views of the given rows (all by default)."""
+    """A scorer fitted on both feature views of the given rows (all by default), with a choice model
+    fitted on the boxes' relative IoUs (see `Scorer.choice`)."""
     sel = np.ones(len(data["y"]), bool) if rows is None else rows
     x = np.vstack([data["x_single"][sel], data["x_cross"][sel]])
     y = np.concatenate([data["y"][sel], data["y"][sel]])
-    return fit(x, y, **kw)
+    choice = fit(*box_relative(data, sel), features=CHOICE_FEATURES, name="choice")
+    return fit(x, y, choice=choice, **kw)
 
 
-def cross_validate(data: dict[str, Any], folds: int = 5, seed: int = 0, **kw: Any) -> dict[str, np.ndarray]:
-    """Out-of-fold predictions (single and cross view) of every row; folds split the images."""
+def cross_validate(data: dict[str, Any], folds: int = 5, seed: int = 0, split: str = "random",
+                   **kw: Any) -> dict[str, np.ndarray]:
+    """Out-of-fold predictions (single, cross and choice view) of every row; folds split the images: at
+    random (`folds` folds) or by the parity of the image id (`split="parity"`: two folds, even and odd)."""
     images = np.unique(data["image"])
-    rng = np.random.default_rng(seed)
-    fold_of = dict(zip(rng.permutation(images).tolist(), np.arange(len(images)) % folds))
+    if split == "parity":
+        folds, fold_of = 2, {int(i): int(i) % 2 for i in images}
+    else:
+        rng = np.random.default_rng(seed)
+        fold_of = dict(zip(rng.permutation(images).tolist(), np.arange(len(images)) % folds))
     fold = np.array([fold_of[int(i)] for i in data["image"]])
-    single, cross = np.zeros(len(fold)), np.zeros(len(fold))
+    single, cross, choice = np.zeros(len(fold)), np.zeros(len(fold)), np.zeros(len(fold))
     for f in range(folds):
         test = fold == f
         s = train(data, ~test, **kw)
         single[test] = s.predict(data["x_single"][test])
         cross[test] = s.predict(data["x_cross"][test])
-    return {"single": single, "cross": cross, "fold": fold}
+        choice[test] = s.choice.raw(box_relative(data, test)[0])
+    return {"single": single, "cross": cross, "choice": choice, "fold": fold}
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -146,24 +172,26 @@ def evaluate(data: dict[str, Any], pred: dict[str, np.ndarray], keep_rates: Sequ
         res["spearman"][view]["pooled (sources)"] = spearman(pred[view][srcs], y[srcs])
         res["spearman"][view]["pooled (all candidates)"] = spearman(pred[view], y)
     # mIoU per single source over all instances (no candidate from a source: IoU 0), select, oracle
-    best_sel, best_or, best_proxy = [], [], []
+    best_sel, best_abs, best_or, best_proxy = [], [], [], []
     per_source = {n: [] for n in CANDIDATES}
     for i in instances:
         rows = np.flatnonzero(inst == i)
         for n in CANDIDATES:
             r = rows[name[rows] == n]
             per_source[n].append(float(y[r[0]]) if len(r) else 0.0)
-        best_sel.append(float(y[rows[np.argmax(pred["cross"][rows])]]))
+        best_sel.append(float(y[rows[np.argmax(pred["choice"][rows])]]))
+        best_abs.append(float(y[rows[np.argmax(pred["cross"][rows])]]))
         best_or.append(float(y[rows].max()))
         best_proxy.append(float(y[rows[np.argmax(data["proxy"][rows])]]))
     res["miou"] = {**{n: float(np.mean(v)) for n, v in per_source.items()},
-                   "select (highest predicted quality)": float(np.mean(best_sel)),
+                   "select (choice model)": float(np.mean(best_sel)),
+                   "highest predicted quality": float(np.mean(best_abs)),
                    "highest proxy box IoU": float(np.mean(best_proxy)),
                    "oracle (highest true IoU)": float(np.mean(best_or))}
     # equal keep rates on the GrabCut stage's masks and on select's: by predicted quality vs by proxy box IoU
     res["keep"] = []
     g = name == "grabcut"
-    sel_rows = np.array([np.flatnonzero(inst == i)[np.argmax(pred["cross"][inst == i])] for i in instances])
+    sel_rows = np.array([np.flatnonzero(inst == i)[np.argmax(pred["choice"][inst == i])] for i in instances])
     for label, rows, q in (("grabcut", np.flatnonzero(g), pred["single"]), ("select", sel_rows, pred["cross"])):
         for rate in keep_rates:
             n_keep = max(1, int(round(rate * len(rows))))
@@ -191,3 +219,95 @@ def format_results(res: dict[str, Any]) -> str:
               f"{r['miou_by_quality']:.3f} | {r['miou_by_proxy']:.3f} |" for r in res["keep"]]
     lines += ["", f"Feature time: {res['feature_ms_per_candidate']:.2f} ms per candidate (one thread)."]
     return "\n".join(lines)
+
+
+def train_and_save(annotations: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
+                   work: str | os.PathLike, *, folds: int = 5, limit: int | None = None, trained_on: str = "",
+                   command: str = "", workers: int = 2) -> dict[str, Any]:
+    """Collect the candidates of every box of `annotations` (a COCO JSON with true masks), measure a scorer
+    by image-level cross-validation (when there are at least `folds` images), fit it on all of them and
+    write the model (JSON) at `out` with a .md report beside it; returns a summary."""
+    t0 = time.perf_counter()
+    data = collect(annotations, images, work, limit=limit, workers=workers)
+    seconds = time.perf_counter() - t0
+    if not len(data["y"]):
+        raise PseudomaskError(f"{annotations}: no box with a true mask to train the quality scorer on")
+    n_images = len(np.unique(data["image"]))
+    res = evaluate(data, cross_validate(data, folds=folds)) if n_images >= max(folds, 2) else None
+    table = format_results(res) if res else f"{n_images} images: too few for {folds}-fold cross-validation."
+    names, counts = np.unique(data["name"], return_counts=True)
+    meta = {"trained_on": trained_on or str(Path(annotations).name), "images": n_images,
+            "instances": int(len(np.unique(data["instance"]))), "candidates": int(len(data["y"])),
+            "candidates_by_source": dict(zip(names.tolist(), counts.tolist()))}
+    if res:
+        meta.update(cv_spearman_pooled=res["spearman"]["single"]["pooled (sources)"],
+                    cv_select_miou=res["miou"]["select (choice model)"])
+    path = train(data, meta=meta).save(out)
+    md = Path(path).with_suffix(".md")
+    md.write_text(f"# Quality scorer `{Path(path).name}`\n\n"
+                  + (f"Written by `{command}` " if command else "Written ")
+                  + "from the candidates of the boxes with true masks. Gradient-boosted trees (scikit-learn "
+                  "GradientBoostingRegressor, 200 trees of depth 3, learning rate 0.05, subsample 0.8), stored as "
+                  "JSON and evaluated with numpy.\n\n"
+                  f"Training data: {json.dumps(meta['candidates_by_source'])} candidates of {meta['instances']} "
+                  f"instances in {n_images} images ({meta['trained_on']}); target: IoU with the true mask. "
+                  "Every candidate appears twice, with and without the cross-source features, so that one model "
+                  "serves the single stages and `select`.\n\n"
+                  "## Figures (image-level cross-validation)\n\n" + table + "\n")
+    return {"model": str(path), "report": str(md), "collect_s": round(seconds, 1), **meta, "table": table}
+
+
+@dataclass(frozen=True)
+class ScorerTrainSettings(Settings):
+    SECTION = "scorer_train"
+    folds: int = setting(5, "image-level cross-validation folds of the figures written beside the model",
+                         minimum=2)
+    min_instances: int = setting(20, "fewest strong instances to train on; fewer is an error (keep the default "
+                                     "model)", minimum=1)
+
+
+def strong_coco(shards: Sequence[str | os.PathLike]) -> tuple[dict, Path]:
+    """The strong instances (source gt) of ingested shards as one COCO dataset with their true masks, and
+    the shards' image folder."""
+    from ..dataset import load_dataset
+
+    images, anns, cats, root = [], [], [], None
+    for path in shards:
+        ds = load_dataset(path)
+        root = root or ds.image_root
+        cats = cats or [{"id": c["id"], "name": c["name"]} for c in ds.categories]
+        gt = [r for r in ds.instances if r.get("source") == "gt"]
+        ids = {r["image_id"] for r in gt}
+        images += [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in ds.images if im["id"] in ids]
+        anns += [{"id": r["id"], "image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["bbox"],
+                  "iscrowd": 0, "area": float(r["bbox"][2] * r["bbox"][3]), "segmentation": ds.strong[r["id"]]}
+                 for r in gt]
+    return {"images": images, "categories": cats, "annotations": anns}, Path(root or ".")
+
+
+def run_stage(s: ScorerTrainSettings, *, shards: list[str], images: str | None, model: str,
+              threads: int = 1) -> dict:
+    """The `scorer_train` stage (see pseudomask.stages): a quality model from the strong instances of the
+    shards (or from every instance of a COCO JSON with masks given with --images)."""
+    import tempfile
+
+    from ..files import write_json
+
+    with tempfile.TemporaryDirectory(prefix=".scorer_train-", dir=Path(model).parent) as tmp:
+        work = Path(tmp)  # the sources' artifacts of these images: never reused by another run
+        if len(shards) == 1 and str(shards[0]).endswith(".json"):
+            if not images:
+                raise PseudomaskError(f"{shards[0]}: a COCO JSON needs its image folder (--images)")
+            coco, root, what = Path(shards[0]), Path(images), ""
+        else:
+            data, root = strong_coco(shards)
+            if len(data["annotations"]) < s.min_instances:
+                raise PseudomaskError(f"{len(data['annotations'])} strong instances (source gt) in {len(shards)} "
+                                      f"shard(s), fewer than scorer_train.min_instances = {s.min_instances}: give "
+                                      "more true masks (dataset.strong) or lower min_instances")
+            coco = write_json(data, work / "strong.json")
+            root, what = Path(images) if images else root, f"strong instances of {len(shards)} shard(s)"
+        summary = train_and_save(coco, root, model, work, folds=s.folds, workers=threads, trained_on=what,
+                                 command="pseudomask scorer-train")
+    summary.pop("table")
+    return summary

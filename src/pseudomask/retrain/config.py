@@ -13,7 +13,7 @@ import os
 import pprint
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ..errors import read_json
 from ..files import write_text_atomic
@@ -26,6 +26,8 @@ ARCHS = {"r50": 50, "r101": 101}
 SCHEDULES = {"iters": None, "1x": (12, (8, 11)), "2x": (24, (16, 22))}
 CUSTOM_MODULE = "pseudomask.retrain.modules"
 CONFIG_NAME = "mask_rcnn.py"
+NECKS = ("fpn", "pafpn")
+RECIPES = ("mask_rcnn", "hybrid")
 
 
 class RetrainError(SettingsError):
@@ -66,6 +68,15 @@ class RetrainSettings(Settings):
     log_interval: int = setting(10, "iterations between log lines", minimum=1)
     seed: int = setting(0, "seed of weights and data order")
     max_per_img: int = setting(100, "most detections per image (the model's test config)", minimum=1)
+    neck: str = setting("fpn", "fpn | pafpn (PANet's bottom-up path augmentation, the hybrid networks' "
+                               "Enhanced-FPN)", choices=NECKS)
+    recipe: str = setting("mask_rcnn", "workflow: mask_rcnn (this one model) | hybrid (hybrid networks: Mask R-CNN "
+                                       "on the valid masks + Faster R-CNN and GrabCut for the invalid, small ones; "
+                                       "stages hybrid_split, retrain_hybrid, predict_hybrid)", choices=RECIPES)
+    rounds: int = setting(1, "workflow: rounds of iterative ground truth (Li et al.); round k >= 2 trains on round "
+                             "k-1's detections on the training images (refine_round), under results/round<k>/; "
+                             "wiring only, not a parameter of one training run", minimum=1)
+    WIRING: ClassVar[tuple[str, ...]] = ("rounds", "recipe")  # keys left out of the rule's params (stage_settings)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None, where: str | None = None) -> "RetrainSettings":
@@ -79,6 +90,8 @@ class RetrainSettings(Settings):
             raise RetrainError(f"{self.init_checkpoint}: init checkpoint not found (retrain.init_checkpoint); "
                                "nothing is downloaded, set it to a local file or \"\" for random init")
         scale_pair(self.scale)
+        if self.recipe == "hybrid" and getattr(self, "rounds", 1) > 1:
+            self.fail("recipe hybrid trains its two branches once; it has no rounds (set rounds: 1)")
 
 
 def scale_pair(scale: Any) -> tuple[int, int]:
@@ -132,6 +145,16 @@ def dataset_classes(data: Mapping[str, Any], source: str = "training annotations
     return names, ids
 
 
+def neck_config(kind: str = "fpn") -> dict:
+    """The neck: MMDetection's FPN, or PAFPN (FPN plus PANet's bottom-up path: N_i+1 = conv3x3(P_i+1 +
+    conv3x3/2(N_i)), no activation, as MMDetection's; see docs/stages/retrain.md for what the paper's
+    Enhanced-FPN adds)."""
+    if kind not in NECKS:
+        raise RetrainError(f"neck must be one of {', '.join(NECKS)}, got {kind!r}")
+    return dict(type="PAFPN" if kind == "pafpn" else "FPN", in_channels=[256, 512, 1024, 2048], out_channels=256,
+                num_outs=5)
+
+
 def model_config(num_classes: int, s: RetrainSettings, init_kind: str | None) -> dict:
     """Mask R-CNN ResNet-FPN as in MMDetection's mask-rcnn_r50_fpn base, with the ignore-aware mask head."""
     pretrained_backbone = init_kind == "backbone"
@@ -144,7 +167,7 @@ def model_config(num_classes: int, s: RetrainSettings, init_kind: str | None) ->
                       norm_cfg=dict(type="BN", requires_grad=True), norm_eval=pretrained_backbone, style="pytorch",
                       init_cfg=dict(type="Pretrained", checkpoint=str(Path(s.init_checkpoint).resolve()))
                       if pretrained_backbone else None),
-        neck=dict(type="FPN", in_channels=[256, 512, 1024, 2048], out_channels=256, num_outs=5),
+        neck=neck_config(s.neck),
         rpn_head=dict(
             type="RPNHead", in_channels=256, feat_channels=256,
             anchor_generator=dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0],
@@ -224,7 +247,8 @@ def build_config(train_json: str | os.PathLike, images: str | os.PathLike, work_
         default_scope="mmdet",
         custom_imports=dict(imports=[CUSTOM_MODULE], allow_failed_imports=False),
         pseudomask=dict(category_ids=ids, train_annotations=str(Path(train_json).resolve()),
-                        train_sha256=file_digest(train_json), settings=_plain(s.to_dict())),
+                        train_sha256=file_digest(train_json),
+                        settings=_plain({k: v for k, v in s.to_dict().items() if k not in s.WIRING})),
         work_dir=str(Path(work_dir).resolve()),
         model=model_config(len(names), s, init_kind),
         train_pipeline=train_pipeline,
@@ -276,6 +300,36 @@ def build_config(train_json: str | os.PathLike, images: str | os.PathLike, work_
     return cfg
 
 
+def without_masks(model: dict) -> dict:
+    """Faster R-CNN from a Mask R-CNN model dict: the same backbone, neck, RPN and box head, no mask branch."""
+    out = {**model, "type": "FasterRCNN",
+           "data_preprocessor": {**model["data_preprocessor"], "pad_mask": False},
+           "roi_head": {k: v for k, v in model["roi_head"].items() if k not in ("mask_roi_extractor", "mask_head")}}
+    out["train_cfg"] = {**model["train_cfg"],
+                        "rcnn": {k: v for k, v in model["train_cfg"]["rcnn"].items() if k != "mask_size"}}
+    out["test_cfg"] = {**model["test_cfg"],
+                       "rcnn": {k: v for k, v in model["test_cfg"]["rcnn"].items() if k != "mask_thr_binary"}}
+    return out
+
+
+def build_faster_rcnn_config(train_json: str | os.PathLike, images: str | os.PathLike, work_dir: str | os.PathLike,
+                             settings: RetrainSettings | None = None, val_json: str | os.PathLike | None = None,
+                             val_images: str | os.PathLike | None = None) -> dict:
+    """The MMDetection config of a Faster R-CNN run (boxes only; the hybrid recipe's small-object branch):
+    `build_config`'s run with the mask head, the mask loading and the mask metric taken out."""
+    cfg = build_config(train_json, images, work_dir, settings, val_json=val_json, val_images=val_images)
+    cfg["model"] = without_masks(cfg["model"])
+    scale = scale_pair((settings or RetrainSettings()).scale)
+    flip = float((settings or RetrainSettings()).flip)
+    cfg["train_pipeline"] = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True),
+                             dict(type="Resize", scale=scale, keep_ratio=True), dict(type="RandomFlip", prob=flip),
+                             dict(type="PackDetInputs")]
+    cfg["train_dataloader"]["dataset"]["pipeline"] = cfg["train_pipeline"]
+    if "val_evaluator" in cfg:
+        cfg["val_evaluator"] = cfg["test_evaluator"] = {**cfg["val_evaluator"], "metric": ["bbox"]}
+    return cfg
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
@@ -289,7 +343,9 @@ def config_text(cfg: Mapping[str, Any]) -> str:
     from .. import __version__
 
     s = cfg.get("pseudomask", {}).get("settings", {})
-    lines = [f"# MMDetection Mask R-CNN {s.get('arch', '')}-FPN config, generated by pseudomask {__version__}.",
+    model = {"MaskRCNN": "Mask R-CNN", "FasterRCNN": "Faster R-CNN"}.get(cfg.get("model", {}).get("type"), "Mask R-CNN")
+    neck = cfg.get("model", {}).get("neck", {}).get("type", "FPN")
+    lines = [f"# MMDetection {model} {s.get('arch', '')}-{neck} config, generated by pseudomask {__version__}.",
              "# Training pseudo masks flagged `mask_ignore` are left out of the mask loss only (IgnoreAwareFCNMaskHead).",
              "# Rerun: pseudomask retrain ... or MMDetection's tools/train.py with this file.", ""]
     for key, value in cfg.items():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,19 +106,20 @@ def instances_to_results(image_id: int, pred, category_ids: Sequence[int]) -> li
     return out
 
 
-def _batches(items: list, n: int) -> Iterable[list]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
+def _batches(items: Iterable, n: int) -> Iterable[list]:
+    it = iter(items)
+    return iter(lambda: list(itertools.islice(it, n)), [])
 
 
 def predict(checkpoint: str | os.PathLike, images: str | os.PathLike, coco: str | os.PathLike | None = None,
             config: str | os.PathLike | None = None, device: str | None = None, batch_size: int = 2,
-            score_thr: float | None = None) -> tuple[list[dict], dict]:
-    """COCO results of every image (in a COCO JSON's list or the folder) and a summary."""
+            score_thr: float | None = None, loader_workers: int = 0) -> tuple[list[dict], dict]:
+    """COCO results of every image (in a COCO JSON's list or the folder) and a summary: `batch_size` images
+    per forward pass, read and transformed ahead by `loader_workers` threads (0: in turn)."""
     import torch
     from mmcv.transforms import Compose
 
-    from ..stage import progress
+    from ..stage import progress, read_ahead
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, category_ids = load_model(checkpoint, config, device)
@@ -130,16 +132,24 @@ def predict(checkpoint: str | os.PathLike, images: str | os.PathLike, coco: str 
     results: list[dict] = []
     skipped: list[str] = []
     root = Path(images)
-    for batch in progress(list(_batches(ims, max(1, batch_size))), desc="predict", unit="batch"):
+    batch_size = max(1, batch_size)
+
+    def load(im: dict) -> tuple[dict, dict | None, str]:
+        try:
+            rgb = read_image(root / im["file_name"])
+        except ImageError as e:
+            return im, None, str(e)
+        return im, pipeline(dict(img=np.ascontiguousarray(rgb[..., ::-1]), img_id=im["id"])), ""
+
+    loaded = read_ahead(load, ims, loader_workers, ahead=2 * batch_size)
+    for batch in progress(_batches(loaded, batch_size), desc="predict", total=-(-len(ims) // batch_size),
+                          unit="batch"):
         inputs, samples, ids = [], [], []
-        for im in batch:
-            try:
-                rgb = read_image(root / im["file_name"])
-            except ImageError as e:
-                skipped.append(str(e))
-                print(f"predict: skipping image {im['id']}: {e}")
+        for im, data, error in batch:
+            if data is None:
+                skipped.append(error)
+                print(f"predict: skipping image {im['id']}: {error}")
                 continue
-            data = pipeline(dict(img=np.ascontiguousarray(rgb[..., ::-1]), img_id=im["id"]))
             inputs.append(data["inputs"])
             samples.append(data["data_samples"])
             ids.append(im["id"])
@@ -164,6 +174,8 @@ class PredictSettings(Settings):
     SECTION = "predict"
     score_thr: float = setting(0.05, "lowest detection score kept", minimum=0, maximum=1)
     batch_size: int = setting(2, "images per forward pass", minimum=1)
+    loader_workers: int = setting(2, "threads reading and transforming images ahead of the network (0: in turn)",
+                                  minimum=0)
     device: str = device_setting()
 
 
@@ -176,6 +188,6 @@ def run_stage(s: PredictSettings, *, checkpoint: str, mmdet_config: str | None, 
 
     torch.set_num_threads(threads)
     results, summary = predict(checkpoint, images, coco=coco, config=mmdet_config, device=str(pick_device(s.device)),
-                               batch_size=s.batch_size, score_thr=s.score_thr)
+                               batch_size=s.batch_size, score_thr=s.score_thr, loader_workers=s.loader_workers)
     write_results(results, out)
     return {"out": out, **summary}

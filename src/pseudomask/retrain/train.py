@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .checkpoint import export_weights, trusted_checkpoints
 from .config import CONFIG_NAME, RetrainSettings, build_config, config_text, write_config
@@ -39,9 +39,11 @@ def _history(message_hub, key: str) -> list[float]:
 def train(train_json: str | os.PathLike, images: str | os.PathLike, work_dir: str | os.PathLike,
           settings: RetrainSettings | None = None, *, val_json: str | os.PathLike | None = None,
           val_images: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-          config_out: str | os.PathLike | None = None, threads: int | None = None) -> dict[str, Any]:
-    """Train (or resume) and write the weights to `out` (default WORK_DIR/latest.pth); returns a summary."""
-    cfg = build_config(train_json, images, work_dir, settings, val_json=val_json, val_images=val_images)
+          config_out: str | os.PathLike | None = None, threads: int | None = None,
+          builder: Callable[..., dict] = build_config) -> dict[str, Any]:
+    """Train (or resume) and write the weights to `out` (default WORK_DIR/latest.pth); returns a summary.
+    `builder` makes the MMDetection config (config.build_config: Mask R-CNN; build_faster_rcnn_config)."""
+    cfg = builder(train_json, images, work_dir, settings, val_json=val_json, val_images=val_images)
     import torch
     from mmengine.config import Config
     from mmengine.runner import Runner

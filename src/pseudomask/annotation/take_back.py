@@ -1,0 +1,285 @@
+"""Take-back: an annotator's corrected COCO file (with masks) becomes the dataset's strong file.
+
+The strong file is a COCO JSON in the dataset's ids: `images` (the dataset's records of the corrected
+images), the dataset's `categories`, and `annotations` with `segmentation` whose ids are the dataset's
+instance ids (what `dataset.strong` reads: the rows of its images become source "gt"). Tools renumber on
+export (CVAT numbers images and annotations from 1, categories in label order), so nothing is matched by id
+alone:
+
+- an image by its id when the dataset has that id with the same file name, else by file name (full path,
+  then base name when that is unique); its size must be the dataset's. An image the dataset does not know
+  is skipped with the reason (`unknown_images`): it cannot become strong for this dataset. With
+  `unknown_images: error` it is an error instead.
+- a category by name (by id when the file has no categories);
+- an annotation by its id when that is an instance of the same image whose box it overlaps by `match_iou`
+  or better than any other instance of its class (else `id_box_mismatch`: a renumbered id), otherwise by
+  box: the unmatched instance of the same category with the highest box IoU, at least `match_iou`
+  (`matched_by_box`). An id that is no instance of the image is recorded (`unknown_instance_ids`) before
+  the box is tried.
+
+Conflicts are recorded in the report, never dropped silently:
+
+- `box_changed`: the annotator's box has IoU < `box_iou` with the dataset's box; the annotator's box and
+  mask go into the strong file, the old and new boxes into the report;
+- `category_changed`: the annotator's class differs; the annotator's goes into the strong file;
+- `deleted`: an instance of a corrected image (of the job, when the job is given) that no annotation
+  matches; it is not in the strong file, so its image's other instances become true masks while it stays
+  a box-only instance;
+- `added`: an annotation that matches no instance; it gets a new id above the dataset's largest and is in
+  the strong file, which ingest reads as a new instance of its image (source gt, reason "added by
+  dataset.strong"); the dataset's own annotations do not have it, so a run without the strong file does not
+  know it (the report gives its box and class);
+- `no_mask`: an annotation without a usable mask (no segmentation, or an empty one) stays out of the strong
+  file; its instance stays box-only;
+- `skipped_annotations`: unknown category, or a mask whose size is not the image's;
+- `not_returned`: job images without any annotation in the corrections (not strong), and `not_in_job`:
+  corrected images that were not in the job (taken all the same).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..dataset import Dataset, load_dataset
+from ..errors import PseudomaskError, read_json
+from ..files import write_json
+from ..masks import box_iou, mask_box, rle_encode, segmentation_mask
+from ..settings import Settings, setting
+
+
+class TakeBackError(PseudomaskError, ValueError):
+    """A corrections file that is not a COCO dataset, or an image unknown to the dataset (when an error)."""
+
+
+@dataclass(frozen=True)
+class TakeBackSettings(Settings):
+    SECTION = "take_back"
+    box_iou: float = setting(0.9, "a corrected box whose IoU with the dataset's box is below this is recorded as "
+                                  "changed", minimum=0, maximum=1)
+    match_iou: float = setting(0.5, "an annotation whose id is not an instance of its image is matched to the "
+                                    "instance of its class with the highest box IoU, at least this",
+                               minimum=0, maximum=1)
+    unknown_images: str = setting("skip", "images of the corrections the dataset does not know: skip them "
+                                          "(recorded in the report) or error", choices=("skip", "error"))
+
+
+def _base(name: str) -> str:
+    return PurePosixPath(str(name).replace("\\", "/")).name
+
+
+class _Index:
+    """The dataset's images, instances and categories, looked up by id and by name."""
+
+    def __init__(self, parts: Sequence[Dataset]):
+        self.images = {int(im["id"]): im for p in parts for im in p.images}
+        self.instances = {int(r["id"]): r for p in parts for r in p.instances}
+        self.by_image: dict[int, list[dict]] = {}
+        for r in self.instances.values():
+            self.by_image.setdefault(int(r["image_id"]), []).append(r)
+        self.categories = parts[0].categories if parts else []
+        self.cat_by_name = {c["name"]: int(c["id"]) for c in self.categories}
+        self.by_file = {str(im["file_name"]): i for i, im in self.images.items()}
+        bases: dict[str, list[int]] = {}
+        for i, im in self.images.items():
+            bases.setdefault(_base(im["file_name"]), []).append(i)
+        self.by_base = {b: ids[0] for b, ids in bases.items() if len(ids) == 1}
+        self.max_id = max(self.instances, default=0)
+
+    def image_of(self, im: Mapping[str, Any]) -> tuple[int | None, str]:
+        """(dataset image id, how) of a corrected image record, or (None, why not)."""
+        name = str(im.get("file_name", ""))
+        i = im.get("id")
+        if i is not None and int(i) in self.images and _base(self.images[int(i)]["file_name"]) == _base(name):
+            return int(i), "id"
+        if name in self.by_file:
+            return self.by_file[name], "file_name"
+        if _base(name) in self.by_base:
+            return self.by_base[_base(name)], "base name"
+        return None, f"no dataset image has id {i} with file {name!r}, nor that file name"
+
+
+def _categories(data: Mapping[str, Any], index: _Index) -> dict[int, int | None]:
+    """Corrected category id -> dataset category id (None: unknown)."""
+    cats = data.get("categories") or []
+    if not cats:
+        return {c["id"]: c["id"] for c in index.categories}
+    return {int(c["id"]): index.cat_by_name.get(str(c.get("name"))) for c in cats}
+
+
+def take_back(corrections: str | os.PathLike, datasets: Sequence[Dataset], job: str | os.PathLike | None = None,
+              s: TakeBackSettings = TakeBackSettings()) -> tuple[dict, dict]:
+    """(strong COCO file, report) of corrected annotations against the dataset (see the module doc)."""
+    data = read_json(corrections, TakeBackError, "corrected annotations")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations", []), list):
+        raise TakeBackError(f"{corrections}: not a COCO dataset (no 'images' list)")
+    index = _Index(datasets)
+    cat_map = _categories(data, index)
+    sent: dict[int, set[int]] | None = None
+    if job:
+        jd = read_json(job, TakeBackError, "annotation job")
+        sent = {int(im["id"]): set() for im in jd.get("images", [])}
+        for a in jd.get("annotations", []):
+            sent.setdefault(int(a["image_id"]), set()).add(int(a["id"]))
+    rep: dict[str, list] = {k: [] for k in ("unknown_images", "unknown_instance_ids", "box_changed",
+                                            "category_changed", "deleted", "added", "no_mask",
+                                            "skipped_annotations", "not_returned", "not_in_job", "matched_by_box",
+                                            "id_box_mismatch")}
+    image_map: dict[int, int] = {}  # corrected image id -> dataset image id
+    for im in data["images"]:
+        if "id" not in im:
+            raise TakeBackError(f"{corrections}: an image record without 'id': {im}")
+        did, how = index.image_of(im)
+        if did is None:
+            if s.unknown_images == "error":
+                raise TakeBackError(f"{corrections}: image {im['id']} ({im.get('file_name')}): {how}")
+            rep["unknown_images"].append({"image_id": im["id"], "file_name": im.get("file_name"), "reason": how})
+            continue
+        ds_im = index.images[did]
+        size = (int(im.get("width") or ds_im["width"]), int(im.get("height") or ds_im["height"]))
+        if size != (int(ds_im["width"]), int(ds_im["height"])):
+            rep["unknown_images"].append({"image_id": im["id"], "file_name": im.get("file_name"),
+                                          "reason": f"{size[0]}x{size[1]}, the dataset's image {did} is "
+                                                    f"{ds_im['width']}x{ds_im['height']}"})
+            continue
+        if did in image_map.values():
+            raise TakeBackError(f"{corrections}: images {im['id']} and another one are both dataset image {did}")
+        image_map[int(im["id"])] = did
+    anns_of: dict[int, list[dict]] = {}
+    for a in data.get("annotations", []):
+        if "image_id" not in a or "category_id" not in a:
+            raise TakeBackError(f"{corrections}: annotation {a.get('id')} lacks 'image_id' or 'category_id'")
+        cid = int(a["image_id"])
+        if cid in image_map:
+            anns_of.setdefault(image_map[cid], []).append(a)
+        elif not any(u["image_id"] == cid for u in rep["unknown_images"]):
+            raise TakeBackError(f"{corrections}: annotation {a.get('id')} refers to image {cid}, not in its images")
+    next_id = index.max_id
+    strong_images, strong_anns = [], []
+    taken = 0
+    for did in sorted(set(image_map.values())):
+        ds_im = index.images[did]
+        h, w = int(ds_im["height"]), int(ds_im["width"])
+        if sent is not None and did not in sent:
+            rep["not_in_job"].append(did)
+        pool = [r for r in index.by_image.get(did, []) if r["status"] != "ignored"
+                and (sent is None or did not in sent or int(r["id"]) in sent[did])]
+        free = {int(r["id"]): r for r in pool}
+        matched: list[tuple[dict, dict | None, np.ndarray | None, int | None]] = []  # (ann, instance, mask, cat)
+        later = []
+        for a in anns_of.get(did, []):
+            cat = cat_map.get(int(a["category_id"]))
+            if cat is None:
+                rep["skipped_annotations"].append({"image_id": did, "annotation_id": a.get("id"),
+                                                   "reason": f"unknown category {a['category_id']}"})
+                continue
+            try:
+                seg = a.get("segmentation")
+                if isinstance(seg, dict) and [int(v) for v in seg.get("size", [h, w])] != [h, w]:
+                    raise ValueError(f"mask size {seg.get('size')} is not the image's {[h, w]}")
+                mask = segmentation_mask(seg, h, w) if seg else None
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                rep["skipped_annotations"].append({"image_id": did, "annotation_id": a.get("id"),
+                                                   "reason": f"unreadable segmentation ({e})"})
+                continue
+            aid = a.get("id")
+            if aid is not None and int(aid) in free:
+                box, inst = _box(a, mask), free[int(aid)]
+                iou = box_iou(box, inst["bbox"])
+                better = [j for j, r in free.items() if j != int(aid) and int(r["category_id"]) == cat
+                          and box_iou(box, r["bbox"]) > iou]
+                if iou >= s.match_iou or not better:
+                    matched.append((a, free.pop(int(aid)), mask, cat))
+                    continue
+                rep["id_box_mismatch"].append({"image_id": did, "annotation_id": int(aid), "box_iou": round(iou, 4),
+                                               "better_instances": better})
+                later.append((a, mask, cat))
+                continue
+            if aid is not None and int(aid) not in {int(r["id"]) for r in pool}:
+                rep["unknown_instance_ids"].append({"image_id": did, "annotation_id": int(aid)})
+            later.append((a, mask, cat))
+        for a, mask, cat in later:  # by box, best first
+            box = _box(a, mask)
+            best = max(((box_iou(box, r["bbox"]), -int(i), i) for i, r in free.items()
+                        if int(r["category_id"]) == cat), default=None)
+            if best is not None and best[0] >= s.match_iou:
+                inst = free.pop(best[2])
+                rep["matched_by_box"].append({"image_id": did, "annotation_id": a.get("id"), "instance_id": best[2],
+                                              "box_iou": round(best[0], 4)})
+                matched.append((a, inst, mask, cat))
+            else:
+                matched.append((a, None, mask, cat))
+        for i, r in sorted(free.items()):
+            rep["deleted"].append({"image_id": did, "instance_id": i, "bbox": r["bbox"],
+                                   "category_id": int(r["category_id"])})
+        written = 0
+        for a, inst, mask, cat in matched:
+            if mask is None or not np.any(mask == 1):
+                rep["no_mask"].append({"image_id": did, "annotation_id": a.get("id"),
+                                       "instance_id": int(inst["id"]) if inst else None})
+                continue
+            box = _box(a, mask)
+            if inst is None:
+                next_id += 1
+                iid = next_id
+                rep["added"].append({"image_id": did, "instance_id": iid, "annotation_id": a.get("id"),
+                                     "bbox": box, "category_id": cat})
+            else:
+                iid = int(inst["id"])
+                iou = box_iou(box, inst["bbox"])
+                if iou < s.box_iou:
+                    rep["box_changed"].append({"image_id": did, "instance_id": iid, "old_bbox": inst["bbox"],
+                                               "new_bbox": box, "box_iou": round(iou, 4)})
+                if cat != int(inst["category_id"]):
+                    rep["category_changed"].append({"image_id": did, "instance_id": iid,
+                                                    "old_category_id": int(inst["category_id"]),
+                                                    "new_category_id": cat})
+            seg = a["segmentation"] if isinstance(a["segmentation"], list) else rle_encode(mask)
+            strong_anns.append({"id": iid, "image_id": did, "category_id": cat, "bbox": box,
+                                "area": float(np.count_nonzero(mask == 1)), "iscrowd": int(a.get("iscrowd", 0) or 0),
+                                "segmentation": seg})
+            written += 1
+        if written:
+            strong_images.append({k: ds_im[k] for k in ("id", "file_name", "width", "height")})
+            taken += 1
+    if sent is not None:
+        rep["not_returned"] = sorted(i for i in sent if i not in anns_of)
+    strong = {"info": {"description": "pseudomask strong images (annotator's masks in the dataset's ids)",
+                       "version": __version__, "date_created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "corrections": str(corrections)},
+              "licenses": [], "images": strong_images, "annotations": sorted(strong_anns, key=lambda a: a["id"]),
+              "categories": [{"id": c["id"], "name": c["name"]} for c in index.categories]}
+    report = {"corrections": str(corrections), "job": str(job) if job else None,
+              "strong_images": taken, "strong_annotations": len(strong_anns),
+              "counts": {k: len(v) for k, v in rep.items()}, **rep,
+              "notes": {"added": "added instances are in the strong file with new ids; ingest adds them to their "
+                                 "images as true masks, but the dataset's own annotations do not have them",
+                        "deleted": "deleted instances stay box-only instances of the dataset",
+                        "box_changed": "the strong file has the annotator's box and mask"}}
+    return strong, report
+
+
+def _box(a: Mapping[str, Any], mask: np.ndarray | None) -> list[float] | None:
+    """The annotator's box: the annotation's bbox, else its mask's."""
+    b = a.get("bbox")
+    if b and len(b) == 4:
+        return [float(v) for v in b]
+    return mask_box(mask) if mask is not None else None
+
+
+def run_stage(s: TakeBackSettings, *, corrections: str, shards: list[str], images: str | None, job: str | None,
+              out: str, report: str, threads: int = 1) -> dict:
+    """The `take_back` stage (see pseudomask.stages)."""
+    strong, rep = take_back(corrections, [load_dataset(p, images) for p in shards or []], job, s)
+    write_json(strong, out)
+    write_json(rep, report, indent=1)
+    return {"out": out, "report": report, "strong_images": rep["strong_images"],
+            "strong_annotations": rep["strong_annotations"],
+            "conflicts": {k: v for k, v in rep["counts"].items() if v}}

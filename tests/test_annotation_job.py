@@ -1,0 +1,129 @@
+"""The annotation job: COCO with polygon pre-annotations that pycocotools (and, where installed, Datumaro's
+COCO importer and Label Studio's converter) read back with every id, box, class and mask."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from annotation_data import pseudo_artifact
+from pseudomask.annotation.job import JobError, annotation_job, mask_segmentation
+from pseudomask.masks import mask_iou, rle_decode, segmentation_mask
+from pseudomask.stages import STAGES
+
+CHOSEN = [3, 1, 5]
+
+
+@pytest.fixture(scope="module")
+def job(demo, tmp_path_factory):
+    """Job of images 3, 1, 5 of the demo's true masks; instance 1 failed (no mask), 2 a crowd region."""
+    tmp = tmp_path_factory.mktemp("job")
+    art = pseudo_artifact(demo, tmp / "md.h5", quality=lambda a: 0.25, status={1: "failed", 2: "ignored"})
+    choice = tmp / "choice.json"
+    choice.write_text(json.dumps({"chosen": [{"image_id": i} for i in CHOSEN]}))
+    out, listing = tmp / "job.json", tmp / "images.txt"
+    stage = STAGES["annotation_job"]
+    summary = stage(stage.resolve({}), choice=str(choice), masks=[str(art)], out=str(out), image_list=str(listing))
+    data = json.loads((demo / "annotations.json").read_text())
+    return out, listing, summary, data, art
+
+
+def _truth(data: dict) -> dict[int, dict]:
+    return {a["id"]: a for a in data["annotations"] if a["image_id"] in CHOSEN}
+
+
+def test_every_instance_but_crowd_regions_is_in_the_job_with_its_ids_and_box(job):
+    out, listing, summary, data, _ = job
+    j = json.loads(out.read_text())
+    assert [im["id"] for im in j["images"]] == CHOSEN
+    assert {(c["id"], c["name"]) for c in j["categories"]} == {(c["id"], c["name"]) for c in data["categories"]}
+    truth = _truth(data)
+    assert {a["id"] for a in j["annotations"]} == set(truth) - {2}
+    for a in j["annotations"]:
+        t = truth[a["id"]]
+        assert a["image_id"] == t["image_id"] and a["category_id"] == t["category_id"] and a["bbox"] == t["bbox"]
+        assert a["quality"] == (None if a["id"] == 1 else 0.25)
+    failed = next(a for a in j["annotations"] if a["id"] == 1)
+    assert failed["segmentation"] == [] and failed["status"] == "failed"
+    assert summary["box_only"] == 1 and summary["images"] == 3
+    paths = listing.read_text().splitlines()
+    assert [p.rsplit("/", 1)[1] for p in paths] == [im["file_name"] for im in j["images"]]
+    assert all(shutil.os.path.exists(p) for p in paths)
+
+
+def test_pycocotools_reads_the_masks_back(job):
+    out, _, _, data, _ = job
+    coco = COCO(str(out))
+    truth = _truth(data)
+    assert sorted(coco.getImgIds()) == sorted(CHOSEN)
+    for a in coco.loadAnns(coco.getAnnIds()):
+        if a["id"] == 1:
+            continue
+        t = truth[a["id"]]
+        iou = mask_iou(coco.annToMask(a), rle_decode(t["segmentation"]))
+        assert iou >= 0.99, (a["id"], t["area"], iou)  # polygons along the pixel edges: exact up to bridges
+
+
+def test_a_mask_of_several_parts_with_a_hole_is_one_polygon_that_keeps_them():
+    m = np.zeros((60, 80), np.uint8)
+    m[5:25, 5:25] = 1
+    m[10:20, 10:20] = 0  # a hole
+    m[30:55, 40:75] = 1  # a second part
+    m[2, 70] = 1  # a one-pixel part
+    one = mask_segmentation(m)
+    assert len(one) == 1
+    assert mask_iou(segmentation_mask(one, 60, 80), m) >= 0.99
+    parts = mask_segmentation(m, single_polygon=False)
+    assert len(parts) == 3
+    assert mask_iou(segmentation_mask(parts, 60, 80), m) == 1.0
+    assert mask_segmentation(np.zeros((5, 5), np.uint8)) == []
+
+
+def test_an_image_no_artifact_holds_is_an_error(job):
+    *_, art = job
+    with pytest.raises(JobError, match=r"\[999\]"):
+        annotation_job([1, 999], [art])
+
+
+def test_datumaro_coco_importer_loads_ids_boxes_classes_and_polygons(job, tmp_path, demo):
+    dm = pytest.importorskip("datumaro")
+    out, _, _, data, _ = job
+    (tmp_path / "annotations").mkdir()
+    shutil.copy(out, tmp_path / "annotations/instances_default.json")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images/default").symlink_to(demo / "images")
+    ds = dm.Dataset.import_from(str(tmp_path), "coco_instances")
+    names = [c.name for c in ds.categories()[dm.AnnotationType.label]]
+    truth = _truth(data)
+    seen = set()
+    for item in ds:
+        image_id = item.attributes["id"]
+        assert image_id in CHOSEN
+        for a in item.annotations:
+            t = truth[a.id]
+            assert t["image_id"] == image_id
+            assert names[a.label] == next(c["name"] for c in data["categories"] if c["id"] == t["category_id"])
+            if a.type == dm.AnnotationType.bbox:
+                assert [a.x, a.y, a.w, a.h] == t["bbox"]
+                seen.add(a.id)
+            elif a.type == dm.AnnotationType.polygon:
+                back = segmentation_mask([list(a.points)], *item.media.size)
+                assert mask_iou(back, rle_decode(t["segmentation"])) >= 0.99
+    assert seen == set(truth) - {2}
+
+
+def test_label_studio_converter_loads_a_polygon_and_a_rectangle_per_instance(job, tmp_path):
+    conv = pytest.importorskip("label_studio_converter.imports.coco")
+    out, _, _, data, _ = job
+    ls = tmp_path / "tasks.json"
+    conv.convert_coco_to_ls(str(out), str(ls), image_root_url="/data/")
+    tasks = json.loads(ls.read_text())
+    assert len(tasks) == len(CHOSEN)
+    results = [r for t in tasks for r in t["annotations"][0]["result"]]
+    n = len(_truth(data)) - 1  # without the crowd region
+    assert sum(r["type"] == "rectanglelabels" for r in results) == n
+    assert sum(r["type"] == "polygonlabels" for r in results) == n - 1  # the failed instance is a box only

@@ -1,0 +1,140 @@
+"""Take-back: corrected COCO annotations become the strong file in the dataset's ids, every conflict reported."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from pseudomask.annotation.take_back import TakeBackError, TakeBackSettings, take_back
+from pseudomask.dataset import add_strong, load_dataset
+from pseudomask.masks import mask_iou, rle_decode, rle_encode, segmentation_mask
+from pseudomask.stages import STAGES
+
+
+@pytest.fixture(scope="module")
+def base(demo):
+    data = json.loads((demo / "annotations.json").read_text())
+    return data, load_dataset(demo / "annotations.json", demo / "images")
+
+
+def _corrections(data: dict, images=(1, 3)) -> dict:
+    """The annotator returns the true masks of `images` (in the dataset's ids)."""
+    c = copy.deepcopy(data)
+    c["images"] = [im for im in c["images"] if im["id"] in images]
+    c["annotations"] = [a for a in c["annotations"] if a["image_id"] in images]
+    return c
+
+
+def _job(data: dict, images=(1, 3, 5)) -> dict:
+    return {"images": [im for im in data["images"] if im["id"] in images],
+            "annotations": [{"id": a["id"], "image_id": a["image_id"]} for a in data["annotations"]
+                            if a["image_id"] in images], "categories": data["categories"]}
+
+
+def _write(tmp_path, name, obj):
+    p = tmp_path / name
+    p.write_text(json.dumps(obj))
+    return p
+
+
+def test_clean_corrections_become_the_strong_file_in_dataset_ids(base, tmp_path, demo):
+    data, ds = base
+    strong, rep = take_back(_write(tmp_path, "c.json", _corrections(data)), [ds],
+                            _write(tmp_path, "job.json", _job(data)))
+    want = [a for a in data["annotations"] if a["image_id"] in (1, 3)]
+    assert [im["id"] for im in strong["images"]] == [1, 3]
+    assert sorted(a["id"] for a in strong["annotations"]) == sorted(a["id"] for a in want)
+    assert rep["not_returned"] == [5] and rep["counts"]["box_changed"] == 0 and not rep["deleted"]
+    assert not rep["added"] and not rep["unknown_images"]
+    # the lead's ingest reads it: the strong images' rows become true masks
+    path = _write(tmp_path, "strong.json", strong)
+    mixed = add_strong(ds, path)
+    gt = {r["id"] for r in mixed.instances if r.get("source") == "gt"}
+    assert gt == {a["id"] for a in want}
+    for a in want[:3]:
+        assert mask_iou(rle_decode(mixed.strong[a["id"]]), rle_decode(a["segmentation"])) == 1.0
+
+
+def test_every_conflict_is_reported(base, tmp_path):
+    data, ds = base
+    c = _corrections(data)
+    image1 = [a for a in c["annotations"] if a["image_id"] == 1]
+    image3 = [a for a in c["annotations"] if a["image_id"] == 3]
+    moved, deleted, nomask, renamed = image1[0], image1[1], image1[2], image3[0]
+    h, w = 240, 320
+    m = rle_decode(moved["segmentation"])
+    m = np.roll(m, 12, axis=1)
+    moved["segmentation"] = rle_encode(m)
+    x, y, bw, bh = moved["bbox"]
+    moved["bbox"] = [x + 12, y, bw, bh]
+    c["annotations"].remove(deleted)
+    nomask["segmentation"] = []
+    renamed["id"] = 99999  # unknown to the dataset: matched by its box
+    added = np.zeros((h, w), np.uint8)
+    added[5:15, 5:30] = 1
+    c["annotations"].append({"id": 123456, "image_id": 3, "category_id": 1, "bbox": [5, 5, 25, 10],
+                             "segmentation": rle_encode(added), "iscrowd": 0})
+    c["annotations"].append({"id": 7, "image_id": 1, "category_id": 77, "bbox": [0, 0, 5, 5], "segmentation": []})
+    c["categories"].append({"id": 77, "name": "unicorn"})
+    c["images"].append({"id": 555, "file_name": "nope.png", "width": 10, "height": 10})
+    strong, rep = take_back(_write(tmp_path, "c.json", c), [ds], _write(tmp_path, "job.json", _job(data)))
+    new_id = max(a["id"] for a in data["annotations"]) + 1
+    assert [b["instance_id"] for b in rep["box_changed"]] == [moved["id"]]
+    assert rep["box_changed"][0]["new_bbox"] == moved["bbox"]
+    assert [d["instance_id"] for d in rep["deleted"]] == [deleted["id"]]
+    assert [d["instance_id"] for d in rep["no_mask"]] == [nomask["id"]]
+    assert rep["unknown_instance_ids"][0]["annotation_id"] == 99999
+    renamed_was = next(a["id"] for a in data["annotations"] if a["image_id"] == 3)
+    assert rep["matched_by_box"][0]["instance_id"] == renamed_was
+    assert rep["added"] == [{"image_id": 3, "instance_id": new_id, "annotation_id": 123456,
+                             "bbox": [5.0, 5.0, 25.0, 10.0], "category_id": 1}]
+    assert rep["unknown_images"][0]["image_id"] == 555
+    assert "unknown category 77" in rep["skipped_annotations"][0]["reason"]
+    by_id = {a["id"]: a for a in strong["annotations"]}
+    assert deleted["id"] not in by_id and nomask["id"] not in by_id and new_id in by_id
+    assert by_id[moved["id"]]["bbox"] == moved["bbox"]
+    assert mask_iou(segmentation_mask(by_id[moved["id"]]["segmentation"], h, w), m) == 1.0
+    mixed = add_strong(ds, _write(tmp_path, "strong.json", strong))  # ingest takes the added instance too
+    assert any(r["id"] == new_id and r["source"] == "gt" for r in mixed.instances)
+    with pytest.raises(TakeBackError, match="nope.png"):
+        take_back(tmp_path / "c.json", [ds], s=TakeBackSettings(unknown_images="error"))
+
+
+def test_renumbered_export_matches_by_file_name_category_name_and_box(base, tmp_path):
+    """As CVAT exports: images, annotations and categories numbered from 1, polygons, other file paths."""
+    data, ds = base
+    c = _corrections(data, images=(2, 4))
+    cat_new = {cat["id"]: k + 1 for k, cat in enumerate(sorted(c["categories"], key=lambda x: x["name"]))}
+    c["categories"] = [{"id": cat_new[cat["id"]], "name": cat["name"]} for cat in c["categories"]]
+    img_new = {2: 1, 4: 2}
+    for im in c["images"]:
+        im["file_name"] = "task/frames/" + im["file_name"]
+        im["id"] = img_new[im["id"]]
+    from pseudomask.annotation.job import mask_segmentation
+
+    for k, a in enumerate(c["annotations"]):
+        a.update(id=k + 1, image_id=img_new[a["image_id"]], category_id=cat_new[a["category_id"]],
+                 segmentation=mask_segmentation(rle_decode(a["segmentation"])))
+    strong, rep = take_back(_write(tmp_path, "c.json", c), [ds])
+    want = {a["id"]: a for a in data["annotations"] if a["image_id"] in (2, 4)}
+    got = {a["id"]: a for a in strong["annotations"]}
+    assert set(got) == set(want) and not rep["added"] and not rep["deleted"]
+    for i, a in got.items():
+        assert a["category_id"] == want[i]["category_id"] and a["image_id"] == want[i]["image_id"]
+        iou = mask_iou(segmentation_mask(a["segmentation"], 240, 320), rle_decode(want[i]["segmentation"]))
+        assert iou >= 0.99
+    assert not rep["category_changed"] and not rep["box_changed"]
+
+
+def test_the_stage_writes_the_strong_file_and_the_report(base, tmp_path, demo_shard):
+    data, _ = base
+    stage = STAGES["take_back"]
+    out, report = tmp_path / "strong.json", tmp_path / "report.json"
+    summary = stage(stage.resolve({}), corrections=str(_write(tmp_path, "c.json", _corrections(data))),
+                    shards=[str(demo_shard)], out=str(out), report=str(report))
+    assert summary["strong_images"] == 2
+    assert json.loads(report.read_text())["strong_images"] == 2
+    assert len(json.loads(out.read_text())["annotations"]) == summary["strong_annotations"]
