@@ -11,7 +11,7 @@ scorer trained on the other folds' images (5 folds split by image id: no image s
 - mIoU of each single source, of `select`, of the highest proxy box IoU and of the oracle choice among the
   same candidates, and select's gain over the best single source (target >= 0.03);
 - at keep rates 50/70/90 % the mIoU kept by quality and by proxy box IoU, and their difference;
-- the features' time per candidate next to GrabCut's (46.5 ms/instance, benchmarks/RESULTS.md).
+- the features' time per candidate next to GrabCut's (20.7 ms/instance, benchmarks/RESULTS.md).
 
     .venv/bin/python benchmarks/bench_quality.py [--limit N] [--folds 5]
 """
@@ -28,7 +28,7 @@ os.environ.setdefault("PSEUDOMASK_NO_PROGRESS", "1")
 from pseudomask.quality.training import SOURCES, collect, cross_validate, evaluate, format_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-GRABCUT_MS = 46.5
+GRABCUT_MS = 20.7
 
 
 def coco_dev() -> Path:

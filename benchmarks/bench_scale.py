@@ -10,9 +10,10 @@
    on shards of 250 and 1,000 instances made from ../shared/data/coco-dev (images repeated under new ids), so
    the ratio shows whether memory grows with the shard (it should not: artifacts are written image by image).
 3. Cost model: every box-prior stage (grabcut, mcg, agree, validity, merge-drop) run by its CLI on one shard of
-   the 64 coco-dev images, threads 1 and (grabcut, mcg, merge-drop) threads 2: wall and CPU seconds of the
-   process tree, ms per instance, s per image, bytes per instance, peak RSS; projected to COCO train2017
-   (118,287 images, 860,001 instances) and 10x: core-hours and disk per stage, jobs. Then the targets as
+   the 64 coco-dev images, threads 1 and (mcg; grabcut and merge-drop too with --rehearsal 0) threads 2: wall
+   and CPU seconds of the process tree, ms per instance, s per image, bytes per instance, peak RSS; projected
+   to COCO train2017 (118,287 images, 860,001 instances) and 10x: core-hours and disk per stage, jobs. Then the
+   targets as
    ratios: artifact bytes per instance against the same masks as COCO compressed RLE in JSON, read times,
    threads 2 / threads 1, GrabCut CPU per instance and mIoU, box-prior core-hours. Planning time
    (`snakemake -n`) is section 1: shard_size 1000 gives COCO's job count, shard_size 100 that of 10x COCO.
@@ -520,7 +521,8 @@ def main() -> int:
     ap.add_argument("--skip-grabcut", action="store_true")
     ap.add_argument("--skip-costs", action="store_true", help="skip the cost model (box-prior stages on coco-dev)")
     ap.add_argument("--threads-only", action="store_true",
-                    help="only the side-by-side threads ratios of grabcut and merge-drop on the rehearsal shard")
+                    help="after the dry run and the RSS part (unless skipped), only the side-by-side threads "
+                         "ratios of grabcut and merge-drop on the rehearsal shard, no cost model")
     ap.add_argument("--rehearsal", type=int, default=200, metavar="IMAGES",
                     help="images of the rehearsal shard (coco-dev repeated; 1000 for the full one; 0 = none)")
     args = ap.parse_args()

@@ -3,7 +3,7 @@
 # DenseCRF, clipped to their boxes), which go through merge_drop and export and train round k's model. Round 1
 # is the rules of refine.smk and retrain.smk (results/merge_drop, results/export, results/retrain); round k lives
 # under results/round<k>/, so a later round reruns without redoing the earlier ones. The round rules run the
-# same stages (params.stage) with the same config sections; refine_round's section is used by rounds 2.. only.
+# same stages (stages.RULE_ALIASES) with the same config sections; refine_round's section is used by rounds 2.. only.
 
 
 rule round_predict_train:
@@ -16,7 +16,6 @@ rule round_predict_train:
         out=this_round("train_predictions.json"),
     params:
         settings=settings("predict"),
-        stage="predict",
     log:
         f"{LOGS}/round{{round}}/predict_train.log",
     threads: res("predict", "threads")
@@ -58,7 +57,6 @@ rule round_merge_drop:
         out=this_round("merge_drop/{shard}.h5"),
     params:
         settings=settings("merge_drop"),
-        stage="merge_drop",
     log:
         f"{LOGS}/round{{round}}/merge_drop/{{shard}}.log",
     threads: res("merge_drop", "threads")
@@ -78,7 +76,6 @@ rule round_export:
         out=this_round("export/pseudo.json"),
     params:
         settings=settings("export"),
-        stage="export",
     log:
         f"{LOGS}/round{{round}}/export.log",
     threads: res("export", "threads")
@@ -99,7 +96,6 @@ rule round_evaluate_masks:
         out=this_round("evaluate/pseudo_masks.json"),
     params:
         settings=settings("evaluate_masks"),
-        stage="evaluate_masks",
     log:
         f"{LOGS}/round{{round}}/evaluate_masks.log",
     threads: res("evaluate_masks", "threads")
@@ -121,7 +117,6 @@ rule round_retrain:
         mmdet_config=this_round("retrain/mask_rcnn.py"),
     params:
         settings=settings("retrain"),
-        stage="retrain",
     log:
         f"{LOGS}/round{{round}}/retrain.log",
     threads: res("retrain", "threads")
@@ -145,7 +140,6 @@ rule round_predict:
         out=this_round("retrain/predictions.json"),
     params:
         settings=settings("predict"),
-        stage="predict",
     log:
         f"{LOGS}/round{{round}}/predict.log",
     threads: res("predict", "threads")
@@ -167,7 +161,6 @@ rule round_evaluate_model:
         out=this_round("evaluate/model.json"),
     params:
         settings=settings("evaluate_model"),
-        stage="evaluate_model",
     log:
         f"{LOGS}/round{{round}}/evaluate_model.log",
     threads: res("evaluate_model", "threads")

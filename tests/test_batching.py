@@ -86,6 +86,7 @@ def test_boxcaseg_batches_crops_of_several_images(boxcaseg_model, demo, tmp_path
     assert np.isfinite(head[done]).all() and np.array_equal(q[done], head[done])  # quality = the head's IoU
     with Artifact(four) as a:
         assert sum(a.masks(i).sum() for i in a.image_ids) > 0  # some foreground, so the comparison means something
+        assert a.attrs["quality_predictor"] == "boxcaseg-iou-head"  # the provenance names the quality's source
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,8 @@ def test_extraction_end_to_end(trained, demo_dataset, proposals_file, tmp_path):
     out = extract_peaks(demo_dataset, ckpt, tmp_path / "cam.h5", proposals_file, PeakSettings(seed=3))
     a, p = Artifact(out, stage="cam"), Artifact(proposals_file)
     assert a.image_ids == [im["id"] for im in demo_dataset.images]
+    # the quality column is there, NaN, and says no predictor made it
+    assert np.isnan(a.instances["quality"]).all() and a.attrs["quality_predictor"] == "none"
     ids = a.instances["id"]
     assert len(ids) == len(set(ids.tolist())) >= sum(len(im["tags"]) for im in demo_dataset.images)
     for im in demo_dataset.images:

@@ -121,7 +121,21 @@ def test_explicit_options_win_over_the_cpu_profile():
 def test_the_slurm_profile_asks_a_gpu_for_every_gpu_stage():
     import os
 
+    from pseudomask.stages import RULE_ALIASES
     from test_slurm import _profile
 
-    gpu = {n for n, s in STAGES.items() if s.gpu}
+    gpu = {n for n, s in STAGES.items() if s.gpu} | {r for r, n in RULE_ALIASES.items() if STAGES[n].gpu}
     assert set(_profile(dict(os.environ))["set-resources"]) == gpu
+
+
+def test_every_rule_runs_a_stage_of_the_registry_or_an_alias_of_one():
+    import re
+
+    from pseudomask.stages import RULE_ALIASES, STAGES, gpu_rules, rule_stage
+
+    rules = {m.group(1) for f in (REPO / "rules").glob("*.smk")
+             for m in re.finditer(r"^(?:rule|checkpoint) (\w+):", f.read_text(), re.M)}
+    assert rules == set(STAGES) | set(RULE_ALIASES)
+    assert rule_stage("round_retrain") is STAGES["retrain"]
+    assert {"retrain", "round_retrain", "round_predict", "round_predict_train"} <= set(gpu_rules())
+    assert "round_merge_drop" not in gpu_rules()

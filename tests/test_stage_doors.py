@@ -195,8 +195,9 @@ def test_the_annotation_stages_through_their_rules_and_their_clis_write_equal_ou
 
 
 def test_the_crf_and_round_stages_through_their_rules_and_their_clis_write_equal_outputs(tmp_path, monkeypatch):
-    """workflow.crf_source grabcut and retrain.rounds 2 (two training iterations per round); the CLI door starts
-    from the rule door's grabcut artifact, round 1's merge_drop artifact and predictions."""
+    """workflow.crf_source grabcut and retrain.rounds 2 (two training iterations per round); the CLI door makes
+    its own round-1 artifacts (an artifact records its absolute image folder) and takes the rule door's
+    round-1 model and predictions."""
     import shutil
 
     short = {"max_iters": 2, "scale": 128}
@@ -209,12 +210,17 @@ def test_the_crf_and_round_stages_through_their_rules_and_their_clis_write_equal
     rule = {k: digest(p, tmp_path / "rule") for k, p in outputs(tmp_path / "rule").items()
             if k.startswith(mine) and "/work/" not in k}
     cli_wd = tmp_path / "cli"
-    for rel in ("resources", "results/grabcut", "results/merge_drop", "results/export", "results/retrain"):
+    for rel in ("resources", "results/retrain"):
         shutil.copytree(tmp_path / "rule" / rel, cli_wd / rel, ignore=shutil.ignore_patterns("work"))
     (tmp_path / "short.yaml").write_text(yaml.safe_dump({"retrain": short}))
     r, r2 = "results", "results/round2"
     monkeypatch.chdir(cli_wd)
     for argv in (
+        _start()[1],
+        ["grabcut", "--shard", SHARD, "--out", f"{r}/grabcut/s00000.h5"],
+        ["validity", "--masks", f"{r}/grabcut/s00000.h5", "--out", f"{r}/validity/s00000.h5"],
+        ["merge-drop", "--masks", f"{r}/validity/s00000.h5", "--out", f"{r}/merge_drop/s00000.h5"],
+        ["export", "--artifacts", f"{r}/merge_drop/s00000.h5", "--out", f"{r}/export/pseudo.json"],
         ["crf", "--masks", f"{r}/grabcut/s00000.h5", "--out", f"{r}/crf/s00000.h5"],
         ["refine-round", "--predictions", f"{r}/retrain/predictions.json", "--masks", f"{r}/merge_drop/s00000.h5",
          "--out", f"{r2}/refine_round/s00000.h5"],

@@ -48,7 +48,7 @@ class GrabCutParams(Settings):
 
     SECTION = "grabcut"
     iterations: int = setting(1, "GrabCut iterations (the papers run 5; on a crop with a sure-foreground core, "
-                                 "more gave no mIoU on coco-dev at 1.5-2x the time)", minimum=1)
+                                 "more gave no mIoU on coco-dev at up to 2.7x the time)", minimum=1)
     margin: float = setting(0.25, "background margin around the box, fraction of the box side ...", minimum=0)
     min_margin: int = setting(10, "... but at least this many pixels", minimum=0)
     max_side: int = setting(160, "crops with a longer side are downscaled to it", minimum=16)

@@ -245,6 +245,7 @@ def run_batched_mask_stage(
     inputs: Sequence[str | os.PathLike] = (),
     usable: Callable[[dict], bool] = usable,
     quality: str | None = None,
+    attrs: Mapping[str, Any] | None = None,
 ) -> Path:
     """`run_mask_stage` for a network that batches across images: consecutive images are grouped until their
     `weight` (of the usable records; default 1 per image, e.g. the number of crops) reaches `batch_size`, and
@@ -252,10 +253,12 @@ def run_batched_mask_stage(
 
     The rows, masks and quality are `mask_image`'s for each image (strong instances included), so the
     artifact equals run_mask_stage's with `predict(rgb, recs) = predict_batch([(rgb, recs)])[0]` whenever the
-    method's results do not depend on which images share a batch."""
+    method's results do not depend on which images share a batch. `attrs` add to (or replace) the root
+    attributes, e.g. `quality_predictor` when the method predicts its own quality."""
     by_image = ds.by_image()
     scorer = quality_scorer(quality)
-    attrs = {"image_root": str(Path(ds.image_root).resolve()), "quality_source": stage, **quality_attrs(scorer)}
+    attrs = {"image_root": str(Path(ds.image_root).resolve()), "quality_source": stage, **quality_attrs(scorer),
+             **(attrs or {})}
     kw = {"stage": stage, "out": str(out), "usable": usable, "quality": quality}
     cost = weight or (lambda recs: 1)
 

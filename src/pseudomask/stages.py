@@ -282,7 +282,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 
 
 def run_rule(smk: Any) -> dict:
-    """Run the stage named after a Snakemake rule (or named by its `params.stage`, for a rule that runs a stage
+    """Run the stage named after a Snakemake rule (or its stage in RULE_ALIASES, for a rule that runs a stage
     again, e.g. a later round's merge_drop) from its `snakemake` object (input, output, params.settings,
     threads, log), logging to the rule's log; the rule's input and output names must be the stage's ports."""
     import json
@@ -290,7 +290,7 @@ def run_rule(smk: Any) -> dict:
 
     from .logs import redirect_output
 
-    stage = get(getattr(smk.params, "stage", None) or smk.rule)
+    stage = rule_stage(smk.rule)
     names = {p.name for p in stage.inputs + stage.outputs}
     given = set(smk.input.keys()) | set(smk.output.keys())
     if given - names:
@@ -310,6 +310,22 @@ def run_rule(smk: Any) -> dict:
         summary = stage(stage.resolve(smk.params.settings), threads=smk.threads, **ports)
         print(json.dumps(summary, default=str))
     return summary
+
+
+# rules that run a stage again under another name: the later rounds' (rules/rounds.smk)
+RULE_ALIASES = {"round_predict_train": "predict", "round_merge_drop": "merge_drop", "round_export": "export",
+                "round_evaluate_masks": "evaluate_masks", "round_retrain": "retrain", "round_predict": "predict",
+                "round_evaluate_model": "evaluate_model"}
+
+
+def rule_stage(rule: str) -> Stage:
+    """The stage a rule runs: the one of its name, or its alias's."""
+    return get(RULE_ALIASES.get(rule, rule))
+
+
+def gpu_rules() -> list[str]:
+    """Every rule that runs a GPU stage (the Slurm profile gives each one GPU)."""
+    return [r for r in (*STAGES, *RULE_ALIASES) if rule_stage(r).gpu]
 
 
 def get(name: str) -> Stage:

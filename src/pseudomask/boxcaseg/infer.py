@@ -153,7 +153,8 @@ def infer(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.PathLike, si
     predict_batch = make_predict_batch(model, size, batch_size, threshold, keep_probabilities, dev, head)
     return run_batched_mask_stage(ds, out, predict_batch, stage="boxcaseg", method="boxcaseg", params=params,
                                   batch_size=batch_size, weight=len, loader_workers=loader_workers,
-                                  inputs=[*inputs, checkpoint])
+                                  inputs=[*inputs, checkpoint],
+                                  attrs={"quality_predictor": IOU_PREDICTOR} if model.iou_head_trained else None)
 
 
 def run_stage(s: InferSettings, *, shard: str, images: str | None, model: str, out: str, threads: int = 1) -> dict:

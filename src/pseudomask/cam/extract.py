@@ -28,7 +28,7 @@ from ..dataset import Dataset
 from ..images import ImageError, read_image
 from ..masks import mask_box
 from ..proposals import Proposals, read_proposals
-from ..stage import progress, read_ahead
+from ..stage import progress, quality_attrs, read_ahead
 from ..store import Artifact, ArtifactWriter
 from ..devices import pick_device
 from .model import CamError, load_classifier, prepare
@@ -188,7 +188,8 @@ def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.Path
         with ArtifactWriter(out, stage="cam", method=f"wise-peaks-{s.select}", params=params,
                             inputs=[checkpoint, *([proposals] if proposals else []), *inputs],
                             categories=ds.categories,
-                            attrs={"image_root": str(Path(ds.image_root).resolve())}) as w:
+                            attrs={"image_root": str(Path(ds.image_root).resolve()), "quality_source": "cam",
+                                   **quality_attrs(None)}) as w:
             known = set(config["class_ids"])
 
             def load(im: dict) -> tuple[dict, list[int], np.ndarray | ImageError | None]:
@@ -217,6 +218,8 @@ def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.Path
                                                    stuff, s, device, rgb, by_k.get(k))
 
             for im, tags, (rows, masks, maps) in progress(results(), desc=f"cam:{s.select}", total=len(ds.images)):
+                for r in rows:  # no quality predictor knows tag-only masks (the scorer has no CAM training data)
+                    r["quality"] = float("nan")
                 w.add_image(im, rows, masks, maps={"cam": maps} if maps else None, tags=tags)
     finally:
         if props_art is not None:
