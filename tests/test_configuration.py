@@ -139,3 +139,11 @@ def test_every_rule_runs_a_stage_of_the_registry_or_an_alias_of_one():
     assert rule_stage("round_retrain") is STAGES["retrain"]
     assert {"retrain", "round_retrain", "round_predict", "round_predict_train"} <= set(gpu_rules())
     assert "round_merge_drop" not in gpu_rules()
+
+
+def test_the_hdf5_docs_list_the_columns_of_every_mask_stage():
+    from pseudomask.stages import mask_stages
+
+    table = (REPO / "docs" / "hdf5.md").read_text()
+    for name in ("ingest", *mask_stages()):
+        assert f"| [{name}](stages/{name}.md) |" in table, name
