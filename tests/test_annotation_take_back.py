@@ -138,3 +138,22 @@ def test_the_stage_writes_the_strong_file_and_the_report(base, tmp_path, demo_sh
     assert summary["strong_images"] == 2
     assert json.loads(report.read_text())["strong_images"] == 2
     assert len(json.loads(out.read_text())["annotations"]) == summary["strong_annotations"]
+
+
+def test_a_second_round_of_corrections_keeps_the_first_rounds_strong_images(base, tmp_path):
+    data, ds = base
+    first, _ = take_back(_write(tmp_path, "c1.json", _corrections(data, (1, 3))), [ds])
+    round2 = add_strong(ds, _write(tmp_path, "s1.json", first))  # dataset.strong = round 1's file
+    second, rep = take_back(_write(tmp_path, "c2.json", _corrections(data, (3, 5))), [round2])
+    assert sorted(im["id"] for im in second["images"]) == [1, 3, 5]
+    assert rep["kept_strong_images"] == [1] and rep["counts"]["kept_strong_images"] == 1
+    want = {a["id"]: a for a in data["annotations"] if a["image_id"] in (1, 3, 5)}
+    assert sorted(a["id"] for a in second["annotations"]) == sorted(want)
+    again = add_strong(ds, _write(tmp_path, "s2.json", second))
+    for a in second["annotations"]:
+        im = next(i for i in data["images"] if i["id"] == a["image_id"])
+        truth = segmentation_mask(want[a["id"]]["segmentation"], im["height"], im["width"])
+        assert mask_iou(rle_decode(again.strong[a["id"]]), truth) == 1.0
+    alone, rep = take_back(_write(tmp_path, "c3.json", _corrections(data, (5,))), [round2],
+                           s=TakeBackSettings(keep_strong=False))
+    assert [im["id"] for im in alone["images"]] == [5] and not rep.get("kept_strong_images")

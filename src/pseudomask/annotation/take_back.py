@@ -34,6 +34,10 @@ Conflicts are recorded in the report, never dropped silently:
 - `skipped_annotations`: unknown category, or a mask whose size is not the image's;
 - `not_returned`: job images without any annotation in the corrections (not strong), and `not_in_job`:
   corrected images that were not in the job (taken all the same).
+
+With `keep_strong` (the default) the strong images the dataset already has (its `dataset.strong`, as the
+shards carry them) and that are not corrected now are kept in the new file (`kept_strong_images`), so that
+pointing `dataset.strong` at each round's file adds the round's corrections to the earlier ones.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from .. import __version__
 from ..dataset import Dataset, load_dataset
 from ..errors import PseudomaskError, read_json
 from ..files import write_json
-from ..masks import box_iou, mask_box, rle_encode, segmentation_mask
+from ..masks import box_iou, mask_box, rle_decode, rle_encode, segmentation_mask
 from ..settings import Settings, setting
 
 
@@ -68,6 +72,8 @@ class TakeBackSettings(Settings):
                                minimum=0, maximum=1)
     unknown_images: str = setting("skip", "images of the corrections the dataset does not know: skip them "
                                           "(recorded in the report) or error", choices=("skip", "error"))
+    keep_strong: bool = setting(True, "carry the dataset's current strong images (its dataset.strong) into the "
+                                      "file, so that each round of corrections adds to the last")
 
 
 def _base(name: str) -> str:
@@ -251,6 +257,11 @@ def take_back(corrections: str | os.PathLike, datasets: Sequence[Dataset], job: 
             taken += 1
     if sent is not None:
         rep["not_returned"] = sorted(i for i in sent if i not in anns_of)
+    if s.keep_strong:
+        kept = keep_strong_images(datasets, {im["id"] for im in strong_images})
+        strong_images += kept["images"]
+        strong_anns += kept["annotations"]
+        rep["kept_strong_images"] = [im["id"] for im in kept["images"]]
     strong = {"info": {"description": "pseudomask strong images (annotator's masks in the dataset's ids)",
                        "version": __version__, "date_created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "corrections": str(corrections)},
@@ -264,6 +275,22 @@ def take_back(corrections: str | os.PathLike, datasets: Sequence[Dataset], job: 
                         "deleted": "deleted instances stay box-only instances of the dataset",
                         "box_changed": "the strong file has the annotator's box and mask"}}
     return strong, report
+
+
+def keep_strong_images(datasets: Sequence[Dataset], corrected: set[int]) -> dict[str, list[dict]]:
+    """The images and true masks of the datasets' strong instances (source gt) on images not corrected now:
+    what an earlier take-back (or the user) gave, kept in the new strong file."""
+    images, anns = [], []
+    for ds in datasets:
+        gt = [r for r in ds.instances if r.get("source") == "gt" and r["image_id"] not in corrected
+              and int(r["id"]) in ds.strong]
+        ids = {r["image_id"] for r in gt}
+        images += [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in ds.images if im["id"] in ids]
+        anns += [{"id": int(r["id"]), "image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
+                  "bbox": [float(v) for v in r["bbox"]], "iscrowd": 0,
+                  "area": float(np.count_nonzero(rle_decode(ds.strong[int(r["id"])]))),
+                  "segmentation": ds.strong[int(r["id"])]} for r in gt]
+    return {"images": images, "annotations": anns}
 
 
 def _box(a: Mapping[str, Any], mask: np.ndarray | None) -> list[float] | None:
