@@ -369,10 +369,7 @@ def strong_images(path: str | os.PathLike) -> list[int]:
     """The image ids a `dataset.strong` file names: a COCO JSON's images, or a text file of ids."""
     p = Path(path)
     if p.suffix.lower() == ".json":
-        data = read_json(p, DatasetError, "strong-annotation file")
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise DatasetError(f"{p}: not a COCO dataset (no 'images' list)")
-        return [int(im["id"]) for im in data["images"]]
+        return _coco_image_ids(read_json(p, DatasetError, "strong-annotation file"), p)
     ids = []
     for n, line in enumerate(p.read_text().splitlines(), 1):
         line = line.split("#")[0].strip()
@@ -382,6 +379,12 @@ def strong_images(path: str | os.PathLike) -> list[int]:
             except ValueError:
                 raise DatasetError(f"{p}: line {n}: {line!r} is not an image id") from None
     return ids
+
+
+def _coco_image_ids(data: Any, path: Path) -> list[int]:
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"{path}: not a COCO dataset (no 'images' list)")
+    return [int(im["id"]) for im in data["images"]]
 
 
 def add_strong(ds: Dataset, path: str | os.PathLike, annotations: str | os.PathLike | None = None) -> Dataset:
@@ -395,7 +398,7 @@ def add_strong(ds: Dataset, path: str | os.PathLike, annotations: str | os.PathL
     p = Path(path)
     if p.suffix.lower() == ".json":
         data = read_json(p, DatasetError, "strong-annotation file")
-        image_ids = strong_images(p)
+        image_ids = _coco_image_ids(data, p)
         anns = data.get("annotations", [])
     else:
         image_ids = strong_images(p)
@@ -450,6 +453,24 @@ def add_strong(ds: Dataset, path: str | os.PathLike, annotations: str | os.PathL
     order = {im["id"]: k for k, im in enumerate(ds.images)}
     instances.sort(key=lambda r: order[r["image_id"]])  # stable: added instances after their image's own
     return replace(ds, instances=instances, strong=strong)
+
+
+def strong_instances_coco(datasets: Sequence[Dataset], exclude_images: Iterable[int] = ()) -> dict:
+    """The strong instances (source gt, with their true masks as COCO RLE) of datasets/shards as one COCO
+    dataset of their images, leaving out `exclude_images`: the training data of scorer_train and what
+    take-back carries into a new strong file."""
+    skip = set(exclude_images)
+    images, anns = [], []
+    for ds in datasets:
+        gt = [r for r in ds.instances if r.get("source") == "gt" and r["id"] in ds.strong and r["image_id"] not in skip]
+        ids = {r["image_id"] for r in gt}
+        images += [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in ds.images if im["id"] in ids]
+        anns += [{"id": int(r["id"]), "image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
+                  "bbox": [float(v) for v in r["bbox"]], "iscrowd": 0,
+                  "area": float(np.count_nonzero(rle_decode(ds.strong[r["id"]]))), "segmentation": ds.strong[r["id"]]}
+                 for r in gt]
+    cats = [{"id": c["id"], "name": c["name"]} for c in (datasets[0].categories if datasets else [])]
+    return {"images": images, "categories": cats, "annotations": anns}
 
 
 def to_coco(ds: Dataset) -> dict:

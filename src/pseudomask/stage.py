@@ -183,26 +183,39 @@ def run_mask_stage(
     from .workers import ordered_map, worker_count
 
     by_image = ds.by_image()
-    scorer = quality_scorer(quality)
-    attrs = {"image_root": str(Path(ds.image_root).resolve()), "quality_source": stage, **quality_attrs(scorer)}
     kw = {"stage": stage, "out": str(out), "usable": usable, "every_image": every_image, "quality": quality}
     busy = [im for im in ds.images if every_image or any(usable(r) for r in by_image.get(im["id"], []))]
     n = worker_count(workers, len(busy))
     fn = partial(mask_image, predict, **kw)
-    jobs = ((im, str(ds.image_path(im)), recs, {r["id"]: ds.strong[r["id"]] for r in recs if r["id"] in ds.strong})
+    jobs = ((im, str(ds.image_path(im)), recs, strong_masks(ds, recs))
             for im in ds.images for recs in [by_image.get(im["id"], [])])
+    results = ordered_map(fn, jobs, n)
+    try:
+        write_mask_images(ds, out, zip(ds.images, results), stage=stage, method=method, params=params,
+                          inputs=inputs, quality=quality)
+    finally:
+        results.close()
+    return Path(out)
+
+
+def strong_masks(ds: Dataset, records: Sequence[Mapping[str, Any]]) -> dict[int, dict]:
+    """The true masks (COCO RLE by instance id) of an image's strong instances, for `mask_image`."""
+    return {r["id"]: ds.strong[r["id"]] for r in records if r["id"] in ds.strong}
+
+
+def write_mask_images(ds: Dataset, out: str | os.PathLike, images: Iterable[tuple[dict, tuple]], *, stage: str,
+                      method: str, params: Mapping[str, Any], inputs: Sequence[str | os.PathLike] = (),
+                      quality: str | None = None, attrs: Mapping[str, Any] | None = None) -> None:
+    """Write the artifact of the image loops: every (image, `mask_image` result) in order, with progress,
+    log lines to stderr and the provenance of the `quality` column; `attrs` add to the root attributes."""
+    attrs = {"image_root": str(Path(ds.image_root).resolve()), "quality_source": stage,
+             **quality_attrs(quality_scorer(quality)), **(attrs or {})}
     with ArtifactWriter(out, stage=stage, method=method, params=params, inputs=inputs,
                         categories=ds.categories, attrs=attrs) as w:
-        results = ordered_map(fn, jobs, n)
-        try:
-            for im, (rows, masks, maps, notes) in progress(zip(ds.images, results), desc=f"{stage}:{method}",
-                                                           total=len(ds.images)):
-                for line in notes:
-                    print(line, file=sys.stderr)
-                w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
-        finally:
-            results.close()
-    return Path(out)
+        for im, (rows, masks, maps, notes) in progress(images, desc=f"{stage}:{method}", total=len(ds.images)):
+            for line in notes:
+                print(line, file=sys.stderr)
+            w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
 
 
 # predict_batch([(rgb, usable records), ...]) -> one `Predict` result per image, in order: the usable instances
@@ -256,9 +269,6 @@ def run_batched_mask_stage(
     method's results do not depend on which images share a batch. `attrs` add to (or replace) the root
     attributes, e.g. `quality_predictor` when the method predicts its own quality."""
     by_image = ds.by_image()
-    scorer = quality_scorer(quality)
-    attrs = {"image_root": str(Path(ds.image_root).resolve()), "quality_source": stage, **quality_attrs(scorer),
-             **(attrs or {})}
     kw = {"stage": stage, "out": str(out), "usable": usable, "quality": quality}
     cost = weight or (lambda recs: 1)
 
@@ -297,15 +307,11 @@ def run_batched_mask_stage(
             it = iter(results)
             for im, recs, _, rgb in group:
                 predict = (lambda r: lambda *_: r)(next(it)) if rgb is not None else one
-                strong = {r["id"]: ds.strong[r["id"]] for r in recs if r["id"] in ds.strong}
-                yield im, mask_image(predict, im, str(ds.image_path(im)), recs, strong, image_rgb=rgb, **kw)
+                yield im, mask_image(predict, im, str(ds.image_path(im)), recs, strong_masks(ds, recs),
+                                     image_rgb=rgb, **kw)
 
-    with ArtifactWriter(out, stage=stage, method=method, params=params, inputs=inputs,
-                        categories=ds.categories, attrs=attrs) as w:
-        for im, (rows, masks, maps, notes) in progress(images(), desc=f"{stage}:{method}", total=len(ds.images)):
-            for line in notes:
-                print(line, file=sys.stderr)
-            w.add_image(im, rows, masks, maps=maps, tags=im.get("tags", []))
+    write_mask_images(ds, out, images(), stage=stage, method=method, params=params, inputs=inputs,
+                      quality=quality, attrs=attrs)
     return Path(out)
 
 

@@ -51,10 +51,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import __version__
-from ..dataset import Dataset, load_dataset
+from ..dataset import Dataset, load_dataset, strong_instances_coco
 from ..errors import PseudomaskError, read_json
 from ..files import write_json
-from ..masks import box_iou, mask_box, rle_decode, rle_encode, segmentation_mask
+from ..masks import box_iou, mask_box, rle_encode, segmentation_mask
 from ..settings import Settings, setting
 
 
@@ -258,7 +258,7 @@ def take_back(corrections: str | os.PathLike, datasets: Sequence[Dataset], job: 
     if sent is not None:
         rep["not_returned"] = sorted(i for i in sent if i not in anns_of)
     if s.keep_strong:
-        kept = keep_strong_images(datasets, {im["id"] for im in strong_images})
+        kept = strong_instances_coco(datasets, exclude_images={im["id"] for im in strong_images})
         strong_images += kept["images"]
         strong_anns += kept["annotations"]
         rep["kept_strong_images"] = [im["id"] for im in kept["images"]]
@@ -275,22 +275,6 @@ def take_back(corrections: str | os.PathLike, datasets: Sequence[Dataset], job: 
                         "deleted": "deleted instances stay box-only instances of the dataset",
                         "box_changed": "the strong file has the annotator's box and mask"}}
     return strong, report
-
-
-def keep_strong_images(datasets: Sequence[Dataset], corrected: set[int]) -> dict[str, list[dict]]:
-    """The images and true masks of the datasets' strong instances (source gt) on images not corrected now:
-    what an earlier take-back (or the user) gave, kept in the new strong file."""
-    images, anns = [], []
-    for ds in datasets:
-        gt = [r for r in ds.instances if r.get("source") == "gt" and r["image_id"] not in corrected
-              and int(r["id"]) in ds.strong]
-        ids = {r["image_id"] for r in gt}
-        images += [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in ds.images if im["id"] in ids]
-        anns += [{"id": int(r["id"]), "image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
-                  "bbox": [float(v) for v in r["bbox"]], "iscrowd": 0,
-                  "area": float(np.count_nonzero(rle_decode(ds.strong[int(r["id"])]))),
-                  "segmentation": ds.strong[int(r["id"])]} for r in gt]
-    return {"images": images, "annotations": anns}
 
 
 def _box(a: Mapping[str, Any], mask: np.ndarray | None) -> list[float] | None:

@@ -269,20 +269,10 @@ class ScorerTrainSettings(Settings):
 def strong_coco(shards: Sequence[str | os.PathLike]) -> tuple[dict, Path]:
     """The strong instances (source gt) of ingested shards as one COCO dataset with their true masks, and
     the shards' image folder."""
-    from ..dataset import load_dataset
+    from ..dataset import load_dataset, strong_instances_coco
 
-    images, anns, cats, root = [], [], [], None
-    for path in shards:
-        ds = load_dataset(path)
-        root = root or ds.image_root
-        cats = cats or [{"id": c["id"], "name": c["name"]} for c in ds.categories]
-        gt = [r for r in ds.instances if r.get("source") == "gt"]
-        ids = {r["image_id"] for r in gt}
-        images += [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in ds.images if im["id"] in ids]
-        anns += [{"id": r["id"], "image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["bbox"],
-                  "iscrowd": 0, "area": float(r["bbox"][2] * r["bbox"][3]), "segmentation": ds.strong[r["id"]]}
-                 for r in gt]
-    return {"images": images, "categories": cats, "annotations": anns}, Path(root or ".")
+    datasets = [load_dataset(p) for p in shards]
+    return strong_instances_coco(datasets), Path(datasets[0].image_root if datasets else ".")
 
 
 def run_stage(s: ScorerTrainSettings, *, shards: list[str], images: str | None, model: str,
