@@ -10,21 +10,23 @@
    on shards of 250 and 1,000 instances made from ../shared/data/coco-dev (images repeated under new ids), so
    the ratio shows whether memory grows with the shard (it should not: artifacts are written image by image).
 3. Cost model: every box-prior stage (grabcut, mcg, agree, validity, merge-drop) run by its CLI on one shard of
-   the 64 coco-dev images, threads 1 and (mcg; grabcut and merge-drop too with --rehearsal 0) threads 2: wall
+   the 64 coco-dev images, threads 1, then mcg (grabcut and merge-drop too with --rehearsal 0) side by side at
+   threads 1 and 2 (run as 1, 2, 2, 1): wall
    and CPU seconds of the process tree, ms per instance, s per image, bytes per instance, peak RSS; projected
    to COCO train2017 (118,287 images, 860,001 instances) and 10x: core-hours and disk per stage, jobs. Then the
    targets as
    ratios: artifact bytes per instance against the same masks as COCO compressed RLE in JSON, read times,
    threads 2 / threads 1, GrabCut CPU per instance and mIoU, box-prior core-hours. Planning time
    (`snakemake -n`) is section 1: shard_size 1000 gives COCO's job count, shard_size 100 that of 10x COCO.
-4. Rehearsal: the same chain, threads 2, on one shard of --rehearsal real images (coco-dev repeated; 1,000 is
-   the full rehearsal, the default 200 fits a shared 2-core machine and is extrapolated to 1,000): wall, CPU,
-   disk and peak RSS per stage; then grabcut and merge-drop at threads 1 and 2 side by side on that shard
-   (threads 1, 2, 2, 1), the ratios the targets report (the 64-image shard is too small for merge-drop:
-   its work is about the cost of spawning the workers).
+4. Rehearsal: the box-prior chain, then select, export and evaluate-masks (the pseudo labels' mIoU against
+   coco-dev's masks), each by its CLI at the rule's threads, on one shard of --rehearsal real images (coco-dev
+   repeated; default 1,000; a smaller one is extrapolated to 1,000): wall, CPU, disk and peak RSS per stage;
+   then grabcut and merge-drop at threads 1 and 2 side by side on that shard (threads 1, 2, 2, 1), the
+   ratios the targets report (the 64-image shard is too small for merge-drop: its work is about the cost of
+   spawning the workers). About 30 minutes on this 2-core machine with everything.
 
     .venv/bin/python benchmarks/bench_scale.py [--images 118287 --instances 860001 --shard-size 1000 100]
-        [--skip-dag] [--skip-grabcut] [--skip-costs] [--rehearsal 200] [--threads-only]
+        [--skip-dag] [--skip-grabcut] [--skip-costs] [--rehearsal 1000] [--threads-only]
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import psutil
 import yaml
 
 from pseudomask.ingest import ingest
+from pseudomask.settings import option
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
@@ -217,7 +220,7 @@ def run_stage_cli(stage: str, ports: dict[str, Path], threads: int, work: Path) 
     """One stage by its CLI (the code its rule runs): wall s, CPU s of the whole process tree, peak tree RSS."""
     cmd = [sys.executable, "-m", "pseudomask", stage.replace("_", "-"), "--threads", str(threads)]
     for k, v in ports.items():
-        cmd += [f"--{k}", str(v)]
+        cmd += [option(k), *(map(str, v) if isinstance(v, (list, tuple)) else [str(v)])]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall, rss, _ = run(cmd, work, work / f"{stage}-{threads}.log")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -341,14 +344,13 @@ def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 
         sizes[s], fixed[s] = marginal_bytes(out[s], work)
     mask_bytes = {s: masks_storage(out[s]) for s in BOX_PRIORS}
     start = {s: job_start_cpu(s, work) for s in BOX_PRIORS}
-    two = {}
-    for s in ("mcg",) if rehearsal else ("grabcut", "mcg", "merge_drop"):  # the rest: side by side below
-        p = dict(ports[s], out=work / f"{s}-t2.h5")
-        two[s] = run_stage_cli(s, p, 2, work)
+    # the threads-1 run above is the first of 1, 2, 2, 1 (grabcut and merge-drop: on the rehearsal shard)
+    ratios = side_by_side(work, ports, n_img, ("mcg",) if rehearsal else ("grabcut", "mcg", "merge_drop"),
+                          first={s: m1[s] for s in BOX_PRIORS})
     rle, n_rle = rle_json_bytes(out["grabcut"])
     reads = read_times(out["grabcut"])
     miou = grabcut_miou(out["grabcut"])
-    side_by_side = bench_rehearsal(work, rehearsal) if rehearsal else []
+    ratios += bench_rehearsal(work, rehearsal) if rehearsal else []
 
     print(f"\n== measured on coco-dev: one shard of {n_img} real COCO images, {n_inst} instances; each stage by its "
           "CLI, threads 1 (CPU = whole process tree)")
@@ -403,11 +405,7 @@ def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 
           f"ratio {reads['image'] / 10:.2f}")
     print(f"one instance's mask read (median): library {reads['instance']:.2f} ms, plain h5py crop "
           f"{reads['h5py_instance']:.2f} ms (target < 2): ratio {max(reads['instance'], reads['h5py_instance']) / 2:.2f}")
-    for s, r in two.items():
-        ratio = r["wall"] / m1[s]["wall"]
-        print(f"{s}: threads 2 {r['wall']:.1f} s wall vs threads 1 {m1[s]['wall']:.1f} s: ratio {ratio:.2f} "
-              f"(target <= 0.6); CPU {r['cpu']:.1f} s vs {m1[s]['cpu']:.1f} s ({n_img} images)")
-    for line in side_by_side:
+    for line in ratios:
         print(line)
     print(f"grabcut CPU per instance {gc_ms:.1f} ms (target <= 25): ratio {gc_ms / 25:.2f}; mIoU on coco-dev "
           f"{miou if miou is None else round(miou, 3)} (0.661 before)")
@@ -438,60 +436,85 @@ def disk_bytes(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def bench_rehearsal(work: Path, n_images: int, threads: int = 2, full: int = 1000, chain: bool = True) -> list[str]:
-    """The box-prior chain by its CLIs, `threads` each, on one shard of `n_images` real images (coco-dev
-    repeated): wall, CPU, disk and peak RSS per stage, extrapolated linearly to `full` images when smaller.
-    Then grabcut and merge-drop at threads 1 and 2 side by side (A B B A: threads 1, 2, 2, 1, so that a
-    load that drifts during the run hits both alike); returns those ratio lines for the targets. Without
-    `chain` only grabcut and validity run first (merge-drop's input), unreported."""
+REHEARSAL = BOX_PRIORS + ("select", "export", "evaluate_masks")
+
+
+def bench_rehearsal(work: Path, n_images: int, full: int = 1000, chain: bool = True) -> list[str]:
+    """The box-prior chain, select, export and evaluate-masks by their CLIs, each at its rule's threads, on one
+    shard of `n_images` real images (coco-dev repeated): wall, CPU, disk and peak RSS per stage, extrapolated
+    linearly to `full` images when smaller. Then grabcut and merge-drop at threads 1 and 2 side by side
+    (`side_by_side`); returns those ratio lines for the targets. Without `chain` only grabcut and validity
+    run first (merge-drop's input), unreported."""
+    from pseudomask.stages import STAGES
+
     dev = coco_dev()
     ann = coco_dev_images(work, n_images)
     manifest = ingest(ann, dev / "images", work / "rehearsal", shard_size=10**9)
     shard = work / "rehearsal" / f"{manifest['shards'][0]}.h5"
     n_img, n_inst = manifest["images"], manifest["instances"]
-    out = {s: work / f"rehearsal-{s}.h5" for s in BOX_PRIORS}
+    out = {s: work / f"rehearsal-{s}.h5" for s in REHEARSAL}
+    out["export"], out["evaluate_masks"] = work / "rehearsal-export.json", work / "rehearsal-metrics.json"
     ports = {"grabcut": {"shard": shard, "out": out["grabcut"]}, "mcg": {"shard": shard, "out": out["mcg"]},
              "agree": {"grabcut": out["grabcut"], "mcg": out["mcg"], "out": out["agree"]},
              "validity": {"masks": out["grabcut"], "out": out["validity"]},
-             "merge_drop": {"masks": out["validity"], "out": out["merge_drop"]}}
+             "merge_drop": {"masks": out["validity"], "out": out["merge_drop"]},
+             "select": {"masks": [out["grabcut"], out["mcg"], out["agree"]], "out": out["select"]},
+             "export": {"artifacts": out["merge_drop"], "out": out["export"]},
+             "evaluate_masks": {"pseudo": out["export"], "ground_truth": ann, "out": out["evaluate_masks"]}}
+    threads = {s: int(STAGES[s].resources.get("threads", 1)) for s in REHEARSAL}
     if not chain:
         for s in ("grabcut", "validity"):
-            run_stage_cli(s, ports[s], threads, work)
+            run_stage_cli(s, ports[s], 2, work)
         return side_by_side(work, ports, n_img)
     t0 = time.perf_counter()
-    runs = {s: run_stage_cli(s, ports[s], threads, work) for s in BOX_PRIORS}
+    runs = {s: run_stage_cli(s, ports[s], threads[s], work) for s in REHEARSAL}
     total_wall = time.perf_counter() - t0
     k = full / n_img
-    print(f"\n== rehearsal: the box-prior chain by its CLIs, threads {threads}, on one shard of {n_img} real images "
+    print(f"\n== rehearsal: the box-prior chain, select, export and evaluate-masks by their CLIs at the rules' threads "
+          f"({', '.join(f'{s} {t}' for s, t in threads.items())}) on one shard of {n_img} real images "
           f"(coco-dev repeated), {n_inst} instances" + (f"; x{k:.3g} = extrapolated to {full} images" if k != 1 else ""))
-    print(f"{'stage':<11} {'wall s':>7} {'CPU s':>7} {'disk MiB':>9} {'peak RSS MiB':>12}"
+    print(f"{'stage':<14} {'wall s':>7} {'CPU s':>7} {'disk MiB':>9} {'peak RSS MiB':>12}"
           + (f" {'wall s x' + format(k, '.3g'):>10} {'CPU s x' + format(k, '.3g'):>10} {'disk MiB x' + format(k, '.3g'):>12}"
              if k != 1 else ""))
     tot = {"wall": 0.0, "cpu": 0.0, "disk": 0}
-    for s in BOX_PRIORS:
+
+    def total(name: str) -> None:
+        print(f"{name:<14} {tot['wall']:>7.1f} {tot['cpu']:>7.1f} {tot['disk'] / 2**20:>9.1f} {'':>12}"
+              + (f" {tot['wall'] * k:>10.0f} {tot['cpu'] * k:>10.0f} {tot['disk'] * k / 2**20:>12.1f}" if k != 1
+                 else ""))
+
+    for s in REHEARSAL:
         r, d = runs[s], disk_bytes(out[s])
         tot["wall"] += r["wall"]
         tot["cpu"] += r["cpu"]
         tot["disk"] += d
-        print(f"{s:<11} {r['wall']:>7.1f} {r['cpu']:>7.1f} {d / 2**20:>9.1f} {r['rss'] / 2**20:>12.0f}"
+        print(f"{s:<14} {r['wall']:>7.1f} {r['cpu']:>7.1f} {d / 2**20:>9.1f} {r['rss'] / 2**20:>12.0f}"
               + (f" {r['wall'] * k:>10.0f} {r['cpu'] * k:>10.0f} {d * k / 2**20:>12.1f}" if k != 1 else ""))
-    print(f"{'chain':<11} {tot['wall']:>7.1f} {tot['cpu']:>7.1f} {tot['disk'] / 2**20:>9.1f} {'':>12}"
-          + (f" {tot['wall'] * k:>10.0f} {tot['cpu'] * k:>10.0f} {tot['disk'] * k / 2**20:>12.1f}" if k != 1 else "")
-          + f"   (elapsed {total_wall:.0f} s)")
+        if s == BOX_PRIORS[-1]:
+            total("box priors")
+    total("chain")
+    print(f"elapsed {total_wall:.0f} s; CPU per image {tot['cpu'] / n_img:.2f} s, of which mcg "
+          f"{runs['mcg']['cpu'] / n_img:.2f} s")
     miou = grabcut_miou_of(out["grabcut"], ann)
-    if miou is not None:
-        print(f"grabcut mIoU on the rehearsal shard {miou:.3f}")
+    metrics = json.loads(out["evaluate_masks"].read_text()) if out["evaluate_masks"].exists() else {}
+    print(f"mIoU on the rehearsal shard: grabcut {miou if miou is None else round(miou, 3)}, the exported pseudo "
+          f"labels (merge-drop of validity) {metrics.get('miou', float('nan')):.3f}")
     return side_by_side(work, ports, n_img)
 
 
-def side_by_side(work: Path, ports: dict, n_img: int) -> list[str]:
-    """grabcut and merge-drop at threads 1 and 2, run as 1, 2, 2, 1: the ratio lines of the targets."""
+def side_by_side(work: Path, ports: dict, n_img: int, stages: tuple[str, ...] = ("grabcut", "merge_drop"),
+                 first: dict[str, dict] | None = None) -> list[str]:
+    """`stages` at threads 1 and 2, run as 1, 2, 2, 1 (so that a load that drifts during the run hits both
+    alike; `first` holds runs at threads 1 already made, the first of the four): the targets' ratio lines."""
     lines = []
-    for s in ("grabcut", "merge_drop"):
+    for s in stages:
         walls: dict[int, list[float]] = {1: [], 2: []}
         cpus: dict[int, list[float]] = {1: [], 2: []}
-        for t in (1, 2, 2, 1):
-            r = run_stage_cli(s, dict(ports[s], out=work / f"rehearsal-{s}-t{t}.h5"), t, work)
+        for i, t in enumerate((1, 2, 2, 1)):
+            if i == 0 and first and s in first:
+                r = first[s]
+            else:
+                r = run_stage_cli(s, dict(ports[s], out=work / f"side-{s}-{i}-t{t}.h5"), t, work)
             walls[t].append(r["wall"])
             cpus[t].append(r["cpu"])
         w1, w2 = np.mean(walls[1]), np.mean(walls[2])
@@ -523,7 +546,7 @@ def main() -> int:
     ap.add_argument("--threads-only", action="store_true",
                     help="after the dry run and the RSS part (unless skipped), only the side-by-side threads "
                          "ratios of grabcut and merge-drop on the rehearsal shard, no cost model")
-    ap.add_argument("--rehearsal", type=int, default=200, metavar="IMAGES",
+    ap.add_argument("--rehearsal", type=int, default=1000, metavar="IMAGES",
                     help="images of the rehearsal shard (coco-dev repeated; 1000 for the full one; 0 = none)")
     args = ap.parse_args()
 
@@ -556,7 +579,7 @@ def main() -> int:
                 print(f"RSS ratio {n1} / {n0} instances: {r1 / r0:.2f} (shard {n1 / n0:.0f}x larger)")
         if args.threads_only:
             print(f"load average before: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-            for line in bench_rehearsal(work, args.rehearsal or 200, chain=False):
+            for line in bench_rehearsal(work, args.rehearsal or 1000, chain=False):
                 print(line)
             print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         elif not args.skip_costs:

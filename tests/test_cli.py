@@ -53,3 +53,20 @@ def test_show_unknown_image(demo_shard, tmp_path):
     with pytest.raises(Exception, match="no image 999"):
         from pseudomask.commands.show import run
         run(type("A", (), {"file": str(demo_shard), "image": 999, "out": str(tmp_path / "x.png"), "images": None}))
+
+
+def test_a_stage_command_builds_only_its_own_options():
+    """Running one stage's subcommand builds that stage's options only (its job does not import every
+    stage's settings module), and parses them as the full parser does."""
+    code = ("import sys; from pseudomask.cli import build_parser; "
+            "a = build_parser('merge-drop').parse_args(['merge-drop', '--masks', 'm.h5', '--out', 'o.h5']); "
+            "b = build_parser().parse_args(['merge-drop', '--masks', 'm.h5', '--out', 'o.h5']); "
+            "print(sorted((k, str(v)) for k, v in vars(a).items() if k != 'func') == "
+            "sorted((k, str(v)) for k, v in vars(b).items() if k != 'func'), "
+            "'pseudomask.mcg.proposals' in sys.modules)")
+    lazy = ("import sys; from pseudomask.cli import build_parser; build_parser('merge-drop'); "
+            "print('pseudomask.mcg.proposals' in sys.modules)")
+    same = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert same == ["True", "True"]  # the full parser imports every stage's settings
+    only = subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True, check=True).stdout.split()
+    assert only == ["False"]

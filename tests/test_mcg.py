@@ -357,3 +357,65 @@ def test_precomputed_mat_files_drive_the_stage(tmp_path):
         assert mask_iou(m[1], gts[0]) == pytest.approx(1.0)  # the disc proposal, exactly
         assert mask_iou(m[2], gts[1]) == pytest.approx(1.0)
         assert rows[3]["status"] == "failed" and "rgba.mat" in rows[3]["reason"]  # no .mat for that image
+
+
+# ---- merge tree helpers ------------------------------------------------------------------------------------------
+
+def test_mutual_cheapest_ranks_like_a_stable_sort():
+    """Ties in cost go to the lower edge index, at both ends of an edge."""
+    from pseudomask.mcg.hierarchy import mutual_cheapest
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        m = int(rng.integers(2, 12))
+        pa = rng.integers(0, m - 1, 30)
+        pb = np.minimum(pa + rng.integers(1, m, 30), m - 1)
+        cost = rng.integers(0, 4, 30) / 4.0  # many ties
+        order = np.lexsort((np.arange(len(cost)), cost))
+        rank = np.empty(len(cost), np.int64)
+        rank[order] = np.arange(len(cost))
+        best = np.full(m, len(cost))
+        np.minimum.at(best, pa, rank)
+        np.minimum.at(best, pb, rank)
+        expected = order[((best[pa] == rank) & (best[pb] == rank))[order]]
+        assert mutual_cheapest(pa, pb, cost, m).tolist() == expected.tolist()
+
+
+def test_unique_inverse_matches_numpy():
+    from pseudomask.mcg.hierarchy import unique_inverse
+
+    rng = np.random.default_rng(4)
+    for size in (0, 1, 7, 500):
+        x = rng.integers(0, 20, size)
+        keys, inv = unique_inverse(x)
+        ref_keys, ref_inv = np.unique(x, return_inverse=True)
+        assert np.array_equal(keys, ref_keys) and np.array_equal(inv, ref_inv)
+
+
+def test_trees_grown_together_equal_trees_grown_alone(tree_parts):
+    from pseudomask.mcg.hierarchy import merge_trees
+
+    _, _, _, _, adj, feats, _ = tree_parts
+    specs = [(1, (1.0, 1.0, 1.0, 1.0)), (0, (1.0, 0.0, 1.0, 1.0)), (1, (0.5, 2.0, 0.0, 0.0))]
+    for together, (map_index, weights) in zip(merge_trees(adj, feats, specs, measure_index=0), specs):
+        alone = merge_tree(adj, feats, map_index=map_index, measure_index=0, weights=weights)
+        for k in ("children", "heights", "area", "inner_len", "inner_sum"):
+            assert np.array_equal(getattr(together, k), getattr(alone, k)), k
+
+
+def test_tree_levels_come_after_their_children(tree_parts):
+    *_, tree = tree_parts
+    n = tree.n_leaves
+    done = np.zeros(tree.n_nodes, bool)
+    done[:n] = True
+    for ks in tree.levels:
+        assert done[tree.children[ks]].all()
+        done[n + ks] = True
+    assert done.all() and sum(len(ks) for ks in tree.levels) == len(tree.children)
+
+
+def test_region_boxes_match_the_pixels(tree_parts):
+    rgb, sp, n, _, _, feats, _ = tree_parts
+    for label in (0, n // 2, n - 1):
+        ys, xs = np.nonzero(sp == label)
+        assert feats.box[label].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]

@@ -131,6 +131,33 @@ def test_bad_status_and_mask_shape_rejected(tmp_path):
     assert not (tmp_path / "b.h5").exists() and not (tmp_path / "c.h5").exists()
 
 
+def test_masks_given_as_crops_equal_masks_given_as_frames(tmp_path):
+    """A worker hands the writer its image's masks as Crops; the file is the same as from (K,H,W) frames,
+    and crops that do not fit the image are refused."""
+    from pseudomask.crops import Crops
+
+    masks = np.zeros((3, 6, 8), np.uint8)
+    masks[0, 1:3, 1:4] = 1
+    masks[1, 2:5, 2:6] = 255
+    masks[1, 3, 3] = 1
+    rows = [{"id": i, "category_id": 1, "bbox": [0, 0, 2, 2], "status": "kept", "reason": ""} for i in (1, 2, 3)]
+    im = {"id": 1, "file_name": "f", "width": 8, "height": 6}
+    for name, given in (("frames.h5", masks), ("crops.h5", Crops.from_masks(masks))):
+        with ArtifactWriter(tmp_path / name, stage="s", method="m", categories=CATS) as w:
+            w.add_image(im, rows, given)
+    with Artifact(tmp_path / "frames.h5") as a, Artifact(tmp_path / "crops.h5") as b:
+        assert np.array_equal(a.masks(1), masks) and np.array_equal(b.masks(1), masks)
+        assert np.array_equal(a._f["masks/data"][:], b._f["masks/data"][:])
+    small = Crops.from_masks(masks[:, :5, :5])
+    with pytest.raises(ArtifactError, match="do not fit"):
+        with ArtifactWriter(tmp_path / "bad.h5", stage="s", method="m", categories=CATS) as w:
+            w.add_image({**im, "width": 4, "height": 4}, rows, small)
+    with pytest.raises(ArtifactError, match="do not fit"):
+        with ArtifactWriter(tmp_path / "bad.h5", stage="s", method="m", categories=CATS) as w:
+            w.add_image(im, rows[:2], small)
+    assert not (tmp_path / "bad.h5").exists()
+
+
 def test_provenance_records_input_digests(tmp_path):
     src = tmp_path / "in.json"
     src.write_text("{}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pseudomask.store import Artifact
-from pseudomask.workers import ordered_map, worker_count
+from pseudomask.workers import ordered_map, thread_limit, worker_count
 
 
 def _square(x: int) -> int:
@@ -42,6 +42,21 @@ def test_a_workers_error_is_raised_at_its_item():
         for r in ordered_map(_fail_on_three, [(i,) for i in range(6)], workers=2):
             seen.append(r)
     assert seen == [0, 1, 2]
+
+
+def test_thread_limit_holds_the_libraries_to_the_jobs_threads():
+    """A stage given `threads` keeps OpenCV and BLAS to that many threads while it runs, then restores them."""
+    import os
+
+    import cv2
+    from threadpoolctl import threadpool_info
+
+    cv_before, omp_before = cv2.getNumThreads(), os.environ.get("OMP_NUM_THREADS")
+    with thread_limit(1):
+        assert cv2.getNumThreads() == 1
+        assert all(p["num_threads"] == 1 for p in threadpool_info())
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert cv2.getNumThreads() == cv_before and os.environ.get("OMP_NUM_THREADS") == omp_before
 
 
 def test_no_more_workers_than_jobs():
@@ -85,6 +100,13 @@ def test_mcg_artifact_does_not_depend_on_the_number_of_workers(demo_dataset, tmp
     one = run_mcg(ds, tmp_path / "one.h5", workers=1, max_proposals=100)
     two = run_mcg(ds, tmp_path / "two.h5", workers=2, max_proposals=100)
     _same_artifacts(one, two)
+    # agree's workers read the masks of both sources themselves
+    from pseudomask.agree import run_agree
+    from pseudomask.grabcut import run_grabcut
+
+    gc = run_grabcut(ds, tmp_path / "gc.h5", {"iterations": 1}, workers=1)
+    _same_artifacts(run_agree(gc, one, tmp_path / "agree1.h5", workers=1),
+                    run_agree(gc, one, tmp_path / "agree2.h5", workers=2))
 
 
 def test_merge_drop_artifact_does_not_depend_on_the_number_of_workers(demo_dataset, tmp_path):

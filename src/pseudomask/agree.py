@@ -101,16 +101,17 @@ def agree_rows(image: dict, records: list[list[dict]], masks: list[np.ndarray], 
 
 
 def run_agree(grabcut: str | os.PathLike, mcg: str | os.PathLike, out: str | os.PathLike,
-              rest_of_box: str = "background") -> Path:
-    """Write an `agree` artifact from a grabcut and an mcg artifact of the same shard."""
+              rest_of_box: str = "background", workers: int = 1) -> Path:
+    """Write an `agree` artifact from a grabcut and an mcg artifact of the same shard; `workers` processes
+    share the images (see `run_artifact_stage`)."""
     return run_artifact_stage([grabcut, mcg], out, partial(agree_rows, rest_of_box=rest_of_box), stage="agree",
                               method="grabcut-and-mcg", params={"rest_of_box": rest_of_box},
-                              expect_stages=("grabcut", "mcg"))
+                              expect_stages=("grabcut", "mcg"), workers=workers)
 
 
 def run_stage(s: AgreeSettings, *, grabcut: str, mcg: str, out: str, threads: int = 1) -> dict:
     """The `agree` stage (see pseudomask.stages)."""
     from .summary import artifact_summary
 
-    run_agree(grabcut, mcg, out, s.rest_of_box)
+    run_agree(grabcut, mcg, out, s.rest_of_box, workers=threads)
     return {"out": out, "status": artifact_summary(out)["status"]}

@@ -66,19 +66,25 @@ def _read_yaml(path: str) -> dict:
     return data
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI; with `command` (the subcommand about to run), only that stage's options are built, so that a
+    job imports its own stage's settings module and not every stage's (about half a second less per job)."""
     parser = argparse.ArgumentParser(prog="pseudomask", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pseudomask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in STAGES.values():
-        add_stage_parser(sub, stage)
+        if command is None or stage.command == command:
+            add_stage_parser(sub, stage)
+        else:
+            sub.add_parser(stage.command, help=stage.help)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except PseudomaskError as e:

@@ -3,12 +3,42 @@ ignore) and the crop's offset in the image, so that bytes follow the mask's info
 
 `crop_masks` turns (K, H, W) masks into the concatenated crops (row-major, values kept: 1 foreground,
 255 ignore, 0 background), their (y, x) offsets and (h, w) shapes; `paste_crops` is its inverse. An empty
-mask has a (0, 0) crop. The artifact store keeps these arrays per shard (see `pseudomask.store`).
+mask has a (0, 0) crop. The artifact store keeps these arrays per shard (see `pseudomask.store`); `Crops`
+holds one image's, so that a worker process hands the writer its image's masks in this form (a few KiB)
+rather than as K full frames.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Crops:
+    """One image's K masks as crops: `crop_masks`' three arrays."""
+
+    data: np.ndarray  # (sum of h * w,) uint8
+    offsets: np.ndarray  # (K, 2) int32 (y, x)
+    shapes: np.ndarray  # (K, 2) int32 (h, w)
+
+    @classmethod
+    def from_masks(cls, masks: np.ndarray) -> "Crops":
+        return cls(*crop_masks(masks))
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def fits(self, height: int, width: int) -> bool:
+        """Whether every crop lies inside a height x width image and the data holds their pixels."""
+        end = self.offsets.astype(np.int64) + self.shapes
+        inside = bool(np.all(self.offsets >= 0) and np.all(end[:, 0] <= height) and np.all(end[:, 1] <= width))
+        return inside and int(np.prod(self.shapes.astype(np.int64), axis=1).sum()) == len(self.data)
+
+    def paste(self, height: int, width: int) -> np.ndarray:
+        """(K, H, W) uint8 masks."""
+        return paste_crops(self.data, self.offsets, self.shapes, height, width)
 
 
 def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:

@@ -5,6 +5,7 @@ instance through: `run_mask_stage` reads each image and runs a method on its usa
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import sys
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from .dataset import Dataset
 from .images import ImageError, read_image
+from .crops import Crops
 from .store import Artifact, ArtifactError, ArtifactWriter
 
 def quality_scorer(model: str | None = None):
@@ -104,8 +106,9 @@ def progress(items: Iterable, desc: str, total: int | None = None, unit: str = "
 def mask_image(predict: Predict, image: dict, path: str, records: list[dict],
                strong: Mapping[int, dict] | None = None, *, usable: Callable[[dict], bool] = usable,
                every_image: bool = False, quality: str | None = None, stage: str, out: str,
-               image_rgb: np.ndarray | None = None) -> tuple[list[dict], np.ndarray, Any, list[str]]:
-    """One image of `run_mask_stage` (in this process or in a worker): (rows, (K,H,W) masks, maps, log lines).
+               image_rgb: np.ndarray | None = None) -> tuple[list[dict], Crops, Any, list[str]]:
+    """One image of `run_mask_stage` (in this process or in a worker): (rows, their masks as `Crops`, maps, log
+    lines); crops, so that a worker sends the writer a few KiB rather than K full frames.
 
     Reads the image at `path` (unless `image_rgb` is the image, read ahead), runs `predict` on the usable
     records and fills every row's `quality`; a
@@ -152,7 +155,7 @@ def mask_image(predict: Predict, image: dict, path: str, records: list[dict],
                 own_quality[i] = "quality" in res
                 rows[i].update(res)
     add_quality(quality_scorer(quality), rgb, rows, masks, stage, keep=own_quality)
-    return rows, masks, maps, notes
+    return rows, Crops.from_masks(masks), maps, notes
 
 
 def run_mask_stage(
@@ -339,10 +342,20 @@ def check_rows(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str,
                         "every input instance must appear once, in the input's order")
 
 
-def artifact_image(per_image: PerImage, image: dict, records: list[list[dict]], masks: list[np.ndarray], *,
-                   out: str, source: str, rescore: bool, quality: str | None, quality_source: str,
-                   image_root: str) -> tuple[dict, list[dict], Any, Any]:
-    """One image of `run_artifact_stage` (in this process or in a worker): (image, rows, masks, maps)."""
+@functools.lru_cache(maxsize=16)
+def worker_artifact(path: str) -> Artifact:
+    """An input artifact opened once per worker process, which then reads its own images' masks (the stage
+    holds its inputs unchanged until it ends; the worker's handles close when the pool does)."""
+    return Artifact(path)
+
+
+def artifact_image(per_image: PerImage, image: dict, records: list[list[dict]], masks: list[np.ndarray] | None,
+                   *, out: str, source: str, rescore: bool, quality: str | None, quality_source: str,
+                   image_root: str, sources: Sequence[str] = ()) -> tuple[dict, list[dict], Crops, Any]:
+    """One image of `run_artifact_stage` (in this process or in a worker): (image, rows, masks as `Crops`,
+    maps). `masks` None: read here from the artifacts at `sources` (a worker's own reads)."""
+    if masks is None:
+        masks = [worker_artifact(p).masks(image["id"]) for p in sources]
     rows, out_masks, maps = per_image(image, records, masks)
     check_rows(rows, records[0], out, source, image["id"])
     rows = [dict(r) for r in rows]
@@ -356,7 +369,8 @@ def artifact_image(per_image: PerImage, image: dict, records: list[list[dict]], 
         add_quality(scorer, rgb, feats, np.asarray(out_masks, np.uint8), quality_source)
         for r, f in zip(rows, feats):
             r["quality"] = f["quality"]
-    return image, rows, out_masks, maps
+    out_masks = np.asarray(out_masks, np.uint8).reshape(len(rows), image["height"], image["width"])
+    return image, rows, Crops.from_masks(out_masks), maps
 
 
 def run_artifact_stage(
@@ -387,8 +401,9 @@ def run_artifact_stage(
     first source's image_root and on the input rows' columns under the output's; `quality_source` names
     the source whose masks the stage writes (default: this stage when it makes masks of its own, else the
     first source's). `rescore=False`: the rows bring their own `quality` (select's, with cross-source
-    features). `workers` > 1 runs `per_image` (which must then be picklable) and the scoring in that many
-    spawned processes, the masks read here and the results written in image order (see `run_mask_stage`)."""
+    features). `workers` > 1 runs `per_image` (which must then be picklable), the reading of the input masks
+    and the scoring in that many spawned processes, the results written here in image order (see
+    `run_mask_stage`)."""
     from .workers import ordered_map, worker_count
 
     with ExitStack() as stack:
@@ -410,11 +425,13 @@ def run_artifact_stage(
                  **(attrs or {})}
         with ArtifactWriter(out, stage=stage, method=method, params=params, inputs=[a.path for a in arts],
                             categories=first.categories, attrs=extra) as w:
+            n = worker_count(workers, len(first.image_ids))
             fn = partial(artifact_image, per_image, out=str(out), source=str(first.path), rescore=rescore,
-                         quality=quality, quality_source=src, image_root=extra["image_root"])
-            jobs = ((first.image(i), [a.records(i) for a in arts], [a.masks(i) for a in arts])
+                         quality=quality, quality_source=src, image_root=extra["image_root"],
+                         sources=[str(a.path) for a in arts])
+            jobs = ((first.image(i), [a.records(i) for a in arts], None if n > 1 else [a.masks(i) for a in arts])
                     for i in first.image_ids)
-            results = ordered_map(fn, jobs, worker_count(workers, len(first.image_ids)))
+            results = ordered_map(fn, jobs, n)
             try:
                 for image_id, (image, rows, masks, maps) in progress(zip(first.image_ids, results), desc=stage,
                                                                      total=len(first.image_ids)):

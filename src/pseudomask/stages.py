@@ -76,7 +76,10 @@ class Stage:
             for path in ([] if ports.get(p.name) is None else
                          ports[p.name] if isinstance(ports[p.name], list) else [ports[p.name]]):
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return self.function()(settings, threads=threads, **{n: ports.get(n) for n in names})
+        from .workers import thread_limit
+
+        with thread_limit(threads):  # the job's cores, as its rule's `threads:` says
+            return self.function()(settings, threads=threads, **{n: ports.get(n) for n in names})
 
 
 def _p(name: str, help: str, **kw: Any) -> Port:
@@ -89,7 +92,7 @@ OUT = _p("out", "artifact to write (.h5)")
 MASKS = _p("masks", "artifact of a mask stage (.h5)")
 SHARDS = _p("shards", "ingested shards (.h5), or one COCO JSON with --images", many=True)
 SCORER = _p("scorer", "quality model written by scorer-train (.json); overrides the `model` setting", optional=True)
-GPU_RESOURCES = {"threads": 1, "mem_mb": 8000, "runtime": 120}
+GPU_RESOURCES = {"threads": 2, "mem_mb": 8000, "runtime": 120}
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("demo_data", "render the synthetic demo dataset (COCO JSON with masks, images, salient set)",
@@ -286,7 +289,6 @@ def run_rule(smk: Any) -> dict:
     again, e.g. a later round's merge_drop) from its `snakemake` object (input, output, params.settings,
     threads, log), logging to the rule's log; the rule's input and output names must be the stage's ports."""
     import json
-    import os
 
     from .logs import redirect_output
 
@@ -305,7 +307,6 @@ def run_rule(smk: Any) -> dict:
         elif value is not None and not isinstance(value, str):
             value = str(value[0]) if len(value) else None
         ports[p.name] = value or None
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads stall shared CPUs
     with redirect_output(smk.log[0] if smk.log else None):
         summary = stage(stage.resolve(smk.params.settings), threads=smk.threads, **ports)
         print(json.dumps(summary, default=str))

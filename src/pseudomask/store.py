@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .crops import crop_masks, paste_crops
+from .crops import Crops, paste_crops
 from .errors import PseudomaskError
 from .files import PendingFile
 
@@ -37,6 +37,7 @@ SCHEMA = "pseudomask-artifact"
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: full-frame masks/<image_id>
 MASK_CHUNK = 1 << 16  # bytes per chunk of masks/data (gzip level 6): one instance's read inflates one or two
+MAP_GZIP = 4  # gzip level of per-image maps (with byte shuffle): MCG's proposal lists shrink 5x for ~1 ms more
 STATUSES = ("kept", "invalid", "dropped", "ignored", "failed")
 IGNORE = 255
 RESERVED = {"categories", "images", "tags", "instances", "masks"}
@@ -144,11 +145,12 @@ class ArtifactWriter:
         self,
         image: Mapping[str, Any],
         instances: Sequence[Mapping[str, Any]] = (),
-        masks: np.ndarray | None = None,
+        masks: np.ndarray | Crops | None = None,
         maps: Mapping[str, np.ndarray | Mapping[str, np.ndarray]] | None = None,
         tags: Iterable[int] = (),
     ) -> None:
-        """Add an image, its instance rows, its (K,H,W) masks aligned with the rows, and extra maps."""
+        """Add an image, its instance rows, its masks aligned with the rows ((K,H,W) uint8, or their `Crops`),
+        and extra maps."""
         image_id = int(image["id"])
         h, w = int(image["height"]), int(image["width"])
         self._images.append({"id": image_id, "file_name": str(image["file_name"]), "width": w, "height": h})
@@ -158,12 +160,19 @@ class ArtifactWriter:
                                     f"expected one of {STATUSES}")
             self._rows.append({**r, "image_id": image_id})
         self._tags.extend((image_id, int(t)) for t in tags)
-        if masks is not None:
+        if isinstance(masks, Crops):
+            if len(masks) != len(instances) or not masks.fits(h, w):
+                raise ArtifactError(f"{self.path}: image {image_id}: {len(masks)} mask crops do not fit "
+                                    f"{len(instances)} instances of a {h}x{w} image")
+            self._add_crops(masks.data, masks.offsets, masks.shapes)
+            self._has_masks = True
+        elif masks is not None:
             masks = np.asarray(masks, dtype=np.uint8)
             if masks.ndim != 3 or masks.shape[0] != len(instances) or masks.shape[1:] != (h, w):
                 raise ArtifactError(f"{self.path}: image {image_id}: masks of shape {masks.shape} do not match "
                                     f"{len(instances)} instances of a {h}x{w} image")
-            self._add_crops(*crop_masks(masks))
+            c = Crops.from_masks(masks)
+            self._add_crops(c.data, c.offsets, c.shapes)
             self._has_masks = True
         else:
             k = len(instances)
@@ -200,9 +209,11 @@ class ArtifactWriter:
         g.create_dataset("shape", data=np.concatenate(self._crop_shape).reshape(-1, 2), compression="gzip")
 
     def _dataset(self, name: str, arr: np.ndarray) -> h5py.Dataset:
-        if arr.ndim >= 2 and arr.size:
-            chunks = (1,) * (arr.ndim - 2) + arr.shape[-2:]
-            return self._f.create_dataset(name, data=arr, chunks=chunks, compression="gzip", compression_opts=1)
+        """A per-image map: compressed (gzip MAP_GZIP, byte shuffle), one chunk per 2-D plane, unless tiny."""
+        if (arr.ndim >= 2 and arr.size) or arr.size >= 1024:
+            chunks = (1,) * (arr.ndim - 2) + arr.shape[-2:] if arr.ndim >= 2 else (min(arr.size, 1 << 16),)
+            return self._f.create_dataset(name, data=arr, chunks=chunks, compression="gzip",
+                                          compression_opts=MAP_GZIP, shuffle=arr.dtype.itemsize > 1)
         return self._f.create_dataset(name, data=arr)
 
     def set_attrs(self, **attrs: Any) -> None:

@@ -57,14 +57,11 @@ def leaf_totals(adj: Adjacency, n: int, measure_index: int = 0) -> tuple[np.ndar
 def tree_candidates(h: Hierarchy, tl: np.ndarray, ts: np.ndarray) -> Candidates:
     """Every node of a merge tree (leaves included) as a candidate."""
     n = h.n_leaves
-    tot_l = np.concatenate([tl, np.zeros(len(h.children))])
-    tot_s = np.concatenate([ts, np.zeros(len(h.children))])
-    ch = h.children
-    for k in range(len(ch)):
-        a, b = ch[k]
-        tot_l[n + k] = tot_l[a] + tot_l[b]
-        tot_s[n + k] = tot_s[a] + tot_s[b]
-    return Candidates(h.membership(), h.area, h.inner_len, h.inner_sum, tot_l, tot_s)
+    tot = np.zeros((h.n_nodes, 2))
+    tot[:n, 0], tot[:n, 1] = tl, ts
+    for ks in h.levels:  # a node's totals are its children's, summed a tree level at a time
+        tot[n + ks] = tot.take(h.children[ks, 0], 0) + tot.take(h.children[ks, 1], 0)
+    return Candidates(h.membership(), h.area, h.inner_len, h.inner_sum, tot[:, 0].copy(), tot[:, 1].copy())
 
 
 def nested_duplicates(h: Hierarchy, threshold: float) -> np.ndarray:

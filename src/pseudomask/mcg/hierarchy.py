@@ -8,6 +8,7 @@ MCG's alignment of the scales, by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -17,6 +18,8 @@ from skimage.segmentation import felzenszwalb
 def base_superpixels(rgb: np.ndarray, scale: float = 50.0, sigma: float = 0.8, min_size: int = 10) -> np.ndarray:
     """Fine over-segmentation (Felzenszwalb-Huttenlocher graph segmentation): (H, W) int32 labels 0..S-1."""
     sp = felzenszwalb(rgb, scale=scale, sigma=sigma, min_size=min_size)
+    if np.bincount(sp.ravel()).all():  # labels already 0..S-1 (skimage ranks them): nothing to relabel
+        return sp.astype(np.int32)
     _, inv = np.unique(sp, return_inverse=True)
     return inv.reshape(sp.shape).astype(np.int32)
 
@@ -56,16 +59,21 @@ class Adjacency:
 def adjacency(labels: np.ndarray, strengths: list[np.ndarray], n: int | None = None) -> Adjacency:
     """Adjacency of the regions of `labels`, with the boundary sum of each strength map: (E, len(maps))."""
     n = int(labels.max()) + 1 if n is None else n
-    a = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()]).astype(np.int64)
-    b = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()]).astype(np.int64)
-    diff = a != b
-    a, b = a[diff], b[diff]
+    w = labels.shape[1]
+    # the pixel pairs across a label change: horizontal ones, then vertical ones, in raster order
+    ih = np.flatnonzero(labels[:, :-1] != labels[:, 1:])
+    iv = np.flatnonzero(labels[:-1, :] != labels[1:, :])
+    first = np.concatenate([ih + ih // max(w - 1, 1), iv])
+    second = first + np.concatenate([np.ones_like(ih), np.full_like(iv, w)])
+    flat = labels.ravel()
+    a, b = flat[first].astype(np.int64), flat[second].astype(np.int64)
     u, v = np.minimum(a, b), np.maximum(a, b)
     keys, inv = np.unique(u * n + v, return_inverse=True)
     length = np.bincount(inv, minlength=len(keys)).astype(np.float64)
     sums = []
     for s in strengths:
-        e = np.concatenate([(s[:, :-1] + s[:, 1:]).ravel(), (s[:-1, :] + s[1:, :]).ravel()])[diff] * 0.5
+        sf = s.ravel()
+        e = (sf[first] + sf[second]) * 0.5
         sums.append(np.bincount(inv, weights=e, minlength=len(keys)))
     strength = np.stack(sums, axis=1) if sums else np.zeros((len(keys), 0))
     return Adjacency(keys // n, keys % n, length, strength)
@@ -101,14 +109,25 @@ class Hierarchy:
                 return parent[: self.n_leaves]
             parent = up
 
+    @cached_property
+    def levels(self) -> list[np.ndarray]:
+        """Merge indices grouped by depth in the tree, shallowest first: the children of a group are
+        leaves or nodes of earlier groups, so per-node sums over the tree can run a group at a time."""
+        depth = [0] * self.n_nodes
+        for k, (a, b) in enumerate(self.children.tolist(), self.n_leaves):
+            depth[k] = 1 + max(depth[a], depth[b])
+        d = np.array(depth[self.n_leaves:], np.int64)
+        order = np.argsort(d, kind="stable")
+        return np.split(order, np.flatnonzero(np.diff(d[order])) + 1) if len(d) else []
+
     def membership(self) -> np.ndarray:
         """(n_nodes, ceil(n_leaves/8)) uint8: each node's leaves as packed bits."""
         nb = (self.n_leaves + 7) // 8
         m = np.zeros((self.n_nodes, nb), np.uint8)
         leaves = np.arange(self.n_leaves)
         m[leaves, leaves // 8] = (128 >> (leaves % 8)).astype(np.uint8)
-        for k, (a, b) in enumerate(self.children):
-            m[self.n_leaves + k] = m[a] | m[b]
+        for ks in self.levels:
+            m[self.n_leaves + ks] = m.take(self.children[ks, 0], 0) | m.take(self.children[ks, 1], 0)
         return m
 
 
@@ -132,15 +151,96 @@ def region_features(rgb: np.ndarray, sp: np.ndarray, n: int, bins: int = 16) -> 
         hist[:, c * bins:(c + 1) * bins] = np.bincount(flat * bins + q, minlength=n * bins).reshape(n, bins)
     hist /= 3.0 * np.maximum(area, 1)[:, None]
     h, w = sp.shape
-    ys, xs = np.divmod(np.arange(h * w), w)
-    box = np.zeros((n, 4))
-    box[:, 0] = np.full(n, w, float)
-    box[:, 1] = np.full(n, h, float)
-    np.minimum.at(box[:, 0], flat, xs)
-    np.minimum.at(box[:, 1], flat, ys)
-    np.maximum.at(box[:, 2], flat, xs + 1)
-    np.maximum.at(box[:, 3], flat, ys + 1)
-    return RegionFeatures(area, hist, box)
+    xs, ys = np.tile(np.arange(w), h), np.repeat(np.arange(h), w)
+    lo = np.stack([np.full(n, w), np.full(n, h)])  # int64 targets: ufunc.at's fast path
+    hi = np.zeros((2, n), np.int64)
+    for c, v in enumerate((xs, ys)):
+        np.minimum.at(lo[c], flat, v)
+        np.maximum.at(hi[c], flat, v + 1)
+    return RegionFeatures(area, hist, np.concatenate([lo, hi]).T.astype(np.float64))
+
+
+# columns of a node table: area, box x0 y0 x1 y1, inner boundary length and strength sum, histogram
+AREA, X0, Y0, X1, Y1, INNER_LEN, INNER_SUM, HIST = range(8)
+
+
+def node_table(feats: RegionFeatures, size: int) -> np.ndarray:
+    """(size, 7 + B) features of a merge tree's nodes, one row per node id, leaves first (inner sums 0);
+    the rows of nodes still to be made are zero."""
+    table = np.zeros((size, HIST + feats.hist.shape[1]))
+    n = len(feats.area)
+    table[:n, AREA] = feats.area
+    table[:n, X0:Y1 + 1] = feats.box
+    table[:n, HIST:] = feats.hist
+    return table
+
+
+def merge_costs(pa: np.ndarray, pb: np.ndarray, sl: np.ndarray, ss: np.ndarray, nodes: np.ndarray, total: float,
+                weights: np.ndarray) -> np.ndarray:
+    """(E,) merge cost of the edges (pa, pb) between rows of the node table (see `merge_tree`), with
+    weights (boundary, colour, size, fill) per edge: (E, 4).
+
+    Row by row, so the cost of an edge does not depend on which other edges are costed with it.
+    """
+    wb, wc, ws, wf = weights.T
+    fa, fb = nodes.take(pa, 0), nodes.take(pb, 0)
+    na, nb = fa[:, AREA], fb[:, AREA]
+    bw = np.maximum(fa[:, X1], fb[:, X1]) - np.minimum(fa[:, X0], fb[:, X0])
+    bh = np.maximum(fa[:, Y1], fb[:, Y1]) - np.minimum(fa[:, Y0], fb[:, Y0])
+    cost = wb * ss / sl + ws * (na + nb) / total + wf * (bw * bh - na - nb) / total
+    if wc.all():
+        cost = cost + wc * (1.0 - np.minimum(fa[:, HIST:], fb[:, HIST:]).sum(1))
+    elif wc.any():  # no colour term at all where its weight is 0
+        c = wc.nonzero()[0]
+        common = np.minimum(fa[c, HIST:], fb[c, HIST:])
+        cost[c] = cost[c] + wc[c] * (1.0 - common.sum(1))
+    return cost
+
+
+def merged_nodes(fa: np.ndarray, fb: np.ndarray, sl: np.ndarray, sm: np.ndarray) -> np.ndarray:
+    """Node table rows of the merges of rows fa and fb across boundaries of length sl and strength sum sm."""
+    out = np.empty_like(fa)
+    out[:, AREA] = fa[:, AREA] + fb[:, AREA]
+    out[:, X0:Y0 + 1] = np.minimum(fa[:, X0:Y0 + 1], fb[:, X0:Y0 + 1])
+    out[:, X1:Y1 + 1] = np.maximum(fa[:, X1:Y1 + 1], fb[:, X1:Y1 + 1])
+    out[:, INNER_LEN] = fa[:, INNER_LEN] + fb[:, INNER_LEN] + sl
+    out[:, INNER_SUM] = fa[:, INNER_SUM] + fb[:, INNER_SUM] + sm
+    out[:, HIST:] = (fa[:, HIST:] * fa[:, AREA, None] + fb[:, HIST:] * fb[:, AREA, None]) / out[:, AREA, None]
+    return out
+
+
+def mutual_cheapest(pa: np.ndarray, pb: np.ndarray, cost: np.ndarray, size: int) -> np.ndarray:
+    """Indices of the edges that are the cheapest edge of both their ends, ordered by (cost, index).
+
+    An edge is ranked by (cost, index), as a stable sort of the costs would: of equal costs the lower
+    edge index wins. Node ids are below `size`.
+    """
+    cmin = np.empty(size)
+    cmin.fill(np.inf)
+    np.minimum.at(cmin, pa, cost)
+    np.minimum.at(cmin, pb, cost)
+    at_a, at_b = cost == cmin[pa], cost == cmin[pb]
+    if np.count_nonzero(at_a) + np.count_nonzero(at_b) == np.count_nonzero(cmin < np.inf):
+        mutual = (at_a & at_b).nonzero()[0]  # every node has a single cheapest edge
+    else:
+        idx = np.arange(len(cost))
+        best = np.full(size, len(cost))
+        np.minimum.at(best, pa[at_a], idx[at_a])
+        np.minimum.at(best, pb[at_b], idx[at_b])
+        mutual = ((best[pa] == idx) & (best[pb] == idx)).nonzero()[0]
+    return mutual[cost[mutual].argsort(kind="stable")]
+
+
+def unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(x, return_inverse=True) for 1-d int arrays, without its overhead on small arrays."""
+    order = x.argsort()
+    sx = x[order]
+    first = np.empty(len(x), bool)
+    first[:1] = True
+    np.not_equal(sx[1:], sx[:-1], out=first[1:])
+    inv = np.empty(len(x), np.int64)
+    inv[order] = first.cumsum() - 1
+    return sx[first], inv
 
 
 def merge_tree(adj: Adjacency, feats: RegionFeatures, map_index: int = 0, measure_index: int = 0,
@@ -158,83 +258,78 @@ def merge_tree(adj: Adjacency, feats: RegionFeatures, map_index: int = 0, measur
     so this follows greedy agglomeration closely, with numpy doing each round at once.
     Internal boundary sums are kept for map `measure_index`, so regions of all trees score on one map.
     """
-    n = len(feats.area)
-    wb, wc, ws, wf = (float(x) for x in weights)
+    return merge_trees(adj, feats, [(map_index, weights)], measure_index)[0]
+
+
+def merge_trees(adj: Adjacency, feats: RegionFeatures, trees: list[tuple[int, tuple[float, float, float, float]]],
+                measure_index: int = 0) -> list[Hierarchy]:
+    """The merge trees (see `merge_tree`) of (map index, weights) pairs over the same superpixels.
+
+    The trees are independent but grow side by side, one round of each per pass, so that numpy's work
+    per call is spread over all of them. Tree t names its nodes t * size + (its node id); the edges
+    between current regions are kept sorted by (u, v) with u < v, so each tree sees its own edges in
+    its own order. An edge between two regions that did not merge keeps its cost: only the edges of
+    new regions are costed, each round.
+    """
+    n, nt = len(feats.area), len(trees)
     total = float(np.sum(feats.area))
-    # per node (grows as nodes are created)
-    area = list(feats.area.astype(np.float64))
-    inner_len = [0.0] * n
-    inner_sum = [0.0] * n
-    # per current region (index r), its node id and features
-    node = np.arange(n, dtype=np.int64)
-    r_area = feats.area.astype(np.float64)
-    r_hist = feats.hist.astype(np.float64)
-    r_box = feats.box.astype(np.float64)
-    r_ilen = np.zeros(n)
-    r_isum = np.zeros(n)
-    # region adjacency (pa < pb) with shared boundary length and strength sums; shrinks as regions merge
-    pa, pb, sl = adj.u.astype(np.int64), adj.v.astype(np.int64), adj.length.astype(np.float64)
-    ss, sm = adj.strength[:, map_index].astype(np.float64), adj.strength[:, measure_index].astype(np.float64)
-    children: list[np.ndarray] = []
-    heights: list[np.ndarray] = []
-    top = 0.0
-    while len(node) > 1:
-        m = len(node)
-        if len(pa) == 0:
-            break  # disconnected remainder: the tree is a forest
-        na, nb = r_area[pa], r_area[pb]
-        ba, bb = r_box[pa], r_box[pb]
-        bw = np.maximum(ba[:, 2], bb[:, 2]) - np.minimum(ba[:, 0], bb[:, 0])
-        bh = np.maximum(ba[:, 3], bb[:, 3]) - np.minimum(ba[:, 1], bb[:, 1])
-        cost = wb * ss / sl + ws * (na + nb) / total + wf * (bw * bh - na - nb) / total
-        if wc:
-            cost = cost + wc * (1.0 - np.minimum(r_hist[pa], r_hist[pb]).sum(1))
-        order = np.lexsort((np.arange(len(cost)), cost))
-        rank = np.empty(len(cost), np.int64)
-        rank[order] = np.arange(len(cost))
-        best = np.full(m, len(cost), np.int64)
-        np.minimum.at(best, pa, rank)
-        np.minimum.at(best, pb, rank)
-        mutual = (best[pa] == rank) & (best[pb] == rank)
-        sel = order[mutual[order]]  # mutual pairs in cost order
-        a, b = pa[sel], pb[sel]
-        k = len(sel)
-        new_nodes = len(area) + np.arange(k)
-        children.append(np.stack([node[a], node[b]], 1))
-        hs = np.maximum.accumulate(np.maximum(cost[sel], top))
-        top = float(hs[-1])
-        heights.append(hs)
-        a_n, b_n = r_area[a], r_area[b]
-        m_area = a_n + b_n
-        m_hist = (r_hist[a] * a_n[:, None] + r_hist[b] * b_n[:, None]) / m_area[:, None]
-        m_box = np.concatenate([np.minimum(r_box[a, :2], r_box[b, :2]), np.maximum(r_box[a, 2:], r_box[b, 2:])], 1)
-        m_ilen = r_ilen[a] + r_ilen[b] + sl[sel]
-        m_isum = r_isum[a] + r_isum[b] + sm[sel]
-        area.extend(m_area.tolist())
-        inner_len.extend(m_ilen.tolist())
-        inner_sum.extend(m_isum.tolist())
-        rest = np.ones(m, bool)
-        rest[a] = rest[b] = False
-        kept = np.flatnonzero(rest)
-        remap = np.empty(m, np.int64)
-        remap[kept] = np.arange(len(kept))
-        remap[a] = len(kept) + np.arange(k)
-        remap[b] = len(kept) + np.arange(k)
-        a0, b0 = remap[pa], remap[pb]
-        cross = a0 != b0
-        a0, b0 = np.minimum(a0[cross], b0[cross]), np.maximum(a0[cross], b0[cross])
-        m2 = len(kept) + k
-        keys, inv = np.unique(a0 * m2 + b0, return_inverse=True)
-        pa, pb = keys // m2, keys % m2
-        sl = np.bincount(inv, sl[cross], len(keys))
-        ss = np.bincount(inv, ss[cross], len(keys))
-        sm = np.bincount(inv, sm[cross], len(keys))
-        node = np.concatenate([node[kept], new_nodes])
-        r_area = np.concatenate([r_area[kept], m_area])
-        r_hist = np.concatenate([r_hist[kept], m_hist])
-        r_box = np.concatenate([r_box[kept], m_box])
-        r_ilen = np.concatenate([r_ilen[kept], m_ilen])
-        r_isum = np.concatenate([r_isum[kept], m_isum])
-    ch = np.concatenate(children) if children else np.zeros((0, 2), np.int64)
-    hts = np.concatenate(heights) if heights else np.zeros(0)
-    return Hierarchy(n, ch.astype(np.int64), hts, np.array(area), np.array(inner_len), np.array(inner_sum))
+    size = max(2 * n - 1, 1)  # node ids per tree
+    span = nt * size  # node ids of all trees
+    nodes = np.tile(node_table(feats, size), (nt, 1))
+    w = np.array([[float(x) for x in wt] for _, wt in trees]).reshape(nt, 4)
+    region = np.arange(span, dtype=np.int64)  # node id -> the node that holds it after this round's merges
+    # edges (u < v) between current regions as sorted keys u * span + v, with shared boundary length,
+    # strength sums (the tree's map, map `measure_index`) and merge cost
+    offset = np.arange(nt, dtype=np.int64)[:, None] * size
+    key = ((offset + adj.u.astype(np.int64)) * span + offset + adj.v.astype(np.int64)).ravel()
+    val = np.concatenate([np.stack([adj.length, adj.strength[:, mi], adj.strength[:, measure_index],
+                                    np.zeros(len(adj.u))], 1) for mi, _ in trees]).astype(np.float64)
+    pa, pb = key // span, key % span
+    val[:, 3] = merge_costs(pa, pb, val[:, 0], val[:, 1], nodes, total, w.take(pa // size, 0))
+    made = np.full(nt, n, np.int64)  # nodes so far, per tree
+    merges: list[np.ndarray] = []  # per round: (tree, a, b) and cost of each merge, in merge order
+    costs: list[np.ndarray] = []
+    while len(key):  # no edges left: one root, or a disconnected remainder (the tree is a forest)
+        pa, pb = key // span, key % span
+        sel = mutual_cheapest(pa, pb, val[:, 3], span)
+        a, b, v = pa[sel], pb[sel], val.take(sel, 0)
+        tree = a // size
+        by_tree = tree.argsort(kind="stable")  # merges of one tree keep their order: its node ids
+        count = np.bincount(tree, minlength=nt)
+        rank = np.empty(len(sel), np.int64)
+        rank[by_tree] = np.arange(len(sel)) - np.repeat(np.cumsum(count) - count, count)
+        new = tree * size + made[tree] + rank
+        made += count
+        merges.append(np.stack([tree, a, b]))
+        costs.append(v[:, 3])
+        nodes[new] = merged_nodes(nodes.take(a, 0), nodes.take(b, 0), v[:, 0], v[:, 2])
+        region[a] = region[b] = new
+        ra, rb = region[pa], region[pb]
+        moved = (ra != pa) | (rb != pb)
+        # edges of the new regions (not the merged pairs themselves), duplicates summed in edge order
+        ta, tb, tv = ra[moved], rb[moved], val.compress(moved, 0)
+        cross = ta != tb
+        ta, tb, tv = ta[cross], tb[cross], tv.compress(cross, 0)
+        t_key, inv = unique_inverse(np.minimum(ta, tb) * span + np.maximum(ta, tb))
+        t_val = np.empty((len(t_key), 4))
+        for c in range(3):
+            t_val[:, c] = np.bincount(inv, tv[:, c], len(t_key))
+        t_pa = t_key // span
+        t_val[:, 3] = merge_costs(t_pa, t_key % span, t_val[:, 0], t_val[:, 1], nodes, total,
+                                  w.take(t_pa // size, 0))
+        # the other edges keep their values; the new ones slot in by key
+        stay = ~moved
+        key = np.concatenate([key[stay], t_key])
+        order = key.argsort(kind="stable")  # two sorted runs: a merge
+        key, val = key[order], np.concatenate([val.compress(stay, 0), t_val]).take(order, 0)
+    merged = np.concatenate(merges, 1) if merges else np.zeros((3, 0), np.int64)
+    cost = np.concatenate(costs) if costs else np.zeros(0)
+    out = []
+    for t in range(nt):
+        mine = merged[0] == t
+        ch = merged[1:, mine].T - t * size
+        hts = np.maximum.accumulate(np.maximum(cost[mine], 0.0))  # ultrametric: never below an earlier merge
+        rows = nodes[t * size:t * size + made[t]]
+        out.append(Hierarchy(n, ch.astype(np.int64), hts, rows[:, AREA].copy(), rows[:, INNER_LEN].copy(),
+                             rows[:, INNER_SUM].copy()))
+    return out

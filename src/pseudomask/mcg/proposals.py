@@ -12,7 +12,7 @@ from ..settings import Settings, setting, unknown_keys
 from ..proposals import Proposals
 from .grouping import (Candidates, deduplicate, grouped_candidates, leaf_totals, nested_duplicates, objectness,
                        suppress_near_duplicates, tree_candidates, weighted_sums)
-from .hierarchy import adjacency, base_superpixels, boundary_strength, merge_tree, region_features
+from .hierarchy import adjacency, base_superpixels, boundary_strength, merge_trees, region_features
 
 TREE_SCHEMA = {"type": "array", "minItems": 1, "items": {
     "type": "object", "additionalProperties": False, "required": ["scale"],
@@ -149,10 +149,9 @@ def proposal_pool(rgb: np.ndarray, **params: Any) -> ProposalPool:
     nms = float(p["nms"])  # near-duplicates inside a tree are left out at once, exactly (see grouping)
     pair_levels = {int(k) for k in p["pair_levels"]}
     triplet_levels = {int(k) for k in p["triplet_levels"]}
-    for t in trees:
-        weights = tuple(float(t.get(k, 0.0)) for k in ("boundary", "colour", "size", "fill"))
-        tree = merge_tree(adj, feats, map_index=scales.index(float(t.get("scale", 1.0))), measure_index=0,
-                          weights=weights)
+    specs = [(scales.index(float(t.get("scale", 1.0))),
+              tuple(float(t.get(k, 0.0)) for k in ("boundary", "colour", "size", "fill"))) for t in trees]
+    for tree in merge_trees(adj, feats, specs, measure_index=0):
         nodes = tree_candidates(tree, tl, ts)
         parts.append(nodes.take(np.flatnonzero(nested_duplicates(tree, nms))))
         for k in sorted(pair_levels | triplet_levels):
