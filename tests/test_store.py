@@ -173,3 +173,16 @@ def test_stale_temp_file_of_a_killed_writer_is_removed(tmp_path):
     stale.write_bytes(b"partial")
     _write(tmp_path / "a.h5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
+
+
+def test_one_array_of_a_group_map(tmp_path):
+    """`Artifact.map(name, image, key)` reads one array of a group map (e.g. a proposal list's scores)
+    without the rest; a missing map or key is None."""
+    with ArtifactWriter(tmp_path / "g.h5", stage="mcg", method="m", categories=CATS) as w:
+        w.add_image({"id": 1, "file_name": "f", "width": 4, "height": 3}, [],
+                    maps={"proposals": {"superpixels": np.arange(12, dtype=np.int32).reshape(3, 4),
+                                        "scores": np.array([0.5, 0.25], np.float32)}})
+    with Artifact(tmp_path / "g.h5") as a:
+        assert set(a.map("proposals", 1)) == {"superpixels", "scores"}
+        assert np.array_equal(a.map("proposals", 1, "scores"), [0.5, 0.25])
+        assert a.map("proposals", 1, "missing") is None and a.map("proposals", 2, "scores") is None

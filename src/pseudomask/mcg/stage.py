@@ -150,8 +150,8 @@ def run_stage(s, *, shard: str, images: str | None, out: str, threads: int = 1) 
     run_mcg(load_dataset(shard, images), out, mat_dir=s.mat_dir or None, clip=s.clip, workers=threads,
             inputs=[shard], **s.proposal_params())
     with Artifact(out, stage="mcg") as a:
-        props = [a.map("proposals", i) for i in a.image_ids]
-        n = [len(p["scores"]) for p in props if p]
+        scores = (a.map("proposals", i, "scores") for i in a.image_ids)  # one image's at a time: bounded memory
+        n = [len(sc) for sc in scores if sc is not None]
         kept = a.instances.get("status", np.zeros(0, object)) == "kept"
         iou = a.instances.get("proposal_iou", np.zeros(0))
         return {"out": out, "images": len(a.image_ids), "proposals_per_image": round(sum(n) / max(len(n), 1), 1),
