@@ -319,11 +319,21 @@ def masks_storage(artifact: Path) -> int:
         return sum(d.id.get_storage_size() for d in f["masks"].values()) if "masks" in f else 0
 
 
-def grabcut_miou(artifact: Path) -> float | None:
+def grabcut_miou(artifact: Path, gt: Path | None = None) -> float | None:
+    """mIoU of an artifact's masks against `gt` (default: coco-dev's annotations)."""
     from pseudomask.metrics import evaluate_pseudo
 
-    gt = coco_dev() / "annotations.json"
-    return evaluate_pseudo(str(artifact), gt).get("miou")
+    return evaluate_pseudo(str(artifact), gt or coco_dev() / "annotations.json", panoptic=False).get("miou")
+
+
+def dev_shard(work: Path) -> tuple[Path, dict] | None:
+    """coco-dev ingested as one shard under `work`: (shard, manifest); None (said) when coco-dev is absent."""
+    dev = coco_dev()
+    if not (dev / "annotations.json").exists():
+        print(f"{dev} not found: not measured")
+        return None
+    manifest = ingest(dev / "annotations.json", dev / "images", work / "dev-shard", shard_size=10**9)
+    return work / "dev-shard" / f"{manifest['shards'][0]}.h5", manifest
 
 
 # GrabCut's defaults when the scale targets were set (46 ms per instance then, on that machine)
@@ -356,12 +366,10 @@ def grabcut_against_filed(work: Path, shard: Path, n_inst: int) -> list[str]:
 def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 1000, rehearsal: int = 0) -> None:
     """Measure the box-prior stages on coco-dev (one shard, threads 1 and 2) and print the cost table; with
     `rehearsal` images, then the rehearsal (`bench_rehearsal`) and its side-by-side threads ratios."""
-    dev = coco_dev()
-    if not (dev / "annotations.json").exists():
-        print(f"{dev} not found: cost model not measured")
+    found = dev_shard(work)
+    if found is None:
         return
-    manifest = ingest(dev / "annotations.json", dev / "images", work / "dev-shard", shard_size=10**9)
-    shard = work / "dev-shard" / f"{manifest['shards'][0]}.h5"
+    shard, manifest = found
     n_img, n_inst = manifest["images"], manifest["instances"]
     out = {s: work / f"{s}.h5" for s in BOX_PRIORS}
     ports = {"grabcut": {"shard": shard, "out": out["grabcut"]}, "mcg": {"shard": shard, "out": out["mcg"]},
@@ -528,7 +536,7 @@ def bench_rehearsal(work: Path, n_images: int, full: int = 1000, chain: bool = T
     total("chain")
     print(f"elapsed {total_wall:.0f} s; CPU per image {tot['cpu'] / n_img:.2f} s, of which mcg "
           f"{runs['mcg']['cpu'] / n_img:.2f} s")
-    miou = grabcut_miou_of(out["grabcut"], ann)
+    miou = grabcut_miou(out["grabcut"], ann)
     metrics = json.loads(out["evaluate_masks"].read_text()) if out["evaluate_masks"].exists() else {}
     print(f"mIoU on the rehearsal shard: grabcut {miou if miou is None else round(miou, 3)}, the exported pseudo "
           f"labels (merge-drop of validity) {metrics.get('miou', float('nan')):.3f}")
@@ -557,12 +565,6 @@ def side_by_side(work: Path, ports: dict, n_img: int, stages: tuple[str, ...] = 
                      f"{np.mean(cpus[1]):.1f} s: ratio {np.mean(cpus[2]) / np.mean(cpus[1]):.2f}, so with two free "
                      f"cores at best {np.mean(cpus[2]) / np.mean(cpus[1]) / 2:.2f}")
     return lines
-
-
-def grabcut_miou_of(artifact: Path, gt: Path) -> float | None:
-    from pseudomask.metrics import evaluate_pseudo
-
-    return evaluate_pseudo(str(artifact), gt, panoptic=False).get("miou")
 
 
 def main() -> int:
@@ -614,10 +616,8 @@ def main() -> int:
                 (n0, _, _, r0), (n1, _, _, r1) = rows[0], rows[-1]
                 print(f"RSS ratio {n1} / {n0} instances: {r1 / r0:.2f} (shard {n1 / n0:.0f}x larger)")
         if args.grabcut_only:
-            dev = coco_dev()
-            manifest = ingest(dev / "annotations.json", dev / "images", work / "dev-shard", shard_size=10**9)
-            for line in grabcut_against_filed(work, work / "dev-shard" / f"{manifest['shards'][0]}.h5",
-                                              manifest["instances"]):
+            found = dev_shard(work)
+            for line in grabcut_against_filed(work, found[0], found[1]["instances"]) if found else []:
                 print(line)
         elif args.threads_only:
             print(f"load average before: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -36,10 +36,6 @@ class Crops:
         inside = bool(np.all(self.offsets >= 0) and np.all(end[:, 0] <= height) and np.all(end[:, 1] <= width))
         return inside and int(np.prod(self.shapes.astype(np.int64), axis=1).sum()) == len(self.data)
 
-    def paste(self, height: int, width: int) -> np.ndarray:
-        """(K, H, W) uint8 masks."""
-        return paste_crops(self.data, self.offsets, self.shapes, height, width)
-
 
 def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """(y0, x0, y1, x1) of a 2-D mask's non-zero pixels; (0, 0, 0, 0) when it has none."""

@@ -359,17 +359,17 @@ def artifact_image(per_image: PerImage, image: dict, records: list[list[dict]], 
     rows, out_masks, maps = per_image(image, records, masks)
     check_rows(rows, records[0], out, source, image["id"])
     rows = [dict(r) for r in rows]
+    out_masks = np.asarray(out_masks, np.uint8).reshape(len(rows), image["height"], image["width"])
     if any(is_true_mask(r) for r in records[0]):
-        out_masks = np.array(out_masks, np.uint8)
+        out_masks = out_masks.copy()  # per_image may hand back its input's array
         pass_true_masks(rows, out_masks, records[0], masks[0])
     if rescore:
         scorer = quality_scorer(quality)
         feats = [{**a, **r} for a, r in zip(records[0], rows)]
         rgb = read_artifact_image(image_root, image) if scorer is not None and rows else None
-        add_quality(scorer, rgb, feats, np.asarray(out_masks, np.uint8), quality_source)
+        add_quality(scorer, rgb, feats, out_masks, quality_source)
         for r, f in zip(rows, feats):
             r["quality"] = f["quality"]
-    out_masks = np.asarray(out_masks, np.uint8).reshape(len(rows), image["height"], image["width"])
     return image, rows, Crops.from_masks(out_masks), maps
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .workers import thread_limit
+
 
 @dataclass(frozen=True)
 class Port:
@@ -76,8 +78,6 @@ class Stage:
             for path in ([] if ports.get(p.name) is None else
                          ports[p.name] if isinstance(ports[p.name], list) else [ports[p.name]]):
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        from .workers import thread_limit
-
         with thread_limit(threads):  # the job's cores, as its rule's `threads:` says
             return self.function()(settings, threads=threads, **{n: ports.get(n) for n in names})
 

@@ -160,23 +160,21 @@ class ArtifactWriter:
                                     f"expected one of {STATUSES}")
             self._rows.append({**r, "image_id": image_id})
         self._tags.extend((image_id, int(t)) for t in tags)
-        if isinstance(masks, Crops):
-            if len(masks) != len(instances) or not masks.fits(h, w):
-                raise ArtifactError(f"{self.path}: image {image_id}: {len(masks)} mask crops do not fit "
-                                    f"{len(instances)} instances of a {h}x{w} image")
-            self._add_crops(masks.data, masks.offsets, masks.shapes)
-            self._has_masks = True
-        elif masks is not None:
+        if masks is not None and not isinstance(masks, Crops):
             masks = np.asarray(masks, dtype=np.uint8)
             if masks.ndim != 3 or masks.shape[0] != len(instances) or masks.shape[1:] != (h, w):
                 raise ArtifactError(f"{self.path}: image {image_id}: masks of shape {masks.shape} do not match "
                                     f"{len(instances)} instances of a {h}x{w} image")
-            c = Crops.from_masks(masks)
-            self._add_crops(c.data, c.offsets, c.shapes)
-            self._has_masks = True
-        else:
+            masks = Crops.from_masks(masks)
+        if masks is None:
             k = len(instances)
-            self._add_crops(np.zeros(0, np.uint8), np.zeros((k, 2), np.int32), np.zeros((k, 2), np.int32))
+            self._add_crops(Crops(np.zeros(0, np.uint8), np.zeros((k, 2), np.int32), np.zeros((k, 2), np.int32)))
+        else:
+            if len(masks) != len(instances) or not masks.fits(h, w):
+                raise ArtifactError(f"{self.path}: image {image_id}: {len(masks)} mask crops do not fit "
+                                    f"{len(instances)} instances of a {h}x{w} image")
+            self._add_crops(masks)
+            self._has_masks = True
         for name, value in (maps or {}).items():
             if name in RESERVED:
                 raise ArtifactError(f"{self.path}: map name {name!r} is reserved")
@@ -186,8 +184,9 @@ class ArtifactWriter:
             else:
                 self._dataset(f"{name}/{image_id}", np.asarray(value))
 
-    def _add_crops(self, data: np.ndarray, offsets: np.ndarray, shapes: np.ndarray) -> None:
+    def _add_crops(self, crops: Crops) -> None:
         """Append one image's crops (rows in instance order) to masks/data and its index."""
+        data, offsets, shapes = crops.data, crops.offsets, crops.shapes
         if len(data):
             if self._crop_data is None:
                 self._crop_data = self._f.create_dataset("masks/data", shape=(0,), maxshape=(None,), dtype=np.uint8,

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -34,6 +34,22 @@ def _init_worker() -> None:
 
 
 @contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in os.environ while the block runs (spawned children and libraries loaded meanwhile read
+    them); the previous values (or their absence) back afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
 def thread_limit(threads: int) -> Iterator[None]:
     """At most `threads` OpenCV, BLAS / OpenMP and PyTorch threads in this process while the block runs, so
     that a job given `threads` cores keeps to them: by default these libraries start one thread per core of
@@ -43,9 +59,8 @@ def thread_limit(threads: int) -> Iterator[None]:
     from threadpoolctl import threadpool_limits
 
     n = max(int(threads), 1)
-    saved = {k: os.environ.get(k) for k in THREAD_VARS + ("OMP_WAIT_POLICY",)}
-    os.environ.update({k: str(n) for k in THREAD_VARS})
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP threads that wait by sleeping, not spinning
+    env = {k: str(n) for k in THREAD_VARS}
+    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # waiting threads sleep, not spin
     cv_threads = cv2.getNumThreads()
     torch = sys.modules.get("torch")
     torch_threads = torch.get_num_threads() if torch is not None else None
@@ -53,34 +68,21 @@ def thread_limit(threads: int) -> Iterator[None]:
     if torch is not None:
         torch.set_num_threads(n)
     try:
-        with threadpool_limits(limits=n):
+        with _environ(env), threadpool_limits(limits=n):
             yield
     finally:
         cv2.setNumThreads(cv_threads)
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _spawn_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of `workers` spawned processes, each with one BLAS / OpenMP thread."""
-    saved = {k: os.environ.get(k) for k in THREAD_VARS}
-    os.environ.update({k: "1" for k in THREAD_VARS})  # spawned children read them at start
-    try:
+    with _environ({k: "1" for k in THREAD_VARS}):  # spawned children read them at start
         ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
         # start the processes now, while the variables hold (the executor starts them lazily on submit)
         for f in [ex.submit(int, 0) for _ in range(workers)]:
             f.result()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return ex
 
 
