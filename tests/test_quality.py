@@ -76,6 +76,26 @@ def test_model_files_are_checked_and_the_default_loads(tmp_path):
     assert get_scorer("none") is None
 
 
+def test_the_trees_walked_together_give_the_sum_of_each_tree_bit_for_bit(tmp_path):
+    """`Scorer.raw` walks all trees at once (`Forest`); the answer is each `Tree.predict` added in order,
+    also for trees of different depths (padded) and for the default model's choice ensemble."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (300, len(FEATURES)))
+    y = np.clip(0.5 + 0.3 * np.tanh(x[:, FILL]) + 0.1 * x[:, 2] * (x[:, 3] > 0), 0, 1)
+    deep = fit(x[:200], y[:200], n_estimators=30, max_depth=4)
+    stump = Scorer.load(stump_scorer(tmp_path / "s.json"))
+    mixed = Scorer(FEATURES, 0.1, 0.5, stump.trees + deep.trees[:5] + stump.trees, "mixed")
+    default = get_scorer("default")
+    for s, feats in ((deep, x), (mixed, x), (default, x), (default.choice, np.hstack([x, x[::-1]]))):
+        for rows in (feats[:1], feats[:7], feats):
+            want = np.full(len(rows), s.init)
+            for t in s.trees:
+                want += s.learning_rate * t.predict(rows)
+            assert np.array_equal(s.raw(rows), want)
+    assert len({len(t.left) for t in mixed.trees}) > 1
+    assert deep.raw(x[:0]).shape == (0,)
+
+
 def test_the_stage_loop_writes_quality_that_ranks_spoiled_masks_below_true_ones(demo, demo_shard, tmp_path):
     out = perturbed_gt_source(demo, demo_shard, tmp_path / "gc.h5")
     with Artifact(out) as a:

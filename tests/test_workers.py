@@ -3,6 +3,8 @@ artifact independent of the number of workers."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,36 @@ def test_results_in_order_with_a_bounded_window():
     assert list(ordered_map(_square, [(i,) for i in range(5)], workers=1)) == [0, 1, 4, 9, 16]
 
 
+def _pid_square(x: int) -> tuple[int, int]:
+    import time
+
+    time.sleep(0.02)
+    return os.getpid(), x * x
+
+
+def _fail_here(x: int, pid: int) -> int:
+    if os.getpid() == pid:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def test_this_process_computes_items_too():
+    """threads 2: one spawned worker and this process share the items; the results stay in order."""
+    got = list(ordered_map(_pid_square, [(i,) for i in range(60)], workers=2))
+    assert [sq for _, sq in got] == [i * i for i in range(60)]
+    pids = {pid for pid, _ in got}
+    assert os.getpid() in pids and len(pids) == 2
+
+
+def test_an_error_of_an_item_computed_here_is_raised_at_its_turn():
+    seen = []
+    with pytest.raises(ValueError, match="bad item") as err:
+        for r in ordered_map(_fail_here, [(i, os.getpid()) for i in range(40)], workers=2):
+            seen.append(r)
+    k = int(str(err.value).split()[-1])
+    assert seen == list(range(k))
+
+
 def test_a_workers_error_is_raised_at_its_item():
     seen = []
     with pytest.raises(ValueError, match="bad item 3"):
@@ -46,8 +78,6 @@ def test_a_workers_error_is_raised_at_its_item():
 
 def test_thread_limit_holds_the_libraries_to_the_jobs_threads():
     """A stage given `threads` keeps OpenCV and BLAS to that many threads while it runs, then restores them."""
-    import os
-
     import cv2
     from threadpoolctl import threadpool_info
 

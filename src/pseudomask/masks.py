@@ -35,10 +35,11 @@ def ellipse_mask(bbox: Sequence[float], height: int, width: int) -> np.ndarray:
     m = np.zeros((height, width), np.uint8)
     if x1 <= x0 or y1 <= y0:
         return m
-    yy, xx = np.mgrid[y0:y1, x0:x1]
     cx, cy = (x0 + x1 - 1) / 2.0, (y0 + y1 - 1) / 2.0
     rx, ry = max((x1 - x0) / 2.0, 0.5), max((y1 - y0) / 2.0, 0.5)
-    m[y0:y1, x0:x1] = (((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0).astype(np.uint8)
+    dx2 = ((np.arange(x0, x1) - cx) / rx) ** 2  # separable: one row and one column, summed by broadcasting
+    dy2 = ((np.arange(y0, y1) - cy) / ry) ** 2
+    m[y0:y1, x0:x1] = dy2[:, None] + dx2[None, :] <= 1.0
     return m
 
 

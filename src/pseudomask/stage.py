@@ -5,7 +5,6 @@ instance through: `run_mask_stage` reads each image and runs a method on its usa
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import os
 import sys
@@ -342,11 +341,22 @@ def check_rows(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str,
                         "every input instance must appear once, in the input's order")
 
 
-@functools.lru_cache(maxsize=16)
+_OPEN_INPUTS: dict[str, Artifact] = {}  # input artifacts this process opened for `artifact_image`
+
+
 def worker_artifact(path: str) -> Artifact:
-    """An input artifact opened once per worker process, which then reads its own images' masks (the stage
-    holds its inputs unchanged until it ends; the worker's handles close when the pool does)."""
-    return Artifact(path)
+    """An input artifact opened once per process that computes images of `run_artifact_stage` and reads its
+    own images' masks (the stage holds its inputs unchanged until it ends); `close_worker_artifacts` closes
+    them when the stage ends (a spawned worker's close with the pool)."""
+    a = _OPEN_INPUTS.get(path)
+    if a is None:
+        a = _OPEN_INPUTS[path] = Artifact(path)
+    return a
+
+
+def close_worker_artifacts() -> None:
+    while _OPEN_INPUTS:
+        _OPEN_INPUTS.popitem()[1].close()
 
 
 def artifact_image(per_image: PerImage, image: dict, records: list[list[dict]], masks: list[np.ndarray] | None,
@@ -438,6 +448,7 @@ def run_artifact_stage(
                     w.add_image(image, rows, masks, maps=maps, tags=first.tags.get(image_id, []))
             finally:
                 results.close()
+                close_worker_artifacts()
             if final_attrs is not None:
                 w.set_attrs(**final_attrs())
     return Path(out)

@@ -1,13 +1,14 @@
-"""Worker processes for a stage's images: `ordered_map` runs a function over items in spawned processes and
-yields the results in the items' order, with a bounded number in flight.
+"""Worker processes for a stage's images: `ordered_map` runs a function over items in this process and spawned
+ones and yields the results in the items' order, with a bounded number in flight.
 
 Workers are spawned, not forked: a child forked from a process whose OpenCV thread pool has run can hang in
 OpenCV. Spawned workers import the main module again, so a script that runs a stage with more than one worker
-keeps its body under `if __name__ == "__main__":` (as scripts/run_stage.py does). Each worker runs one
-OpenCV / BLAS / OpenMP thread: the images, not the matrix products, run in parallel (oversubscribed BLAS
-threads crawl on small products). `thread_limit` holds a stage's own process to its `threads` the same way.
+keeps its body under `if __name__ == "__main__":` (as scripts/run_stage.py does). Each computing process
+(this one too, while `ordered_map` runs) uses one OpenCV / BLAS / OpenMP thread: the images, not the matrix
+products, run in parallel (oversubscribed BLAS threads crawl on small products). `thread_limit` holds a
+stage's own process to its `threads` the same way.
 
-Results are consumed in order as they complete; at most `window` (default 2 per worker) items are submitted
+Results are consumed in order as they complete; at most `window` (default 4 per process) items are taken
 and not yet consumed, so memory follows `window` images, not the shard. The function and the items are
 pickled: module-level functions (or `functools.partial` of them) and plain data.
 """
@@ -80,39 +81,68 @@ def _spawn_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of `workers` spawned processes, each with one BLAS / OpenMP thread."""
     with _environ({k: "1" for k in THREAD_VARS}):  # spawned children read them at start
         ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
-        # start the processes now, while the variables hold (the executor starts them lazily on submit)
-        for f in [ex.submit(int, 0) for _ in range(workers)]:
-            f.result()
+        # each submit starts a process (the executor starts them lazily), whose environment is copied at its
+        # start: started now, while the variables hold; no need to wait for their imports
+        for _ in range(workers):
+            ex.submit(int, 0)
     return ex
 
 
 def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1, *,
                 window: int | None = None) -> Iterator[Any]:
-    """`fn(*item)` for each item, in the items' order: in this process when `workers` <= 1, else in
-    `workers` spawned processes with at most `window` (default 2 * workers) results pending.
-    An exception of `fn` is raised here, at its item's turn; the pool is shut down on the way out."""
+    """`fn(*item)` for each item, in the items' order, computed by `workers` processes: this one and
+    `workers` - 1 spawned ones. Each spawned worker has up to four items queued; this process computes the
+    next item itself whenever the result due next is not ready, so a job of `threads: N` keeps N processes
+    busy (not N workers and a waiting parent) and starts one interpreter fewer. At most `window` (default
+    4 * workers) items are taken and not yet yielded. An exception of `fn` is raised
+    here, at its item's turn; the pool is shut down on the way out."""
     if workers <= 1:
         for item in items:
             yield fn(*item)
         return
     it = iter(items)
-    window = max(int(window or 2 * workers), 1)
-    ex = _spawn_pool(workers)
+    window = max(int(window or 4 * workers), 1)
+    queued = 4 * (workers - 1)  # per worker: enough not to run dry while this process computes an item
+    ex = _spawn_pool(workers - 1)
     pending: collections.deque[Future] = collections.deque()
+    exhausted = False
+
+    def take() -> tuple | None:
+        nonlocal exhausted
+        item = None if exhausted else next(it, None)
+        exhausted = item is None
+        return item
+
     try:
-        while True:
-            while len(pending) < window:
-                item = next(it, None)
-                if item is None:
-                    break
-                pending.append(ex.submit(fn, *item))
-            if not pending:
-                return
-            yield pending.popleft().result()
+        with thread_limit(1):  # like the spawned workers: the images, not the libraries' threads, in parallel
+            while True:
+                while len(pending) < window and sum(not f.done() for f in pending) < queued:
+                    item = take()
+                    if item is None:
+                        break
+                    pending.append(ex.submit(fn, *item))
+                if not pending:
+                    return
+                if not pending[0].done() and len(pending) < window:
+                    item = take()
+                    if item is not None:
+                        pending.append(_here(fn, item))
+                        continue
+                yield pending.popleft().result()
     finally:
         for f in pending:
             f.cancel()
         ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _here(fn: Callable[..., Any], item: tuple) -> Future:
+    """`fn(*item)` computed in this process, as a finished Future (its exception kept for its turn)."""
+    f: Future = Future()
+    try:
+        f.set_result(fn(*item))
+    except Exception as e:  # raised where the item's result is taken, as a worker's would be
+        f.set_exception(e)
+    return f
 
 
 def worker_count(threads: int | None, jobs: int) -> int:

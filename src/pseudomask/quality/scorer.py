@@ -59,6 +59,49 @@ class Tree:
 
 
 @dataclass(frozen=True)
+class Forest:
+    """All trees of an ensemble in padded (T, nodes) arrays, walked together: one numpy step per tree level
+    instead of one per level of each tree (200 trees of depth 3 in 4 steps, not 800)."""
+
+    left: np.ndarray
+    right: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def of(cls, trees: Sequence[Tree]) -> "Forest":
+        n = max((len(t.left) for t in trees), default=1)
+
+        def pad(name: str, fill: float, dtype) -> np.ndarray:
+            out = np.full((len(trees), n), fill, dtype)
+            for i, t in enumerate(trees):
+                a = getattr(t, name)
+                out[i, :len(a)] = a
+            return out
+
+        return cls(pad("left", -1, np.int64), pad("right", -1, np.int64), pad("feature", 0, np.int64),
+                   pad("threshold", 0.0, np.float64), pad("value", 0.0, np.float64))
+
+    def leaf_values(self, x: np.ndarray) -> np.ndarray:
+        """(T, N) value of the leaf each row of x (N, F) reaches in each tree."""
+        n_trees, n_nodes = self.left.shape
+        left, right = self.left.ravel(), self.right.ravel()
+        feature, threshold = self.feature.ravel(), self.threshold.ravel()
+        base = (np.arange(n_trees) * n_nodes)[:, None]      # flat index of each tree's root
+        row = (np.arange(len(x)) * x.shape[1])[None, :]      # flat index of each row's first feature
+        node = np.broadcast_to(base, (n_trees, len(x))).copy()
+        xf = np.ascontiguousarray(x).ravel()
+        while True:
+            nxt = left[node]
+            inner = nxt >= 0
+            if not inner.any():
+                return self.value.ravel()[node]
+            go_left = xf[row + feature[node]] <= threshold[node]
+            node = np.where(inner, base + np.where(go_left, nxt, right[node]), node)
+
+
+@dataclass(frozen=True)
 class Scorer:
     """Predicts the IoU (0..1) of masks from `FEATURES`; `name` identifies it in artifacts' provenance.
 
@@ -76,10 +119,13 @@ class Scorer:
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float64).reshape(-1, len(self.features))
-        out = np.full(len(x), self.init)
-        for t in self.trees:
-            out += self.learning_rate * t.predict(x)
-        return out
+        steps = self.learning_rate * self._forest.leaf_values(x)
+        # cumsum adds tree by tree, in order: the sum of the `Tree.predict`s, bit for bit
+        return np.cumsum(np.vstack([np.full((1, len(x)), self.init), steps]), axis=0)[-1]
+
+    @functools.cached_property
+    def _forest(self) -> "Forest":
+        return Forest.of(self.trees)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.clip(self.raw(x), 0.0, 1.0)
