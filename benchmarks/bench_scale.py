@@ -27,7 +27,8 @@
    spawning the workers). About 30 minutes on this 2-core machine with everything.
 
     .venv/bin/python benchmarks/bench_scale.py [--images 118287 --instances 860001 --shard-size 1000 100]
-        [--skip-dag] [--skip-grabcut] [--skip-costs] [--rehearsal 1000] [--threads-only] [--grabcut-only]
+        [--skip-dag] [--skip-grabcut] [--skip-costs] [--rehearsal 1000] [--grabcut-only]
+        [--threads-only [--threads-stages grabcut merge_drop]]
 """
 
 from __future__ import annotations
@@ -480,11 +481,12 @@ def disk_bytes(path: Path) -> int:
 REHEARSAL = BOX_PRIORS + ("select", "export", "evaluate_masks")
 
 
-def bench_rehearsal(work: Path, n_images: int, full: int = 1000, chain: bool = True) -> list[str]:
+def bench_rehearsal(work: Path, n_images: int, full: int = 1000, chain: bool = True,
+                    stages: tuple[str, ...] = ("grabcut", "merge_drop")) -> list[str]:
     """The box-prior chain, select, export and evaluate-masks by their CLIs, each at its rule's threads, on one
     shard of `n_images` real images (coco-dev repeated): wall, CPU, disk and peak RSS per stage, extrapolated
-    linearly to `full` images when smaller. Then grabcut and merge-drop at threads 1 and 2 side by side
-    (`side_by_side`); returns those ratio lines for the targets. Without `chain` only grabcut and validity
+    linearly to `full` images when smaller. Then `stages` (grabcut and merge-drop) at threads 1 and 2 side by
+    side (`side_by_side`); returns those ratio lines for the targets. Without `chain` only grabcut and validity
     run first (merge-drop's input), unreported."""
     from pseudomask.stages import STAGES
 
@@ -506,7 +508,7 @@ def bench_rehearsal(work: Path, n_images: int, full: int = 1000, chain: bool = T
     if not chain:
         for s in ("grabcut", "validity"):
             run_stage_cli(s, ports[s], 2, work)
-        return side_by_side(work, ports, n_img)
+        return side_by_side(work, ports, n_img, stages)
     t0 = time.perf_counter()
     runs = {s: run_stage_cli(s, ports[s], threads[s], work) for s in REHEARSAL}
     total_wall = time.perf_counter() - t0
@@ -584,6 +586,8 @@ def main() -> int:
     ap.add_argument("--threads-only", action="store_true",
                     help="after the dry run and the RSS part (unless skipped), only the side-by-side threads "
                          "ratios of grabcut and merge-drop on the rehearsal shard, no cost model")
+    ap.add_argument("--threads-stages", nargs="+", default=["grabcut", "merge_drop"],
+                    choices=["grabcut", "merge_drop"], help="the stages --threads-only compares")
     ap.add_argument("--rehearsal", type=int, default=1000, metavar="IMAGES",
                     help="images of the rehearsal shard (coco-dev repeated; 1000 for the full one; 0 = none)")
     args = ap.parse_args()
@@ -621,7 +625,7 @@ def main() -> int:
                 print(line)
         elif args.threads_only:
             print(f"load average before: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-            for line in bench_rehearsal(work, args.rehearsal or 1000, chain=False):
+            for line in bench_rehearsal(work, args.rehearsal or 1000, chain=False, stages=tuple(args.threads_stages)):
                 print(line)
             print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         elif not args.skip_costs:

@@ -158,6 +158,29 @@ def test_masks_given_as_crops_equal_masks_given_as_frames(tmp_path):
     assert not (tmp_path / "bad.h5").exists()
 
 
+def test_crops_pickle_as_bits_and_come_back_equal():
+    """Crops travel from a worker to the writer pickled: binary ones as bits (an eighth of the bytes), ones
+    with ignore pixels as they are; both unpickle to the same arrays."""
+    import pickle
+
+    from pseudomask.crops import Crops, paste_crops
+
+    rng = np.random.default_rng(0)
+    binary = (rng.uniform(size=(3, 40, 50)) < 0.4).astype(np.uint8)
+    binary[1] = 0  # an empty mask: a (0, 0) crop
+    ignore = binary.copy()
+    ignore[0, 5:9, 5:9] = 255
+    for masks in (binary, ignore, binary[:0]):
+        crops = Crops.from_masks(masks)
+        back = pickle.loads(pickle.dumps(crops))
+        assert back.data.dtype == np.uint8 and np.array_equal(back.data, crops.data)
+        assert np.array_equal(back.offsets, crops.offsets) and np.array_equal(back.shapes, crops.shapes)
+        assert np.array_equal(paste_crops(back.data, back.offsets, back.shapes, 40, 50), masks)
+    big = Crops.from_masks(binary)
+    assert len(pickle.dumps(big)) < len(big.data) / 4
+    assert len(pickle.dumps(Crops.from_masks(ignore))) > len(big.data)
+
+
 def test_provenance_records_input_digests(tmp_path):
     src = tmp_path / "in.json"
     src.write_text("{}")

@@ -5,7 +5,7 @@ with a margin of background, downscaled when large and upscaled when tiny, inste
 graph cut then costs a bounded number of pixels whatever the image size. A small sure-foreground ellipse at
 the box centre (`core`) stops GrabCut's colour models from collapsing to an empty mask; the result is cleaned
 (largest component, holes filled).
-The stage spreads a shard's images over worker processes (`threads` of the rule; `grabcut_image` can also run
+The stage spreads a shard's images over processes (`threads` of the rule; `grabcut_image` can also run
 one image's instances in threads); every call seeds OpenCV's RNG, so the result does not depend on the number
 of workers or the order.
 

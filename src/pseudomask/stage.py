@@ -178,10 +178,10 @@ def run_mask_stage(
     the log. Every row gets `quality`, the predicted IoU of its mask by the scorer `quality` names (see
     `quality_scorer`).
 
-    `workers` > 1 spreads the images over that many spawned processes (`pseudomask.workers`): `predict` and
-    `usable` must then be picklable (module-level functions or partials of them). Results are written in
-    image order as they complete, a bounded number in flight, and do not depend on the number of workers
-    as long as `predict` is deterministic per image."""
+    `workers` > 1 spreads the images over that many processes, this one and `workers` - 1 spawned ones
+    (`pseudomask.workers.ordered_map`): `predict` and `usable` must then be picklable (module-level
+    functions or partials of them). Results are written in image order as they complete, a bounded number
+    in flight, and do not depend on the number of workers as long as `predict` is deterministic per image."""
     from .workers import ordered_map, worker_count
 
     by_image = ds.by_image()
@@ -412,7 +412,8 @@ def run_artifact_stage(
     the source whose masks the stage writes (default: this stage when it makes masks of its own, else the
     first source's). `rescore=False`: the rows bring their own `quality` (select's, with cross-source
     features). `workers` > 1 runs `per_image` (which must then be picklable), the reading of the input masks
-    and the scoring in that many spawned processes, the results written here in image order (see
+    and the scoring in that many processes (this one and `workers` - 1 spawned ones), the results written
+    here in image order (see
     `run_mask_stage`)."""
     from .workers import ordered_map, worker_count
 
