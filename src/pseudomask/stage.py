@@ -413,8 +413,7 @@ def run_artifact_stage(
     first source's). `rescore=False`: the rows bring their own `quality` (select's, with cross-source
     features). `workers` > 1 runs `per_image` (which must then be picklable), the reading of the input masks
     and the scoring in that many processes (this one and `workers` - 1 spawned ones), the results written
-    here in image order (see
-    `run_mask_stage`)."""
+    here in image order (see `run_mask_stage`)."""
     from .workers import ordered_map, worker_count
 
     with ExitStack() as stack:

@@ -94,8 +94,8 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
     `workers` - 1 spawned ones. Each spawned worker has up to four items queued; this process computes the
     next item itself whenever the result due next is not ready, so a job of `threads: N` keeps N processes
     busy (not N workers and a waiting parent) and starts one interpreter fewer. At most `window` (default
-    4 * workers) items are taken and not yet yielded. An exception of `fn` is raised
-    here, at its item's turn; the pool is shut down on the way out."""
+    4 * workers) items are taken and not yet yielded. An exception of `fn` is raised here, at its item's
+    turn; the pool is shut down on the way out."""
     if workers <= 1:
         for item in items:
             yield fn(*item)
