@@ -121,6 +121,48 @@ def test_nested_near_duplicates_are_measured_against_the_kept_ancestor():
     assert nested_duplicates(h, 1.0).all()
 
 
+def test_compiled_superpixels_equal_skimage_label_for_label(demo):
+    """The compiled Felzenszwalb-Huttenlocher segmentation is skimage's, on real renders and odd shapes."""
+    from skimage.segmentation import felzenszwalb as reference
+
+    from pseudomask.images import read_image
+    from pseudomask.mcg.felzenszwalb import felzenszwalb
+
+    rng = np.random.default_rng(3)
+    images = [read_image(p) for p in sorted((demo / "images").iterdir())[:3]]
+    images += [scene(1)[0], rng.integers(0, 256, (1, 17, 3), dtype=np.uint8),
+               rng.integers(0, 256, (13, 1, 3), dtype=np.uint8), rng.integers(0, 256, (23, 31), dtype=np.uint8)]
+    for img in images:
+        for scale, sigma, min_size in ((50.0, 0.8, 10), (200.0, 1.5, 50), (1.0, 0.0, 1)):
+            want = reference(img, scale=scale, sigma=sigma, min_size=min_size)
+            got = felzenszwalb(img, scale=scale, sigma=sigma, min_size=min_size)
+            assert got.dtype == np.int32 and got.shape == img.shape[:2]
+            assert np.array_equal(got, want), (img.shape, scale, sigma, min_size)
+    assert len(np.unique(base_superpixels(images[0]))) > 20
+
+
+def test_near_duplicate_suppression_equals_greedy_pairwise_nms():
+    """The binned, blocked suppression keeps exactly what one-by-one greedy NMS on mask IoU keeps."""
+    rng = np.random.default_rng(5)
+    n = 60
+    area = rng.integers(1, 40, n).astype(float)
+    base = rng.random((400, n)) < rng.random((400, 1))  # sets of every density
+    rows = np.concatenate([base, base ^ (rng.random((400, n)) < 0.03)])  # and near copies of them
+    packed = np.packbits(rows, axis=1)
+    for threshold, keep, block in ((0.9, 1000, 256), (0.7, 50, 7), (0.95, 1000, 1), (0.5, 1000, 64)):
+        order = rng.permutation(len(rows))
+        kept: list[int] = []
+        for i in order:
+            if len(kept) == keep:
+                break
+            inter = (rows[kept] & rows[i]) @ area
+            union = (rows[kept] | rows[i]) @ area
+            if not (inter / np.maximum(union, 1e-9) > threshold).any():
+                kept.append(int(i))
+        got = suppress_near_duplicates(packed, n, area, order, threshold, keep=keep, block=block)
+        assert got.tolist() == kept, (threshold, keep, block)
+
+
 # ---- proposals ---------------------------------------------------------------------------------------------------
 
 def test_proposals_find_high_contrast_objects_and_are_deterministic():

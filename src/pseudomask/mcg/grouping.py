@@ -188,14 +188,16 @@ def suppress_near_duplicates(packed: np.ndarray, n: int, sp_area: np.ndarray, or
     already kept candidate exceeds `threshold`; stop at `keep` survivors. Returns kept indices.
 
     Exact mask IoU on superpixel areas, in blocks of candidates. IoU > t needs an area ratio > t, so
-    kept candidates are grouped by log-area in bins of width log(1/t), and a block is compared only with
-    the bins its own candidates could collide with.
+    candidates are grouped by log-area in bins of width log(1/t), and a group is compared only with the
+    kept and block candidates of its own and the neighbouring bins, on the superpixels its own members
+    hold (an intersection needs them). The areas are integers, so the float32 sums are exact.
     """
     w = np.asarray(sp_area, np.float32)
     width = float(np.log(1.0 / threshold)) if 0 < threshold < 1 else np.inf
     kept: list[int] = []
-    bins_rows: dict[int, list[tuple[np.ndarray, float]]] = {}  # log-area bin -> kept (membership row, area)
-    bins_mat: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # ... stacked (rows^T, areas), rebuilt lazily
+    kept_rows: dict[int, list[np.ndarray]] = {}  # log-area bin -> kept membership rows, (k, n) blocks
+    kept_mat: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # ... stacked (rows^T, areas), rebuilt lazily
+    kept_area: dict[int, list[np.ndarray]] = {}
     for s in range(0, len(order), block):
         if len(kept) >= keep:
             break
@@ -206,20 +208,24 @@ def suppress_near_duplicates(packed: np.ndarray, n: int, sp_area: np.ndarray, or
         bins = np.floor(np.log(np.maximum(area, 1.0)) / width).astype(np.int64) if np.isfinite(width) \
             else np.zeros(len(idx), np.int64)
         ok = np.ones(len(idx), bool)
+        iou_b = np.zeros((len(idx), len(idx)))  # pairs of bins two or more apart cannot collide: 0
         for b in np.unique(bins):
             g = np.flatnonzero(bins == b)
+            cols = np.flatnonzero(rows[g].any(0))
+            wg = weighted[np.ix_(g, cols)]
             for nb in (b - 1, b, b + 1):
-                if nb not in bins_rows:
+                if nb not in kept_rows:
                     continue
-                if nb not in bins_mat:
-                    bins_mat[nb] = (np.ascontiguousarray(np.stack([r for r, _ in bins_rows[nb]]).T),
-                                    np.array([a for _, a in bins_rows[nb]]))
-                kr, ka = bins_mat[nb]
-                inter = weighted[g] @ kr
+                if nb not in kept_mat:
+                    kept_mat[nb] = (np.ascontiguousarray(np.concatenate(kept_rows[nb]).T),
+                                    np.concatenate(kept_area[nb]))
+                kr, ka = kept_mat[nb]
+                inter = wg @ kr[cols]
                 iou = inter / np.maximum(area[g, None] + ka[None, :] - inter, 1e-9)
                 ok[g[(iou > threshold).any(1)]] = False
-        inter_b = weighted @ rows.T
-        iou_b = inter_b / np.maximum(area[:, None] + area[None, :] - inter_b, 1e-9)
+            near = np.flatnonzero(np.abs(bins - b) <= 1)
+            inter = wg @ rows[np.ix_(near, cols)].T
+            iou_b[np.ix_(g, near)] = inter / np.maximum(area[g, None] + area[None, near] - inter, 1e-9)
         chosen: list[int] = []
         for i in np.flatnonzero(ok):
             if chosen and iou_b[i, chosen].max() > threshold:
@@ -228,7 +234,10 @@ def suppress_near_duplicates(packed: np.ndarray, n: int, sp_area: np.ndarray, or
             if len(kept) + len(chosen) >= keep:
                 break
         kept.extend(idx[chosen].tolist())
-        for i in chosen:
-            bins_rows.setdefault(int(bins[i]), []).append((rows[i], float(area[i])))
-            bins_mat.pop(int(bins[i]), None)
+        chosen_arr = np.array(chosen, np.int64)
+        for b in np.unique(bins[chosen_arr]):
+            mine = chosen_arr[bins[chosen_arr] == b]
+            kept_rows.setdefault(int(b), []).append(rows[mine])
+            kept_area.setdefault(int(b), []).append(area[mine])
+            kept_mat.pop(int(b), None)
     return np.array(kept, np.int64)

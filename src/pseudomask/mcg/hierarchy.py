@@ -12,16 +12,17 @@ from functools import cached_property
 
 import cv2
 import numpy as np
-from skimage.segmentation import felzenszwalb
 
 
 def base_superpixels(rgb: np.ndarray, scale: float = 50.0, sigma: float = 0.8, min_size: int = 10) -> np.ndarray:
-    """Fine over-segmentation (Felzenszwalb-Huttenlocher graph segmentation): (H, W) int32 labels 0..S-1."""
-    sp = felzenszwalb(rgb, scale=scale, sigma=sigma, min_size=min_size)
-    if np.bincount(sp.ravel()).all():  # labels already 0..S-1 (skimage ranks them): nothing to relabel
-        return sp.astype(np.int32)
-    _, inv = np.unique(sp, return_inverse=True)
-    return inv.reshape(sp.shape).astype(np.int32)
+    """Fine over-segmentation (Felzenszwalb-Huttenlocher graph segmentation): (H, W) int32 labels 0..S-1.
+
+    Computed by the compiled implementation in `felzenszwalb.py`, label for label the same as
+    `skimage.segmentation.felzenszwalb`; imported here so that numba loads only where MCG runs.
+    """
+    from .felzenszwalb import felzenszwalb
+
+    return felzenszwalb(rgb, scale=scale, sigma=sigma, min_size=min_size)
 
 
 def boundary_strength(rgb: np.ndarray, scale: float = 1.0, sigma: float = 1.0) -> np.ndarray:
