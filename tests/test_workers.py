@@ -148,3 +148,20 @@ def test_merge_drop_artifact_does_not_depend_on_the_number_of_workers(demo_datas
     two = merge_drop(src, tmp_path / "two.h5", workers=2)
     assert one == two
     _same_artifacts(tmp_path / "one.h5", tmp_path / "two.h5")
+
+
+
+def _pid_clock(x: int) -> tuple[int, float]:
+    import time
+
+    time.sleep(0.02)
+    return os.getpid(), time.monotonic()
+
+
+def test_this_process_computes_ahead_while_the_workers_start():
+    """With the default window this process does not stop at 4 items per process while the spawned worker's
+    interpreter starts (a second or so): it goes on computing, up to 16 per process, meanwhile."""
+    done = list(ordered_map(_pid_clock, [(i,) for i in range(40)], workers=2))
+    first = min(t for p, t in done if p != os.getpid())  # the worker's first result
+    ahead = sum(p == os.getpid() and t < first for p, t in done)
+    assert 8 < ahead <= 32  # beyond the steady window of 8, within the start window of 32

@@ -8,8 +8,9 @@ keeps its body under `if __name__ == "__main__":` (as scripts/run_stage.py does)
 products, run in parallel (oversubscribed BLAS threads crawl on small products). `thread_limit` holds a
 stage's own process to its `threads` the same way.
 
-Results are consumed in order as they complete; at most `window` (default 4 per process) items are taken
-and not yet consumed, so memory follows `window` images, not the shard. The function and the items are
+Results are consumed in order as they complete; at most `window` (default 4 per process, 16 while the
+spawned workers start) items are taken and not yet consumed, so memory follows `window` images, not the
+shard. The function and the items are
 pickled: module-level functions (or `functools.partial` of them) and plain data.
 """
 
@@ -23,6 +24,7 @@ import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+START_WINDOW = 16  # items per process taken ahead while the spawned workers start (see ordered_map)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -94,18 +96,22 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
     `workers` - 1 spawned ones. Each spawned worker has up to four items queued; this process computes the
     next item itself whenever the result due next is not ready, so a job of `threads: N` keeps N processes
     busy (not N workers and a waiting parent) and starts one interpreter fewer. At most `window` (default
-    4 * workers) items are taken and not yet yielded. An exception of `fn` is raised here, at its item's
-    turn; the pool is shut down on the way out."""
+    4 * workers) items are taken and not yet yielded; with the default, up to START_WINDOW * workers until a
+    spawned worker's first result is ready, so that this process computes cheap items rather than wait out
+    the workers' start (an interpreter and the stage's imports, about a second). An exception of `fn` is
+    raised here, at its item's turn; the pool is shut down on the way out."""
     if workers <= 1:
         for item in items:
             yield fn(*item)
         return
     it = iter(items)
+    start_window = max(int(window), 1) if window else START_WINDOW * workers
     window = max(int(window or 4 * workers), 1)
     queued = 4 * (workers - 1)  # per worker: enough not to run dry while this process computes an item
     ex = _spawn_pool(workers - 1)
     pending: collections.deque[Future] = collections.deque()
     exhausted = False
+    started, here = False, set()  # a spawned worker's first result seen; this process's items until then
 
     def take() -> tuple | None:
         nonlocal exhausted
@@ -123,10 +129,15 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
                     pending.append(ex.submit(fn, *item))
                 if not pending:
                     return
-                if not pending[0].done() and len(pending) < window:
+                if not started:  # a spawned worker's first result: its interpreter is up
+                    started = any(f.done() for f in pending if f not in here)
+                if not pending[0].done() and len(pending) < (window if started else start_window):
                     item = take()
                     if item is not None:
-                        pending.append(_here(fn, item))
+                        f = _here(fn, item)
+                        if not started:
+                            here.add(f)
+                        pending.append(f)
                         continue
                 yield pending.popleft().result()
     finally:
