@@ -150,7 +150,6 @@ def test_merge_drop_artifact_does_not_depend_on_the_number_of_workers(demo_datas
     _same_artifacts(tmp_path / "one.h5", tmp_path / "two.h5")
 
 
-
 def _pid_clock(x: int) -> tuple[int, float]:
     import time
 

@@ -10,8 +10,8 @@ stage's own process to its `threads` the same way.
 
 Results are consumed in order as they complete; at most `window` (default 4 per process, 16 while the
 spawned workers start) items are taken and not yet consumed, so memory follows `window` images, not the
-shard. The function and the items are
-pickled: module-level functions (or `functools.partial` of them) and plain data.
+shard. The function and the items are pickled: module-level functions (or `functools.partial` of them) and
+plain data.
 """
 
 from __future__ import annotations
