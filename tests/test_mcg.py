@@ -434,6 +434,78 @@ def test_unique_inverse_matches_numpy():
         assert np.array_equal(keys, ref_keys) and np.array_equal(inv, ref_inv)
 
 
+def _node_rows(rng, size: int, bins: int) -> np.ndarray:
+    """A node table of random regions: area, box, inner sums and an L1-normalised histogram."""
+    from pseudomask.mcg.hierarchy import HIST
+
+    t = np.zeros((size, HIST + bins))
+    t[:, 0] = rng.integers(1, 500, size)
+    t[:, 1:3] = rng.integers(0, 50, (size, 2))
+    t[:, 3:5] = t[:, 1:3] + rng.integers(1, 50, (size, 2))
+    t[:, 5:7] = rng.random((size, 2)) * 10
+    hist = rng.random((size, bins)) * (rng.random((size, bins)) < 0.4)
+    t[:, HIST:] = hist / np.maximum(hist.sum(1, keepdims=True), 1e-9)
+    return t
+
+
+@pytest.mark.parametrize("bins", [3, 8, 13, 48, 128])
+def test_merge_costs_equal_the_row_formula_bit_for_bit(bins):
+    """The compiled cost is numpy's expression of the same row, to the last bit (tree order rests on it),
+    with no colour term where its weight is 0."""
+    from pseudomask.mcg.hierarchy import HIST, merge_costs
+
+    rng = np.random.default_rng(bins)
+    nodes = _node_rows(rng, 60, bins)
+    pa, pb = rng.integers(0, 60, 400), rng.integers(0, 60, 400)
+    sl, ss = rng.integers(1, 40, 400).astype(float), rng.random(400) * 30
+    weights = rng.random((400, 4)) * (rng.random((400, 4)) < 0.8)
+    fa, fb = nodes[pa], nodes[pb]
+    na, nb = fa[:, 0], fb[:, 0]
+    bw = np.maximum(fa[:, 3], fb[:, 3]) - np.minimum(fa[:, 1], fb[:, 1])
+    bh = np.maximum(fa[:, 4], fb[:, 4]) - np.minimum(fa[:, 2], fb[:, 2])
+    wb, wc, ws, wf = weights.T
+    expected = wb * ss / sl + ws * (na + nb) / 900.0 + wf * (bw * bh - na - nb) / 900.0
+    colour = wc != 0
+    expected[colour] += wc[colour] * (1.0 - np.minimum(fa[colour, HIST:], fb[colour, HIST:]).sum(1))
+    assert merge_costs(pa, pb, sl, ss, nodes, 900.0, weights).tolist() == expected.tolist()
+
+
+def test_merge_nodes_sum_areas_and_boundaries_and_weigh_histograms():
+    from pseudomask.mcg.hierarchy import HIST, merge_nodes
+
+    rng = np.random.default_rng(5)
+    nodes = _node_rows(rng, 30, 48)
+    a, b, new = np.arange(0, 10), np.arange(10, 20), np.arange(20, 30)
+    sl, sm = rng.random(10) * 9, rng.random(10) * 4
+    fa, fb = nodes[a].copy(), nodes[b].copy()
+    merge_nodes(nodes, new, a, b, sl, sm)
+    out = nodes[new]
+    assert out[:, 0].tolist() == (fa[:, 0] + fb[:, 0]).tolist()
+    assert np.array_equal(out[:, 1:3], np.minimum(fa[:, 1:3], fb[:, 1:3]))
+    assert np.array_equal(out[:, 3:5], np.maximum(fa[:, 3:5], fb[:, 3:5]))
+    assert out[:, 5].tolist() == (fa[:, 5] + fb[:, 5] + sl).tolist()
+    assert out[:, 6].tolist() == (fa[:, 6] + fb[:, 6] + sm).tolist()
+    weighted = (fa[:, HIST:] * fa[:, :1] + fb[:, HIST:] * fb[:, :1]) / out[:, :1]
+    assert np.array_equal(out[:, HIST:], weighted)
+    assert np.allclose(out[:, HIST:].sum(1), 1.0)
+
+
+def test_merge_sorted_equals_a_sort_of_the_kept_and_the_new_rows():
+    from pseudomask.mcg.hierarchy import merge_sorted
+
+    rng = np.random.default_rng(6)
+    for n, m in ((0, 0), (0, 5), (7, 0), (200, 40), (40, 200)):
+        keys = rng.choice(10_000, n + m, replace=False)
+        key, new_key = np.sort(keys[:n]), np.sort(keys[n:])
+        val, new_val = rng.random((n, 4)), rng.random((m, 4))
+        keep = rng.random(n) < 0.7
+        all_key = np.concatenate([key[keep], new_key])
+        order = all_key.argsort()
+        got_key, got_val = merge_sorted(key, val, keep, new_key, new_val)
+        assert got_key.tolist() == all_key[order].tolist()
+        assert np.array_equal(got_val, np.concatenate([val[keep], new_val])[order])
+
+
 def test_trees_grown_together_equal_trees_grown_alone(tree_parts):
     from pseudomask.mcg.hierarchy import merge_trees
 

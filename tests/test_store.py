@@ -209,3 +209,26 @@ def test_one_array_of_a_group_map(tmp_path):
         assert set(a.map("proposals", 1)) == {"superpixels", "scores"}
         assert np.array_equal(a.map("proposals", 1, "scores"), [0.5, 0.25])
         assert a.map("proposals", 1, "missing") is None and a.map("proposals", 2, "scores") is None
+
+
+def test_masks_written_in_whole_chunks_read_back_across_the_runs(tmp_path):
+    """masks/data is written in runs of whole chunks; crops that straddle a run's end, and the last
+    partial chunk, read back exactly, and the stored bytes are the crops in instance order."""
+    from pseudomask.store import FLUSH_CHUNKS, MASK_CHUNK
+
+    rng = np.random.default_rng(0)
+    side = int(np.sqrt(FLUSH_CHUNKS * MASK_CHUNK / 3)) + 7  # three images per run, ends not chunk-aligned
+    frames = []
+    with ArtifactWriter(tmp_path / "big.h5", stage="grabcut", method="m", params={}, categories=CATS) as w:
+        for i in range(8):
+            m = (rng.random((2, side, side)) < 0.5).astype(np.uint8)
+            frames.append(m)
+            w.add_image({"id": i, "file_name": f"{i}.png", "width": side, "height": side},
+                        [{"id": 10 * i + k, "category_id": 1, "bbox": [0, 0, side, side], "status": "kept",
+                          "reason": ""} for k in range(2)], m)
+    a = Artifact(tmp_path / "big.h5", stage="grabcut")
+    for i, m in enumerate(frames):
+        assert np.array_equal(a.masks(i), m)
+    with h5py.File(tmp_path / "big.h5") as f:
+        assert f["masks/data"].shape == (16 * side * side,)
+        assert np.array_equal(f["masks/data"][:], np.concatenate([m.ravel() for m in frames]))

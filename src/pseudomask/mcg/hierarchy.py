@@ -12,6 +12,7 @@ from functools import cached_property
 
 import cv2
 import numpy as np
+from numba import njit
 
 
 def base_superpixels(rgb: np.ndarray, scale: float = 50.0, sigma: float = 0.8, min_size: int = 10) -> np.ndarray:
@@ -176,37 +177,111 @@ def node_table(feats: RegionFeatures, size: int) -> np.ndarray:
     return table
 
 
+@njit(cache=True)
+def _pairwise_sum(x: np.ndarray, n: int) -> float:
+    """Sum of x[:n] (n <= 128) in numpy's pairwise order (eight accumulators), so that a compiled cost
+    equals numpy's `.sum()` of the same row bit for bit."""
+    if n < 8:
+        s = 0.0
+        for i in range(n):
+            s += x[i]
+        return s
+    r = x[:8].copy()
+    m = n - n % 8
+    for i in range(8, m, 8):
+        for j in range(8):
+            r[j] += x[i + j]
+    s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for i in range(m, n):
+        s += x[i]
+    return s
+
+
+@njit(cache=True)
 def merge_costs(pa: np.ndarray, pb: np.ndarray, sl: np.ndarray, ss: np.ndarray, nodes: np.ndarray, total: float,
                 weights: np.ndarray) -> np.ndarray:
     """(E,) merge cost of the edges (pa, pb) between rows of the node table (see `merge_tree`), with
     weights (boundary, colour, size, fill) per edge: (E, 4).
 
-    Row by row, so the cost of an edge does not depend on which other edges are costed with it.
+    Edge by edge, so the cost of an edge does not depend on which other edges are costed with it; no
+    colour term at all where its weight is 0.
     """
-    wb, wc, ws, wf = weights.T
-    fa, fb = nodes.take(pa, 0), nodes.take(pb, 0)
-    na, nb = fa[:, AREA], fb[:, AREA]
-    bw = np.maximum(fa[:, X1], fb[:, X1]) - np.minimum(fa[:, X0], fb[:, X0])
-    bh = np.maximum(fa[:, Y1], fb[:, Y1]) - np.minimum(fa[:, Y0], fb[:, Y0])
-    cost = wb * ss / sl + ws * (na + nb) / total + wf * (bw * bh - na - nb) / total
-    if wc.all():
-        cost = cost + wc * (1.0 - np.minimum(fa[:, HIST:], fb[:, HIST:]).sum(1))
-    elif wc.any():  # no colour term at all where its weight is 0
-        c = wc.nonzero()[0]
-        common = np.minimum(fa[c, HIST:], fb[c, HIST:])
-        cost[c] = cost[c] + wc[c] * (1.0 - common.sum(1))
-    return cost
+    nh = nodes.shape[1] - HIST
+    if nh > 128:
+        raise ValueError("colour histograms of more than 128 bins")
+    common = np.empty(nh)
+    out = np.empty(len(pa))
+    for e in range(len(pa)):
+        a, b = pa[e], pb[e]
+        na, nb = nodes[a, AREA], nodes[b, AREA]
+        bw = max(nodes[a, X1], nodes[b, X1]) - min(nodes[a, X0], nodes[b, X0])
+        bh = max(nodes[a, Y1], nodes[b, Y1]) - min(nodes[a, Y0], nodes[b, Y0])
+        cost = weights[e, 0] * ss[e] / sl[e] + weights[e, 2] * (na + nb) / total \
+            + weights[e, 3] * (bw * bh - na - nb) / total
+        if weights[e, 1] != 0.0:
+            for j in range(nh):
+                common[j] = min(nodes[a, HIST + j], nodes[b, HIST + j])
+            cost = cost + weights[e, 1] * (1.0 - _pairwise_sum(common, nh))
+        out[e] = cost
+    return out
 
 
-def merged_nodes(fa: np.ndarray, fb: np.ndarray, sl: np.ndarray, sm: np.ndarray) -> np.ndarray:
-    """Node table rows of the merges of rows fa and fb across boundaries of length sl and strength sum sm."""
-    out = np.empty_like(fa)
-    out[:, AREA] = fa[:, AREA] + fb[:, AREA]
-    out[:, X0:Y0 + 1] = np.minimum(fa[:, X0:Y0 + 1], fb[:, X0:Y0 + 1])
-    out[:, X1:Y1 + 1] = np.maximum(fa[:, X1:Y1 + 1], fb[:, X1:Y1 + 1])
-    out[:, INNER_LEN] = fa[:, INNER_LEN] + fb[:, INNER_LEN] + sl
-    out[:, INNER_SUM] = fa[:, INNER_SUM] + fb[:, INNER_SUM] + sm
-    out[:, HIST:] = (fa[:, HIST:] * fa[:, AREA, None] + fb[:, HIST:] * fb[:, AREA, None]) / out[:, AREA, None]
+@njit(cache=True)
+def merge_nodes(nodes: np.ndarray, new: np.ndarray, a: np.ndarray, b: np.ndarray, sl: np.ndarray,
+                sm: np.ndarray) -> None:
+    """Fill the node table rows `new` with the merges of rows a and b across boundaries of length sl
+    and strength sum sm."""
+    for e in range(len(new)):
+        o, p, q = new[e], a[e], b[e]
+        na, nb = nodes[p, AREA], nodes[q, AREA]
+        n = na + nb
+        nodes[o, AREA] = n
+        for c in (X0, Y0):
+            nodes[o, c] = min(nodes[p, c], nodes[q, c])
+        for c in (X1, Y1):
+            nodes[o, c] = max(nodes[p, c], nodes[q, c])
+        nodes[o, INNER_LEN] = nodes[p, INNER_LEN] + nodes[q, INNER_LEN] + sl[e]
+        nodes[o, INNER_SUM] = nodes[p, INNER_SUM] + nodes[q, INNER_SUM] + sm[e]
+        for c in range(HIST, nodes.shape[1]):
+            nodes[o, c] = (nodes[p, c] * na + nodes[q, c] * nb) / n
+
+
+@njit(cache=True)
+def merge_sorted(key: np.ndarray, val: np.ndarray, keep: np.ndarray, new_key: np.ndarray,
+                 new_val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted union of the kept rows of (key, val) and the rows of (new_key, new_val), both sorted by
+    key and sharing no key."""
+    m = np.count_nonzero(keep) + len(new_key)
+    out_key = np.empty(m, key.dtype)
+    out_val = np.empty((m, val.shape[1]), val.dtype)
+    i, j, n = 0, 0, len(key)
+    for o in range(m):
+        while i < n and not keep[i]:
+            i += 1
+        if j < len(new_key) and (i == n or new_key[j] < key[i]):
+            out_key[o] = new_key[j]
+            out_val[o] = new_val[j]
+            j += 1
+        else:
+            out_key[o] = key[i]
+            out_val[o] = val[i]
+            i += 1
+    return out_key, out_val
+
+
+@njit(cache=True)
+def _mutual(pa: np.ndarray, pb: np.ndarray, cost: np.ndarray, size: int) -> np.ndarray:
+    """Mask of the edges that are the first of the cheapest edges at both their ends."""
+    cmin = np.empty(size)
+    best = np.full(size, -1)
+    for e in range(len(cost)):
+        for u in (pa[e], pb[e]):
+            if best[u] < 0 or cost[e] < cmin[u]:
+                cmin[u] = cost[e]
+                best[u] = e
+    out = np.empty(len(cost), np.bool_)
+    for e in range(len(cost)):
+        out[e] = best[pa[e]] == e and best[pb[e]] == e
     return out
 
 
@@ -216,19 +291,7 @@ def mutual_cheapest(pa: np.ndarray, pb: np.ndarray, cost: np.ndarray, size: int)
     An edge is ranked by (cost, index), as a stable sort of the costs would: of equal costs the lower
     edge index wins. Node ids are below `size`.
     """
-    cmin = np.empty(size)
-    cmin.fill(np.inf)
-    np.minimum.at(cmin, pa, cost)
-    np.minimum.at(cmin, pb, cost)
-    at_a, at_b = cost == cmin[pa], cost == cmin[pb]
-    if np.count_nonzero(at_a) + np.count_nonzero(at_b) == np.count_nonzero(cmin < np.inf):
-        mutual = (at_a & at_b).nonzero()[0]  # every node has a single cheapest edge
-    else:
-        idx = np.arange(len(cost))
-        best = np.full(size, len(cost))
-        np.minimum.at(best, pa[at_a], idx[at_a])
-        np.minimum.at(best, pb[at_b], idx[at_b])
-        mutual = ((best[pa] == idx) & (best[pb] == idx)).nonzero()[0]
+    mutual = _mutual(pa, pb, cost, size).nonzero()[0]
     return mutual[cost[mutual].argsort(kind="stable")]
 
 
@@ -303,7 +366,7 @@ def merge_trees(adj: Adjacency, feats: RegionFeatures, trees: list[tuple[int, tu
         made += count
         merges.append(np.stack([tree, a, b]))
         costs.append(v[:, 3])
-        nodes[new] = merged_nodes(nodes.take(a, 0), nodes.take(b, 0), v[:, 0], v[:, 2])
+        merge_nodes(nodes, new, a, b, v[:, 0], v[:, 2])
         region[a] = region[b] = new
         ra, rb = region[pa], region[pb]
         moved = (ra != pa) | (rb != pb)
@@ -318,11 +381,7 @@ def merge_trees(adj: Adjacency, feats: RegionFeatures, trees: list[tuple[int, tu
         t_pa = t_key // span
         t_val[:, 3] = merge_costs(t_pa, t_key % span, t_val[:, 0], t_val[:, 1], nodes, total,
                                   w.take(t_pa // size, 0))
-        # the other edges keep their values; the new ones slot in by key
-        stay = ~moved
-        key = np.concatenate([key[stay], t_key])
-        order = key.argsort(kind="stable")  # two sorted runs: a merge
-        key, val = key[order], np.concatenate([val.compress(stay, 0), t_val]).take(order, 0)
+        key, val = merge_sorted(key, val, ~moved, t_key, t_val)  # the other edges keep their values
     merged = np.concatenate(merges, 1) if merges else np.zeros((3, 0), np.int64)
     cost = np.concatenate(costs) if costs else np.zeros(0)
     out = []
