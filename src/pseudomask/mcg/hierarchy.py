@@ -319,7 +319,7 @@ def merge_tree(adj: Adjacency, feats: RegionFeatures, map_index: int = 0, measur
 
     Merging runs in rounds (reciprocal nearest neighbours): each round merges, in cost order, every pair
     of regions that are each other's cheapest neighbour. The globally cheapest pair is always among them,
-    so this follows greedy agglomeration closely, with numpy doing each round at once.
+    so this follows greedy agglomeration closely, with each round done at once over all its pairs.
     Internal boundary sums are kept for map `measure_index`, so regions of all trees score on one map.
     """
     return merge_trees(adj, feats, [(map_index, weights)], measure_index)[0]
@@ -329,8 +329,8 @@ def merge_trees(adj: Adjacency, feats: RegionFeatures, trees: list[tuple[int, tu
                 measure_index: int = 0) -> list[Hierarchy]:
     """The merge trees (see `merge_tree`) of (map index, weights) pairs over the same superpixels.
 
-    The trees are independent but grow side by side, one round of each per pass, so that numpy's work
-    per call is spread over all of them. Tree t names its nodes t * size + (its node id); the edges
+    The trees are independent but grow side by side, one round of each per pass, so that the cost of each
+    numpy or compiled call is spread over all of them. Tree t names its nodes t * size + (its node id); the edges
     between current regions are kept sorted by (u, v) with u < v, so each tree sees its own edges in
     its own order. An edge between two regions that did not merge keeps its cost: only the edges of
     new regions are costed, each round.
