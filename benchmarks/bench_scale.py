@@ -28,7 +28,7 @@
 
     .venv/bin/python benchmarks/bench_scale.py [--images 118287 --instances 860001 --shard-size 1000 100]
         [--skip-dag] [--skip-grabcut] [--skip-costs] [--rehearsal 1000] [--grabcut-only]
-        [--threads-only [--threads-stages grabcut merge_drop]]
+        [--threads-only [--threads-stages grabcut mcg merge_drop]]
 """
 
 from __future__ import annotations
@@ -585,9 +585,11 @@ def main() -> int:
                          "against its defaults of when the target was set, side by side on coco-dev")
     ap.add_argument("--threads-only", action="store_true",
                     help="after the dry run and the RSS part (unless skipped), only the side-by-side threads "
-                         "ratios of grabcut and merge-drop on the rehearsal shard, no cost model")
+                         "ratios of --threads-stages, no cost model")
     ap.add_argument("--threads-stages", nargs="+", default=["grabcut", "merge_drop"],
-                    choices=["grabcut", "merge_drop"], help="the stages --threads-only compares")
+                    choices=["grabcut", "mcg", "merge_drop"],
+                    help="the stages --threads-only compares (mcg on coco-dev's images, the others on the "
+                         "rehearsal shard)")
     ap.add_argument("--rehearsal", type=int, default=1000, metavar="IMAGES",
                     help="images of the rehearsal shard (coco-dev repeated; 1000 for the full one; 0 = none)")
     args = ap.parse_args()
@@ -625,8 +627,15 @@ def main() -> int:
                 print(line)
         elif args.threads_only:
             print(f"load average before: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-            for line in bench_rehearsal(work, args.rehearsal or 1000, chain=False, stages=tuple(args.threads_stages)):
-                print(line)
+            on_rehearsal = tuple(s for s in args.threads_stages if s != "mcg")
+            found = dev_shard(work) if "mcg" in args.threads_stages else None
+            if found:  # mcg on coco-dev's 64 images, as in the cost model: the rehearsal shard takes 15 min a run
+                for line in side_by_side(work, {"mcg": {"shard": found[0], "out": work / "mcg.h5"}},
+                                         found[1]["images"], ("mcg",)):
+                    print(line)
+            if on_rehearsal:
+                for line in bench_rehearsal(work, args.rehearsal or 1000, chain=False, stages=on_rehearsal):
+                    print(line)
             print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         elif not args.skip_costs:
             bench_costs(work, rehearsal=args.rehearsal)

@@ -164,3 +164,21 @@ def test_this_process_computes_ahead_while_the_workers_start():
     first = min(t for p, t in done if p != os.getpid())  # the worker's first result
     ahead = sum(p == os.getpid() and t < first for p, t in done)
     assert 8 < ahead <= 32  # beyond the steady window of 8, within the start window of 32
+
+
+
+def _slow_in_a_worker(x: int, parent: int) -> tuple[int, int]:
+    import time
+
+    if os.getpid() != parent:
+        time.sleep(0.5)
+    return os.getpid(), x * x
+
+
+def test_this_process_takes_back_the_items_queued_for_a_worker_that_has_not_started_them():
+    """Where it would wait for the worker (here: items instant in this process, slow in the worker), this
+    process computes the items queued for the worker that the executor has not handed to it yet; the worker
+    keeps at most those it runs or has in its call queue (one running and two queued), not all four queued."""
+    got = list(ordered_map(_slow_in_a_worker, [(i, os.getpid()) for i in range(12)], workers=2))
+    assert [sq for _, sq in got] == [i * i for i in range(12)]
+    assert sum(pid != os.getpid() for pid, _ in got) <= 3

@@ -94,12 +94,13 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
                 window: int | None = None) -> Iterator[Any]:
     """`fn(*item)` for each item, in the items' order, computed by `workers` processes: this one and
     `workers` - 1 spawned ones. Each spawned worker has up to four items queued; this process computes the
-    next item itself whenever the result due next is not ready, so a job of `threads: N` keeps N processes
-    busy (not N workers and a waiting parent) and starts one interpreter fewer. At most `window` (default
-    4 * workers) items are taken and not yet yielded; with the default, up to START_WINDOW * workers until a
-    spawned worker's first result is ready, so that this process computes cheap items rather than wait out
-    the workers' start (an interpreter and the stage's imports, about a second). An exception of `fn` is
-    raised here, at its item's turn; the pool is shut down on the way out."""
+    next item itself whenever the result due next is not ready (and, with none to take, an item queued for a
+    worker that the worker has not started, so the shard's end is not left to one process), so a job of
+    `threads: N` keeps N processes busy (not N workers and a waiting parent) and starts one interpreter
+    fewer. At most `window` (default 4 * workers) items are taken and not yet yielded; with the default, up
+    to START_WINDOW * workers until a spawned worker's first result is ready, so that this process computes
+    cheap items rather than wait out the workers' start (an interpreter and the stage's imports, about a
+    second). An exception of `fn` is raised here, at its item's turn; the pool is shut down on the way out."""
     if workers <= 1:
         for item in items:
             yield fn(*item)
@@ -110,6 +111,7 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
     queued = 4 * (workers - 1)  # per worker: enough not to run dry while this process computes an item
     ex = _spawn_pool(workers - 1)
     pending: collections.deque[Future] = collections.deque()
+    queued_items: dict[Future, tuple] = {}  # the items of the spawned workers' futures in `pending`
     exhausted = False
     started, here = False, set()  # a spawned worker's first result seen; this process's items until then
 
@@ -126,7 +128,9 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
                     item = take()
                     if item is None:
                         break
-                    pending.append(ex.submit(fn, *item))
+                    f = ex.submit(fn, *item)
+                    queued_items[f] = item
+                    pending.append(f)
                 if not pending:
                     return
                 if not started:  # a spawned worker's first result: its interpreter is up
@@ -139,11 +143,32 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
                             here.add(f)
                         pending.append(f)
                         continue
+                if not pending[0].done():
+                    f = _steal(pending, queued_items, fn)
+                    if f is not None:
+                        if not started:
+                            here.add(f)
+                        continue
+                queued_items.pop(pending[0], None)
                 yield pending.popleft().result()
     finally:
         for f in pending:
             f.cancel()
         ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _steal(pending: collections.deque[Future], queued_items: dict[Future, tuple],
+           fn: Callable[..., Any]) -> Future | None:
+    """Compute here the newest item queued for a spawned worker and not yet started, in its place in `pending`
+    (its future cancelled), and return its finished future: where this process would wait (at the end of a
+    shard, or with the window full), it computes the workers' queued items instead. None when every queued item
+    has started."""
+    for i in range(len(pending) - 1, -1, -1):
+        f = pending[i]
+        if f in queued_items and f.cancel():
+            pending[i] = _here(fn, queued_items.pop(f))
+            return pending[i]
+    return None
 
 
 def _here(fn: Callable[..., Any], item: tuple) -> Future:
