@@ -166,7 +166,6 @@ def test_this_process_computes_ahead_while_the_workers_start():
     assert 8 < ahead <= 32  # beyond the steady window of 8, within the start window of 32
 
 
-
 def _slow_in_a_worker(x: int, parent: int) -> tuple[int, int]:
     import time
 

@@ -111,9 +111,9 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
     queued = 4 * (workers - 1)  # per worker: enough not to run dry while this process computes an item
     ex = _spawn_pool(workers - 1)
     pending: collections.deque[Future] = collections.deque()
-    queued_items: dict[Future, tuple] = {}  # the items of the spawned workers' futures in `pending`
+    queued_items: dict[Future, tuple] = {}  # the spawned workers' futures in `pending`, with their items
     exhausted = False
-    started, here = False, set()  # a spawned worker's first result seen; this process's items until then
+    started = False  # a spawned worker's first result seen
 
     def take() -> tuple | None:
         nonlocal exhausted
@@ -134,20 +134,13 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
                 if not pending:
                     return
                 if not started:  # a spawned worker's first result: its interpreter is up
-                    started = any(f.done() for f in pending if f not in here)
-                if not pending[0].done() and len(pending) < (window if started else start_window):
-                    item = take()
-                    if item is not None:
-                        f = _here(fn, item)
-                        if not started:
-                            here.add(f)
-                        pending.append(f)
-                        continue
+                    started = any(f.done() for f in queued_items)
                 if not pending[0].done():
-                    f = _steal(pending, queued_items, fn)
-                    if f is not None:
-                        if not started:
-                            here.add(f)
+                    item = take() if len(pending) < (window if started else start_window) else None
+                    if item is not None:
+                        pending.append(_here(fn, item))
+                        continue
+                    if _steal(pending, queued_items, fn):
                         continue
                 queued_items.pop(pending[0], None)
                 yield pending.popleft().result()
@@ -157,18 +150,16 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _steal(pending: collections.deque[Future], queued_items: dict[Future, tuple],
-           fn: Callable[..., Any]) -> Future | None:
+def _steal(pending: collections.deque[Future], queued_items: dict[Future, tuple], fn: Callable[..., Any]) -> bool:
     """Compute here the newest item queued for a spawned worker and not yet started, in its place in `pending`
-    (its future cancelled), and return its finished future: where this process would wait (at the end of a
-    shard, or with the window full), it computes the workers' queued items instead. None when every queued item
-    has started."""
+    (its future cancelled): where this process would wait (at the end of a shard, or with the window full), it
+    computes the workers' queued items instead. False when every queued item has started."""
     for i in range(len(pending) - 1, -1, -1):
         f = pending[i]
         if f in queued_items and f.cancel():
             pending[i] = _here(fn, queued_items.pop(f))
-            return pending[i]
-    return None
+            return True
+    return False
 
 
 def _here(fn: Callable[..., Any], item: tuple) -> Future:
