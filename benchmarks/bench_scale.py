@@ -10,8 +10,8 @@
    on shards of 250 and 1,000 instances made from ../shared/data/coco-dev (images repeated under new ids), so
    the ratio shows whether memory grows with the shard (it should not: artifacts are written image by image).
 3. Cost model: every box-prior stage (grabcut, mcg, agree, validity, merge-drop) run by its CLI on one shard of
-   the 64 coco-dev images, threads 1, then mcg (grabcut and merge-drop too with --rehearsal 0) side by side at
-   threads 1 and 2 (run as 1, 2, 2, 1): wall
+   the 64 coco-dev images, threads 1 (then grabcut and merge-drop with --rehearsal 0 side by side at threads 1
+   and 2, run as 1, 2, 2, 1; mcg so on a default shard, --mcg-images 500, coco-dev's repeated): wall
    and CPU seconds of the process tree, ms per instance, s per image, bytes per instance, peak RSS; projected
    to COCO train2017 (118,287 images, 860,001 instances) and 10x: core-hours and disk per stage, jobs. Then the
    targets as
@@ -24,11 +24,11 @@
    repeated; default 1,000; a smaller one is extrapolated to 1,000): wall, CPU, disk and peak RSS per stage;
    then grabcut and merge-drop at threads 1 and 2 side by side on that shard (threads 1, 2, 2, 1), the
    ratios the targets report (the 64-image shard is too small for merge-drop: its work is about the cost of
-   spawning the workers). About 30 minutes on this 2-core machine with everything.
+   spawning the workers). 25 to 60 minutes on this 2-core machine with everything, by how fast it runs that day.
 
     .venv/bin/python benchmarks/bench_scale.py [--images 118287 --instances 860001 --shard-size 1000 100]
         [--skip-dag] [--skip-grabcut] [--skip-costs] [--rehearsal 1000] [--grabcut-only]
-        [--threads-only [--threads-stages grabcut mcg merge_drop]]
+        [--threads-only [--threads-stages grabcut mcg merge_drop]] [--mcg-images 500]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import numpy as np
 import psutil
 import yaml
 
-from pseudomask.ingest import ingest
+from pseudomask.ingest import IngestSettings, ingest
 from pseudomask.settings import option
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -327,11 +327,18 @@ def grabcut_miou(artifact: Path, gt: Path | None = None) -> float | None:
     return evaluate_pseudo(str(artifact), gt or coco_dev() / "annotations.json", panoptic=False).get("miou")
 
 
+def coco_dev_present() -> bool:
+    """Whether coco-dev is there; said when it is not."""
+    if not (coco_dev() / "annotations.json").exists():
+        print(f"{coco_dev()} not found: not measured")
+        return False
+    return True
+
+
 def dev_shard(work: Path) -> tuple[Path, dict] | None:
     """coco-dev ingested as one shard under `work`: (shard, manifest); None (said) when coco-dev is absent."""
     dev = coco_dev()
-    if not (dev / "annotations.json").exists():
-        print(f"{dev} not found: not measured")
+    if not coco_dev_present():
         return None
     manifest = ingest(dev / "annotations.json", dev / "images", work / "dev-shard", shard_size=10**9)
     return work / "dev-shard" / f"{manifest['shards'][0]}.h5", manifest
@@ -364,9 +371,11 @@ def grabcut_against_filed(work: Path, shard: Path, n_inst: int) -> list[str]:
             f"{miou['now']:.4f} vs {miou['filed']:.4f}"]
 
 
-def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 1000, rehearsal: int = 0) -> None:
-    """Measure the box-prior stages on coco-dev (one shard, threads 1 and 2) and print the cost table; with
-    `rehearsal` images, then the rehearsal (`bench_rehearsal`) and its side-by-side threads ratios."""
+def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 1000, rehearsal: int = 0,
+                mcg_images: int = IngestSettings().shard_size) -> None:
+    """Measure the box-prior stages on coco-dev (one shard, threads 1 and 2) and print the cost table; mcg's
+    threads ratio on a shard of `mcg_images` (`mcg_side_by_side`); with `rehearsal` images, then the rehearsal
+    (`bench_rehearsal`) and its side-by-side threads ratios."""
     found = dev_shard(work)
     if found is None:
         return
@@ -384,9 +393,11 @@ def bench_costs(work: Path, scale: tuple[int, ...] = (1, 10), shard_size: int = 
     mask_bytes = {s: masks_storage(out[s]) for s in BOX_PRIORS}
     start = {s: job_start_cpu(s, work) for s in BOX_PRIORS}
     filed = grabcut_against_filed(work, shard, n_inst)
-    # the threads-1 run above is the first of 1, 2, 2, 1 (grabcut and merge-drop: on the rehearsal shard)
-    ratios = side_by_side(work, ports, n_img, ("mcg",) if rehearsal else ("grabcut", "mcg", "merge_drop"),
-                          first={s: m1[s] for s in BOX_PRIORS})
+    # grabcut and merge-drop on the rehearsal shard, else here (the threads-1 run above the first of 1, 2, 2, 1);
+    # mcg on a shard of its own (at threads 1 on the 1,000-image rehearsal shard: 4-15 minutes a run)
+    ratios = [] if rehearsal else side_by_side(work, ports, n_img, ("grabcut", "merge_drop"),
+                                               first={s: m1[s] for s in BOX_PRIORS})
+    ratios += mcg_side_by_side(work, mcg_images) if mcg_images else []
     rle, n_rle = rle_json_bytes(out["grabcut"])
     reads = read_times(out["grabcut"])
     miou = grabcut_miou(out["grabcut"])
@@ -474,6 +485,22 @@ def coco_dev_images(out: Path, n_images: int) -> Path:
     return path
 
 
+def repeated_shard(work: Path, n_images: int, name: str) -> tuple[Path, dict, Path]:
+    """One shard (folder `work`/`name`) of `n_images` real images, coco-dev's repeated: (shard, manifest, COCO
+    JSON)."""
+    ann = coco_dev_images(work, n_images)
+    manifest = ingest(ann, coco_dev() / "images", work / name, shard_size=10**9)
+    return work / name / f"{manifest['shards'][0]}.h5", manifest, ann
+
+
+def mcg_side_by_side(work: Path, n_images: int) -> list[str]:
+    """mcg at threads 1 and 2 side by side (`side_by_side`) on one shard of `n_images` images (coco-dev
+    repeated). The fixed costs of a job (its start, the shard's last images) are about a sixth of a 64-image
+    shard's time at threads 2, a thirtieth of a default shard's (500 images)."""
+    shard, manifest, _ = repeated_shard(work, n_images, f"mcg-{n_images}")
+    return side_by_side(work, {"mcg": {"shard": shard, "out": work / "mcg-side.h5"}}, manifest["images"], ("mcg",))
+
+
 def disk_bytes(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
@@ -490,10 +517,7 @@ def bench_rehearsal(work: Path, n_images: int, full: int = 1000, chain: bool = T
     run first (merge-drop's input), unreported."""
     from pseudomask.stages import STAGES
 
-    dev = coco_dev()
-    ann = coco_dev_images(work, n_images)
-    manifest = ingest(ann, dev / "images", work / "rehearsal", shard_size=10**9)
-    shard = work / "rehearsal" / f"{manifest['shards'][0]}.h5"
+    shard, manifest, ann = repeated_shard(work, n_images, "rehearsal")
     n_img, n_inst = manifest["images"], manifest["instances"]
     out = {s: work / f"rehearsal-{s}.h5" for s in REHEARSAL}
     out["export"], out["evaluate_masks"] = work / "rehearsal-export.json", work / "rehearsal-metrics.json"
@@ -588,8 +612,11 @@ def main() -> int:
                          "ratios of --threads-stages, no cost model")
     ap.add_argument("--threads-stages", nargs="+", default=["grabcut", "merge_drop"],
                     choices=["grabcut", "mcg", "merge_drop"],
-                    help="the stages --threads-only compares (mcg on coco-dev's images, the others on the "
+                    help="the stages --threads-only compares (mcg on the --mcg-images shard, the others on the "
                          "rehearsal shard)")
+    ap.add_argument("--mcg-images", type=int, default=IngestSettings().shard_size, metavar="IMAGES",
+                    help="images of the shard (coco-dev repeated) on which mcg runs at threads 1 and 2 side by "
+                         "side (default: a default shard, ingest.shard_size; 0 = not)")
     ap.add_argument("--rehearsal", type=int, default=1000, metavar="IMAGES",
                     help="images of the rehearsal shard (coco-dev repeated; 1000 for the full one; 0 = none)")
     args = ap.parse_args()
@@ -628,17 +655,15 @@ def main() -> int:
         elif args.threads_only:
             print(f"load average before: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
             on_rehearsal = tuple(s for s in args.threads_stages if s != "mcg")
-            found = dev_shard(work) if "mcg" in args.threads_stages else None
-            if found:  # mcg on coco-dev's 64 images, as in the cost model: the rehearsal shard takes 15 min a run
-                for line in side_by_side(work, {"mcg": {"shard": found[0], "out": work / "mcg.h5"}},
-                                         found[1]["images"], ("mcg",)):
+            if "mcg" in args.threads_stages and args.mcg_images and coco_dev_present():  # a shard of its own
+                for line in mcg_side_by_side(work, args.mcg_images):
                     print(line)
             if on_rehearsal:
                 for line in bench_rehearsal(work, args.rehearsal or 1000, chain=False, stages=on_rehearsal):
                     print(line)
             print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         elif not args.skip_costs:
-            bench_costs(work, rehearsal=args.rehearsal)
+            bench_costs(work, rehearsal=args.rehearsal, mcg_images=args.mcg_images)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
