@@ -38,11 +38,12 @@ def test_results_in_order_with_a_bounded_window():
     assert list(ordered_map(_square, [(i,) for i in range(5)], workers=1)) == [0, 1, 4, 9, 16]
 
 
-def _pid_square(x: int, parent: int) -> tuple[int, int]:
+def _timed_square(x: int, parent: int, here: float, there: float) -> tuple[int, int, float]:
+    """(pid, x * x, clock at the end) after `here` s of sleep in process `parent`, `there` s in a worker."""
     import time
 
-    time.sleep(0.05 if os.getpid() == parent else 0.02)  # alone, this process takes 3 s: the worker starts first
-    return os.getpid(), x * x
+    time.sleep(here if os.getpid() == parent else there)
+    return os.getpid(), x * x, time.monotonic()
 
 
 def _fail_here(x: int, pid: int) -> int:
@@ -53,9 +54,10 @@ def _fail_here(x: int, pid: int) -> int:
 
 def test_this_process_computes_items_too():
     """threads 2: one spawned worker and this process share the items; the results stay in order."""
-    got = list(ordered_map(_pid_square, [(i, os.getpid()) for i in range(60)], workers=2))
-    assert [sq for _, sq in got] == [i * i for i in range(60)]
-    pids = {pid for pid, _ in got}
+    # alone, this process would take 3 s: the worker starts first
+    got = list(ordered_map(_timed_square, [(i, os.getpid(), 0.05, 0.02) for i in range(60)], workers=2))
+    assert [sq for _, sq, _ in got] == [i * i for i in range(60)]
+    pids = {pid for pid, _, _ in got}
     assert os.getpid() in pids and len(pids) == 2
 
 
@@ -150,35 +152,21 @@ def test_merge_drop_artifact_does_not_depend_on_the_number_of_workers(demo_datas
     _same_artifacts(tmp_path / "one.h5", tmp_path / "two.h5")
 
 
-def _pid_clock(x: int, parent: int) -> tuple[int, float]:
-    import time
-
-    time.sleep(0.01 if os.getpid() == parent else 0.5)  # a worker's first result comes late, however fast it starts
-    return os.getpid(), time.monotonic()
-
-
 def test_this_process_computes_ahead_while_the_workers_start():
     """With the default window this process does not stop at 4 items per process until a spawned worker's
     first result is ready (its interpreter's start, a second or so, and its first item): it goes on
     computing, up to 16 per process, meanwhile."""
-    done = list(ordered_map(_pid_clock, [(i, os.getpid()) for i in range(40)], workers=2))
-    first = min(t for p, t in done if p != os.getpid())  # the worker's first result
-    ahead = sum(p == os.getpid() and t < first for p, t in done)
+    # a worker's first result comes late, however fast it starts
+    done = list(ordered_map(_timed_square, [(i, os.getpid(), 0.01, 0.5) for i in range(40)], workers=2))
+    first = min(t for p, _, t in done if p != os.getpid())  # the worker's first result
+    ahead = sum(p == os.getpid() and t < first for p, _, t in done)
     assert 8 < ahead <= 32  # beyond the steady window of 8, within the start window of 32
-
-
-def _slow_in_a_worker(x: int, parent: int) -> tuple[int, int]:
-    import time
-
-    if os.getpid() != parent:
-        time.sleep(0.5)
-    return os.getpid(), x * x
 
 
 def test_this_process_takes_back_the_items_queued_for_a_worker_that_has_not_started_them():
     """Where it would wait for the worker (here: items instant in this process, slow in the worker), this
     process computes the items queued for the worker that the executor has not handed to it yet; the worker
     keeps at most those it runs or has in its call queue (one running and two queued), not all four queued."""
-    got = list(ordered_map(_slow_in_a_worker, [(i, os.getpid()) for i in range(12)], workers=2))
-    assert [sq for _, sq in got] == [i * i for i in range(12)]
-    assert sum(pid != os.getpid() for pid, _ in got) <= 3
+    got = list(ordered_map(_timed_square, [(i, os.getpid(), 0.0, 0.5) for i in range(12)], workers=2))
+    assert [sq for _, sq, _ in got] == [i * i for i in range(12)]
+    assert sum(pid != os.getpid() for pid, _, _ in got) <= 3
