@@ -1,10 +1,10 @@
 # pseudomask: pseudo instance masks from boxes or image-level tags.
-# Stages: src/pseudomask/stages.py (README's stage table); keys: docs/configuration.md.
+# Stages: src/pseudomask/registry.py (README's stage table); keys: docs/configuration.md.
 # Run: `make run` or `snakemake --cores all`.
 
 from snakemake.utils import min_version, validate
 
-from pseudomask.configuration import complete_config
+from pseudomask.config import complete_config
 
 min_version("8.20")
 

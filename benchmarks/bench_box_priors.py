@@ -13,7 +13,7 @@ side by side:
 - hybrid networks' invalid rates (box agreement < 0.5) of the reference and of fast GrabCut, next to the
   paper's VOC figures;
 - the real stages end to end (`run_grabcut` with 2 threads, `run_validity`, `run_mcg` with 2 workers and
-  `run_agree`; --no-mcg skips the last two): wall time, mIoU from `pseudomask.metrics`, and for agreement the
+  `run_agree`; --no-mcg skips the last two): wall time, mIoU from `pseudomask.mask_metrics`, and for agreement the
   precision of foreground pixels against GT on non-ignored pixels, the ignored fraction of box pixels and
   the mIoU where it decides (IoU over non-ignored pixels).
 
@@ -40,11 +40,11 @@ import numpy as np
 
 from pseudomask.agree import run_agree
 from pseudomask.dataset import load_dataset
-from pseudomask.grabcut import GrabCutParams, grabcut_instance, run_grabcut
+from pseudomask.grabcut import GrabCutSettings, grabcut_instance, run_grabcut
 from pseudomask.images import read_image
 from pseudomask.masks import box_agreement, box_mask, box_pixels, ellipse_mask, is_small64, mask_iou, size_bucket
 from pseudomask.mcg import run_mcg
-from pseudomask.metrics import GroundTruth, instance_scores, summarize
+from pseudomask.mask_metrics import GroundTruth, instance_scores, summarize
 from pseudomask.store import IGNORE, Artifact
 from pseudomask.validity import ValiditySettings, run_validity
 
@@ -95,7 +95,7 @@ def sweep(items: list, gt: GroundTruth) -> None:
     print(f"{'':52s}{'ms/inst':>8s}  {'mIoU':>6s}  {'even':>6s}  {'odd':>6s}  {'retried':>7s}")
     masks = {r["id"]: gt.mask(r["id"]) for _, _, recs in items for r in recs}
     for name, kw in SWEEP.items():
-        p = GrabCutParams(**kw)
+        p = GrabCutSettings(**kw)
         c = time.process_time()
         outs = [(iid, r["id"], grabcut_instance(bgr, r["bbox"], p)) for iid, bgr, recs in items for r in recs]
         cpu = (time.process_time() - c) / len(outs)
@@ -125,7 +125,7 @@ def main() -> int:
     ids = {r["id"] for r in ds.instances}
 
     def evaluate(path: Path) -> dict:
-        """pseudomask.metrics over the instances measured here (all of coco-dev unless --limit)."""
+        """pseudomask.mask_metrics over the instances measured here (all of coco-dev unless --limit)."""
         return summarize([r for r in instance_scores(path, gt) if r["id"] in ids])
 
     print(f"coco-dev: {len(ds.images)} images, {len(ds.instances)} instances ({root}); "
@@ -137,8 +137,8 @@ def main() -> int:
                  for im in ds.images
                  if (recs := [r for r in by_im.get(im["id"], []) if r["status"] not in ("failed", "ignored")])]
         sweep(items, gt)
-    fast, raw_p = GrabCutParams(), GrabCutParams(fallback="none", min_fill=0.0, min_box_iou=0.0, retry_core=0.0)
-    no_retry = GrabCutParams(retry_core=0.0)
+    fast, raw_p = GrabCutSettings(), GrabCutSettings(fallback="none", min_fill=0.0, min_box_iou=0.0, retry_core=0.0)
+    no_retry = GrabCutSettings(retry_core=0.0)
     rows = []
     by_image = ds.by_image()
     for im in ds.images:

@@ -5,7 +5,7 @@ at the CPU default's 71 px and at the paper's 320 px, batch 16, untrained weight
 them). Crops come from the coco-dev images when present, else from the demo scenes.
 
 Quality: BoxCaseg trained from random weights with the settings the workflow uses on CPU (section
-`boxcaseg_train` with its `cpu` profile applied, TrainConfig.for_device) on the demo scenes the default run
+`boxcaseg_train` with its `cpu` profile applied, BoxcasegTrainSettings.for_device) on the demo scenes the default run
 renders (section `demo_data`: 24 images, 96 salient images), and once with
 more iterations, then mIoU of its masks on the training boxes (instance mean; class mean = the paper's
 mIoU*), for the fused heads (the method's output) and the weak and salient heads alone, next to the filled box
@@ -31,11 +31,11 @@ import torch
 
 from pseudomask.boxcaseg.infer import infer_size, predict_boxes
 from pseudomask.boxcaseg.model import build_model, load_model
-from pseudomask.boxcaseg.settings import TrainConfig
+from pseudomask.boxcaseg.settings import BoxcasegTrainSettings
 from pseudomask.boxcaseg.train import train
-from pseudomask.configuration import default_config, stage_settings
+from pseudomask.config import default_config, stage_settings
 from pseudomask.dataset import load_dataset
-from pseudomask.demo import DemoSettings, make_demo_data
+from pseudomask.demo import DemoDataSettings, make_demo_data
 from pseudomask.grabcut import grabcut_image
 from pseudomask.images import read_image
 from pseudomask.masks import box_mask, mask_iou, segmentation_mask
@@ -43,9 +43,9 @@ from pseudomask.masks import box_mask, mask_iou, segmentation_mask
 NEVER = 10 ** 9  # log_every / checkpoint_every: no loss lines, no resume states in between
 
 
-def cpu_settings() -> TrainConfig:
+def cpu_settings() -> BoxcasegTrainSettings:
     """The default config's `boxcaseg_train` section with its CPU profile applied (as the stage runs on CPU)."""
-    s = TrainConfig.from_mapping(stage_settings(default_config(), "boxcaseg_train")).replace(device="cpu")
+    s = BoxcasegTrainSettings.from_mapping(stage_settings(default_config(), "boxcaseg_train")).replace(device="cpu")
     return s.for_device().replace(log_every=NEVER, checkpoint_every=NEVER)
 
 
@@ -124,7 +124,7 @@ def quality(data, model_path: Path, title: str) -> dict:
     return res
 
 
-def run_training(ds, salient: Path, out: Path, settings: TrainConfig) -> None:
+def run_training(ds, salient: Path, out: Path, settings: BoxcasegTrainSettings) -> None:
     t = time.perf_counter()
     s = train([ds], salient, out, settings, resume=False)
     print(f"  trained {settings.backbone} {settings.iters} iterations in {time.perf_counter() - t:.1f} s: "
@@ -146,7 +146,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_boxcaseg_") as tmp:
         tmp = Path(tmp)
         demo = tmp / "demo"
-        d = DemoSettings()  # the default run's demo: 24 scenes, 96 salient images
+        d = DemoDataSettings()  # the default run's demo: 24 scenes, 96 salient images
         make_demo_data(demo, d.scenes, d.seed, (d.width, d.height), d.salient_images)
         ds, demo_data = samples(demo / "annotations.json", demo / "images")
         dev = coco_dev()

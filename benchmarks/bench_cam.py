@@ -34,7 +34,7 @@ import torch
 
 from pseudomask.cam.extract import extract_peaks
 from pseudomask.cam.sampling import ProposalPicker
-from pseudomask.cam.settings import PeakSettings, TrainSettings
+from pseudomask.cam.settings import CamSettings, CamTrainSettings
 from pseudomask.cam.train import train_classifier
 from pseudomask.dataset import load_dataset
 from pseudomask.demo import make_demo_data
@@ -43,7 +43,7 @@ from pseudomask.grabcut import grabcut_image
 from pseudomask.images import read_image
 from pseudomask.masks import box_mask, ellipse_mask, rle_encode, segmentation_mask
 from pseudomask.mcg import run_mcg
-from pseudomask.metrics import evaluate_tag_only
+from pseudomask.mask_metrics import evaluate_tag_only
 from pseudomask.proposals import read_proposals
 from pseudomask.store import Artifact
 
@@ -141,7 +141,7 @@ def run(name: str, gt_path: Path, images: Path, work: Path, a) -> None:
     n_tags = sum(len(im["tags"]) for im in ds.images)
     print(f"\n== {name}: {len(ds.images)} images, {len(ds.categories)} classes, {n_tags} image tags, "
           f"{sum(len(v) for v in gts.values())} true instances")
-    s = TrainSettings(backbone="tiny", iters=a.iters, batch_size=8, lr=0.05, optimizer="sgd",
+    s = CamTrainSettings(backbone="tiny", iters=a.iters, batch_size=8, lr=0.05, optimizer="sgd",
                       input_size=a.input_size, levels=a.levels, save_every=10 ** 9)
     t = time.perf_counter()
     r = train_classifier(ds, work / "model.pt", s, resume=False)
@@ -158,7 +158,7 @@ def run(name: str, gt_path: Path, images: Path, work: Path, a) -> None:
     for mode in ("sample", "best"):
         t = time.perf_counter()
         out = extract_peaks(ds, work / "model.pt", work / f"cam_{mode}.h5", props,
-                            PeakSettings(select=mode, peak_threshold=a.peak_threshold, max_peaks=a.max_peaks))
+                            CamSettings(select=mode, peak_threshold=a.peak_threshold, max_peaks=a.max_peaks))
         ext_s = (time.perf_counter() - t) / len(ds.images)
         m, counts = cam_score(gt_path, out)
         rows.append((f"CAM peaks, {mode} (WISE)" if mode == "sample" else f"CAM peaks, {mode}", "tags",

@@ -3,7 +3,7 @@
 Needs ../shared/data/coco-dev (or PSEUDOMASK_COCO_DEV); says so and exits 0 when it is absent. The sources
 (GrabCut, MCG, agreement) come from `pseudomask.quality.training.run_sources`, cached in --work (shared with
 benchmarks/bench_quality.py). For each source it runs `run_crf` at the stage's defaults (DeepLab's
-parameters) and prints the mIoU against the true masks (instances with their true mask, `pseudomask.metrics`)
+parameters) and prints the mIoU against the true masks (instances with their true mask, `pseudomask.mask_metrics`)
 before and after, over all images and over the even / odd image ids apart, by COCO size, the share of
 instances the CRF improves, and the CRF's time per instance.
 
@@ -28,7 +28,7 @@ from common import REPO, coco_dev  # first: it turns the progress bars off
 import numpy as np
 
 from pseudomask.crf import CrfSettings, run_crf
-from pseudomask.metrics import GroundTruth, instance_scores
+from pseudomask.mask_metrics import GroundTruth, instance_scores
 from pseudomask.quality.training import run_sources
 
 SOURCES = ("grabcut", "mcg", "agree")

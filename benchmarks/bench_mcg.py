@@ -37,7 +37,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pseudomask.dataset import load_dataset  # noqa: E402
-from pseudomask.grabcut import GrabCutParams, grabcut_image  # noqa: E402
+from pseudomask.grabcut import GrabCutSettings, grabcut_image  # noqa: E402
 from pseudomask.images import read_image  # noqa: E402
 from pseudomask.masks import (box_agreement, box_mask, ellipse_mask, is_small64, mask_iou,  # noqa: E402
                               segmentation_mask, size_bucket)
@@ -108,7 +108,7 @@ def main() -> int:
         stored_rows = np.union1d(pool.ranked(int(p["max_proposals"]), float(p["nms"])), best[best >= 0])
         abo_stored.extend(ious[stored_rows].max(0).tolist())
         stored = Proposals.from_map(props)
-        gc = grabcut_image(rgb, [r["bbox"] for r in recs], GrabCutParams())
+        gc = grabcut_image(rgb, [r["bbox"] for r in recs], GrabCutSettings())
         for k, (r, g, res) in enumerate(zip(recs, gts, results)):
             bm = box_mask(r["bbox"], h, w)
             rows["clip"].append(mask_iou(res["mask"], g))

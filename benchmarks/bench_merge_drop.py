@@ -31,7 +31,7 @@ import numpy as np
 from pseudomask.export import export_coco
 from pseudomask.masks import ellipse_mask
 from pseudomask.merge_drop import THRESHOLDS, MergeDropSettings, drop_curve, judged, merge_drop
-from pseudomask.metrics import GroundTruth, instance_scores
+from pseudomask.mask_metrics import GroundTruth, instance_scores
 from pseudomask.store import Artifact, ArtifactWriter
 
 PAPER_DROP = {0.0: 0.00, 0.75: 0.27, 0.85: 0.49, 0.90: 0.64, 0.95: 0.80}  # BoxCaseg Table 8, COCO

@@ -44,7 +44,7 @@ def ceiling(root: Path, work: Path) -> None:
     from scipy import ndimage
 
     from pseudomask.masks import box_pixels, ellipse_mask, mask_iou
-    from pseudomask.metrics import GroundTruth
+    from pseudomask.mask_metrics import GroundTruth
     from pseudomask.store import Artifact
 
     gt = GroundTruth(root / "annotations.json")

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from pseudomask.demo import make_demo_data  # noqa: E402
 from pseudomask.detection_metrics import evaluate_detections  # noqa: E402
 from pseudomask.masks import ellipse_mask, mask_iou, rle_encode, segmentation_mask  # noqa: E402
-from pseudomask.retrain.config import RetrainSettings  # noqa: E402
+from pseudomask.retrain.mmdet_config import RetrainSettings  # noqa: E402
 from pseudomask.retrain.predict import PredictSettings, predict, write_results  # noqa: E402
 from pseudomask.retrain.train import train  # noqa: E402
 

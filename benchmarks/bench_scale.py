@@ -322,7 +322,7 @@ def masks_storage(artifact: Path) -> int:
 
 def grabcut_miou(artifact: Path, gt: Path | None = None) -> float | None:
     """mIoU of an artifact's masks against `gt` (default: coco-dev's annotations)."""
-    from pseudomask.metrics import evaluate_pseudo
+    from pseudomask.mask_metrics import evaluate_pseudo
 
     return evaluate_pseudo(str(artifact), gt or coco_dev() / "annotations.json", panoptic=False).get("miou")
 
@@ -515,7 +515,7 @@ def bench_rehearsal(work: Path, n_images: int, full: int = 1000, chain: bool = T
     linearly to `full` images when smaller. Then `stages` (grabcut and merge-drop) at threads 1 and 2 side by
     side (`side_by_side`); returns those ratio lines for the targets. Without `chain` only grabcut and validity
     run first (merge-drop's input), unreported."""
-    from pseudomask.stages import STAGES
+    from pseudomask.registry import STAGES
 
     shard, manifest, ann = repeated_shard(work, n_images, "rehearsal")
     n_img, n_inst = manifest["images"], manifest["instances"]

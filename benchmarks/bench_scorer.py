@@ -20,7 +20,7 @@ from common import coco_dev
 
 import numpy as np
 
-from pseudomask.metrics import GroundTruth
+from pseudomask.mask_metrics import GroundTruth
 from pseudomask.images import read_image
 from pseudomask.quality.features import FEATURES, image_features
 from pseudomask.quality.scorer import get_scorer

@@ -1,9 +1,9 @@
 # Paths, shard discovery, settings and the list of final targets. Functions only; rules live in the other
-# files. A stage's settings and resources come from its config section (pseudomask.configuration).
+# files. A stage's settings and resources come from its config section (pseudomask.config).
 
 import json
 
-from pseudomask.configuration import stage_resource, stage_settings
+from pseudomask.config import stage_resource, stage_settings
 
 R = config["results"]
 LOGS = config["logs"]

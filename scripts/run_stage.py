@@ -1,6 +1,6 @@
-# Every rule's script: the stage named after the rule runs from the registry (pseudomask.stages) with the
+# Every rule's script: the stage named after the rule runs from the registry (pseudomask.registry) with the
 # rule's ports, settings and threads, as `pseudomask <stage>` would.
-from pseudomask.stages import run_rule
+from pseudomask.registry import run_rule
 
 if __name__ == "__main__":  # worker processes are spawned: they must not rerun this body
     run_rule(snakemake)  # noqa: F821 - injected by Snakemake

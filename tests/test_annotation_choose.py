@@ -11,7 +11,7 @@ import pytest
 from annotation_data import pseudo_artifact
 from pseudomask.annotation.choose import ChooseError, image_scores, select_for_annotation
 from pseudomask.settings import SettingsError
-from pseudomask.stages import STAGES
+from pseudomask.registry import STAGES
 
 
 def _e(image_id: int, score: float, instances: int = 1, strong: bool = False) -> dict:

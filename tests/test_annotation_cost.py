@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pseudomask.annotation.cost import CostSettings, annotation_cost, image_counts, level_seconds
+from pseudomask.annotation.cost import AnnotationCostSettings, annotation_cost, image_counts, level_seconds
 from pseudomask.dataset import Dataset
-from pseudomask.stages import STAGES
+from pseudomask.registry import STAGES
 
 
 def _dataset(present: list[int], instances: list[int], categories: int = 20, boxes: bool = True,
@@ -44,7 +44,7 @@ def test_voc_averages_give_table_1():
 def test_one_image_by_hand_and_the_settings_change_it():
     assert level_seconds(5, 2, 3) == {"tags": 5.0, "tags_counts": 5 + 2 * 1.48, "boxes": 3 + 21.0,
                                       "masks": 3 + 3 * 79.0}
-    m = CostSettings(mask_s=100.0, class_s=2.0)
+    m = AnnotationCostSettings(mask_s=100.0, class_s=2.0)
     assert level_seconds(5, 2, 3, m)["masks"] == 3 * 2.0 + 3 * 100.0
 
 

@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 from annotation_data import pseudo_artifact
 from pseudomask.annotation.job import JobError, annotation_job, mask_segmentation
 from pseudomask.masks import mask_iou, rle_decode, segmentation_mask
-from pseudomask.stages import STAGES
+from pseudomask.registry import STAGES
 
 CHOSEN = [3, 1, 5]
 

@@ -11,7 +11,7 @@ import pytest
 from pseudomask.annotation.take_back import TakeBackError, TakeBackSettings, take_back
 from pseudomask.dataset import add_strong, load_dataset
 from pseudomask.masks import mask_iou, rle_decode, rle_encode, segmentation_mask
-from pseudomask.stages import STAGES
+from pseudomask.registry import STAGES
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from annotation_data import pseudo_artifact
 from pseudomask.annotation.polygons import polygon_mask
 from pseudomask.annotation.yolo import export_yolo, read_yolo
 from pseudomask.masks import box_mask, mask_box, mask_iou, rle_decode
-from pseudomask.stages import STAGES
+from pseudomask.registry import STAGES
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pseudomask.dataset import load_dataset
-from pseudomask.stage import read_ahead
+from pseudomask.loops import read_ahead
 from pseudomask.store import Artifact
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -91,14 +91,14 @@ def test_boxcaseg_batches_crops_of_several_images(boxcaseg_model, demo, tmp_path
 
 @pytest.fixture(scope="module")
 def cam_setup(demo, demo_dataset, tmp_path_factory):
-    from pseudomask.cam.train import TrainSettings, train_classifier
+    from pseudomask.cam.train import CamTrainSettings, train_classifier
     from pseudomask.masks import box_mask, segmentation_mask
     from pseudomask.proposals import Proposals
     from pseudomask.store import ArtifactWriter
 
     work = tmp_path_factory.mktemp("cam")
     model = work / "model.pt"
-    train_classifier(demo_dataset, model, TrainSettings(iters=20, save_every=1000, backbone="tiny", batch_size=8,
+    train_classifier(demo_dataset, model, CamTrainSettings(iters=20, save_every=1000, backbone="tiny", batch_size=8,
                                                         input_size=96, optimizer="adam", lr=3e-3, levels=[-2, -1]))
     gt = json.loads((demo / "annotations.json").read_text())
     rng = np.random.default_rng(1)
@@ -117,12 +117,12 @@ def cam_setup(demo, demo_dataset, tmp_path_factory):
 @pytest.mark.slow
 def test_cam_backbone_batches_images(cam_setup, demo_dataset, tmp_path):
     from pseudomask.cam.extract import extract_peaks
-    from pseudomask.cam.settings import PeakSettings
+    from pseudomask.cam.settings import CamSettings
 
     model, props = cam_setup
     cat = demo_dataset.categories[0]["name"]
-    for name, s in (("b1", PeakSettings(batch_size=1, loader_workers=0, stuff_classes=[cat])),
-                    ("b4", PeakSettings(batch_size=4, loader_workers=2, stuff_classes=[cat]))):
+    for name, s in (("b1", CamSettings(batch_size=1, loader_workers=0, stuff_classes=[cat])),
+                    ("b4", CamSettings(batch_size=4, loader_workers=2, stuff_classes=[cat]))):
         extract_peaks(demo_dataset, model, tmp_path / f"{name}.h5", props, s)
     # a batched convolution rounds differently (responses differ by ~1e-6): the masks, proposals and scores
     # agree; a peak's pixel may move to a neighbour whose upsampled response ties with it within that rounding
@@ -148,7 +148,7 @@ def test_mask_rcnn_prediction_batches_images(demo, tmp_path):
     from mmengine.registry import init_default_scope
 
     from pseudomask.retrain import modules  # noqa: F401  registers the custom modules
-    from pseudomask.retrain.config import CONFIG_NAME, RetrainSettings, build_config, write_config
+    from pseudomask.retrain.mmdet_config import CONFIG_NAME, RetrainSettings, build_config, write_config
     from pseudomask.retrain.predict import predict
 
     gt = json.loads((demo / "annotations.json").read_text())

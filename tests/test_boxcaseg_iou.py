@@ -34,12 +34,12 @@ def test_iou_target_is_the_squared_iou_of_the_thresholded_prediction_and_the_los
 
 
 def test_iou_on_follows_iou_start():
-    from pseudomask.boxcaseg.settings import TrainConfig
+    from pseudomask.boxcaseg.settings import BoxcasegTrainSettings
     from pseudomask.boxcaseg.train import iou_on
 
-    cfg = TrainConfig.from_mapping({"iters": 100, "iou_start": 0.5, "device": "cuda"})
+    cfg = BoxcasegTrainSettings.from_mapping({"iters": 100, "iou_start": 0.5, "device": "cuda"})
     assert not iou_on(49, cfg) and iou_on(50, cfg) and iou_on(99, cfg)
-    never = TrainConfig.from_mapping({"iters": 100, "iou_start": 1.0, "device": "cuda"})
+    never = BoxcasegTrainSettings.from_mapping({"iters": 100, "iou_start": 1.0, "device": "cuda"})
     assert not any(iou_on(i, never) for i in range(100))
 
 
@@ -63,10 +63,10 @@ def _batch(n=4, size=32):
 
 
 def test_iou_loss_is_off_before_iou_start_and_trains_only_the_head_after(tiny_model):
-    from pseudomask.boxcaseg.settings import TrainConfig
+    from pseudomask.boxcaseg.settings import BoxcasegTrainSettings
     from pseudomask.boxcaseg.train import train_step
 
-    cfg = TrainConfig.from_mapping({"backbone": "resnet18_w16", "device": "cuda"})
+    cfg = BoxcasegTrainSettings.from_mapping({"backbone": "resnet18_w16", "device": "cuda"})
     model = tiny_model.train()
     for on in (False, True):
         model.zero_grad(set_to_none=True)

@@ -13,7 +13,7 @@ pytest.importorskip("mmdet.models", reason="BoxCaseg backbones are MMDetection's
 
 from pseudomask.boxcaseg.infer import infer_size, make_predict, predict_boxes  # noqa: E402
 from pseudomask.boxcaseg.model import load_model  # noqa: E402
-from pseudomask.boxcaseg.settings import TrainConfig  # noqa: E402
+from pseudomask.boxcaseg.settings import BoxcasegTrainSettings  # noqa: E402
 from pseudomask.boxcaseg.train import train  # noqa: E402
 from pseudomask.checkpoints import resume_path  # noqa: E402
 from pseudomask.images import read_image  # noqa: E402
@@ -171,15 +171,15 @@ def test_no_usable_box_is_a_clear_error(demo, demo_dataset, tmp_path):
 
 
 def test_cpu_profile_and_config_errors():
-    gpu = TrainConfig.from_mapping({"backbone": "hrnetv2_w48", "iters": 20000, "device": "cpu",
+    gpu = BoxcasegTrainSettings.from_mapping({"backbone": "hrnetv2_w48", "iters": 20000, "device": "cpu",
                                     "cpu": {"backbone": "resnet18_w16", "iters": 40}})
     cpu = gpu.for_device()
     assert (cpu.backbone, cpu.iters, cpu.cpu) == ("resnet18_w16", 40, {}) and cpu.lr == gpu.lr
-    cfg = TrainConfig.from_mapping({"ratio": [9, 7], "backbone_checkpoint": ""})
+    cfg = BoxcasegTrainSettings.from_mapping({"ratio": [9, 7], "backbone_checkpoint": ""})
     assert cfg.ratio == (9, 7) and cfg.backbone_checkpoint == ""
     from pseudomask.settings import SettingsError
 
     with pytest.raises(SettingsError, match="unknown key 'itres'.*did you mean 'iters'"):
-        TrainConfig.from_mapping({"itres": 3})
+        BoxcasegTrainSettings.from_mapping({"itres": 3})
     with pytest.raises(SettingsError, match="ratio must be two positive numbers"):
-        TrainConfig.from_mapping({"ratio": [9, 0]})
+        BoxcasegTrainSettings.from_mapping({"ratio": [9, 0]})

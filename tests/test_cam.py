@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pseudomask.cam.extract import ID_STRIDE, PeakSettings, extract_peaks
+from pseudomask.cam.extract import ID_STRIDE, CamSettings, extract_peaks
 from pseudomask.cam.model import CamError, load_classifier, read_checkpoint
-from pseudomask.cam.train import TrainSettings, train_classifier
+from pseudomask.cam.train import CamTrainSettings, train_classifier
 from pseudomask.checkpoints import resume_path
 from pseudomask.cli import main
 from pseudomask.dataset import load_dataset
@@ -25,7 +25,7 @@ FAST = dict(backbone="tiny", batch_size=8, input_size=96, optimizer="adam", lr=3
 @pytest.fixture(scope="module")
 def trained(demo_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("cam") / "model.pt"
-    result = train_classifier(demo_dataset, out, TrainSettings(iters=30, save_every=1000, **FAST))
+    result = train_classifier(demo_dataset, out, CamTrainSettings(iters=30, save_every=1000, **FAST))
     return out, result
 
 
@@ -61,7 +61,7 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(trained, demo_dataset)
 
 
 def test_training_resumes_from_its_snapshot(demo_dataset, tmp_path):
-    s = TrainSettings(iters=6, save_every=2, **{**FAST, "input_size": 64})
+    s = CamTrainSettings(iters=6, save_every=2, **{**FAST, "input_size": 64})
     full = train_classifier(demo_dataset, tmp_path / "full.pt", s)
     out = tmp_path / "resumed.pt"
     part = train_classifier(demo_dataset, out, s, stop_at=3)
@@ -78,7 +78,7 @@ def test_training_resumes_from_its_snapshot(demo_dataset, tmp_path):
 
 def test_extraction_end_to_end(trained, demo_dataset, proposals_file, tmp_path):
     ckpt, _ = trained
-    out = extract_peaks(demo_dataset, ckpt, tmp_path / "cam.h5", proposals_file, PeakSettings(seed=3))
+    out = extract_peaks(demo_dataset, ckpt, tmp_path / "cam.h5", proposals_file, CamSettings(seed=3))
     a, p = Artifact(out, stage="cam"), Artifact(proposals_file)
     assert a.image_ids == [im["id"] for im in demo_dataset.images]
     # the quality column is there, NaN, and says no predictor made it
@@ -102,10 +102,10 @@ def test_extraction_end_to_end(trained, demo_dataset, proposals_file, tmp_path):
             assert np.isfinite(r["cam_score"]) and 0 <= r["class_score"] <= 1 and r["stuff"] == 0
         kept = [(r["category_id"], r["proposal_id"]) for r in rows if r["status"] == "kept"]
         assert len(kept) == len(set(kept))  # duplicates of a class's proposal are ignored, not kept twice
-    again = extract_peaks(demo_dataset, ckpt, tmp_path / "again.h5", proposals_file, PeakSettings(seed=3))
+    again = extract_peaks(demo_dataset, ckpt, tmp_path / "again.h5", proposals_file, CamSettings(seed=3))
     assert np.array_equal(Artifact(again).instances["proposal_id"], a.instances["proposal_id"])
     best = Artifact(extract_peaks(demo_dataset, ckpt, tmp_path / "best.h5", proposals_file,
-                                  PeakSettings(select="best")))
+                                  CamSettings(select="best")))
     for im in demo_dataset.images:
         props = read_proposals(p, im["id"])
         member = props.membership()
@@ -118,7 +118,7 @@ def test_stuff_classes_get_one_grad_cam_region_each(trained, demo_dataset, propo
     ckpt, _ = trained
     stuff = {"square": 2, "star": 4}
     a = Artifact(extract_peaks(demo_dataset, ckpt, tmp_path / "stuff.h5", proposals_file,
-                               PeakSettings(stuff_classes=list(stuff))))
+                               CamSettings(stuff_classes=list(stuff))))
     seen = 0
     for im in demo_dataset.images:
         rows, masks = a.records(im["id"]), a.masks(im["id"])
@@ -136,7 +136,7 @@ def test_stuff_classes_get_one_grad_cam_region_each(trained, demo_dataset, propo
         assert all(r["stuff"] == 0 for r in rows if r["category_id"] not in stuff.values())
     assert seen > 0
     with pytest.raises(CamError, match="sky"):
-        extract_peaks(demo_dataset, ckpt, tmp_path / "x.h5", proposals_file, PeakSettings(stuff_classes=["sky"]))
+        extract_peaks(demo_dataset, ckpt, tmp_path / "x.h5", proposals_file, CamSettings(stuff_classes=["sky"]))
 
 
 def test_unreadable_image_and_missing_proposals_become_failed_rows(trained, demo, tmp_path, proposals_file):
@@ -181,7 +181,7 @@ def test_cli_on_a_tags_csv(demo, trained, proposals_file, tmp_path, capsys):
 @pytest.mark.mmdet
 def test_mmdet_backbone_trains(demo_dataset, tmp_path):
     pytest.importorskip("mmdet")
-    r = train_classifier(demo_dataset, tmp_path / "r.pt", TrainSettings(
+    r = train_classifier(demo_dataset, tmp_path / "r.pt", CamTrainSettings(
         iters=2, save_every=100, **{**FAST, "backbone": "resnet18_w16", "input_size": 64}))
     assert len(r["history"]) == 2 and r["config"]["backbone"] == "resnet18_w16"
     model, _ = load_classifier(tmp_path / "r.pt")

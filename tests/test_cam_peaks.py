@@ -7,11 +7,11 @@ import pytest
 import torch
 import yaml
 
-from pseudomask.cam.extract import PeakSettings
+from pseudomask.cam.extract import CamSettings
 from pseudomask.cam.peaks import find_peaks, local_maxima, median_filter, peak_stimulation
 from pseudomask.cam.sampling import ProposalPicker, choose, objectness_probabilities
 from pseudomask.cam.stuff import grad_cam, stuff_regions
-from pseudomask.cam.train import TrainSettings
+from pseudomask.cam.train import CamTrainSettings
 from pseudomask.proposals import Proposals
 
 
@@ -176,5 +176,5 @@ def test_grad_cam_matches_the_closed_form():
 def test_config_sections_map_onto_the_settings():
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
     train, peaks = ({k: v for k, v in cfg[name].items() if k != "resources"} for name in ("cam_train", "cam"))
-    assert TrainSettings.from_mapping(train).to_dict() == train
-    assert PeakSettings.from_mapping(peaks).to_dict() == peaks
+    assert CamTrainSettings.from_mapping(train).to_dict() == train
+    assert CamSettings.from_mapping(peaks).to_dict() == peaks

@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pseudomask.configuration import complete_config
+from pseudomask.config import complete_config
 from pseudomask.crf import CrfError, CrfSettings, foreground_probability, refine_mask, run_crf
 from pseudomask.images import read_image
 from pseudomask.masks import box_pixels, mask_iou, segmentation_mask
 from pseudomask.settings import SettingsError
-from pseudomask.stages import STAGES
+from pseudomask.registry import STAGES
 from pseudomask.store import IGNORE, Artifact, ArtifactError, ArtifactWriter
 
 

@@ -10,7 +10,7 @@ from pseudomask.cli import main
 from pseudomask.detection_metrics import evaluate_detections
 from pseudomask.export import export_coco
 from pseudomask.masks import box_mask, rle_encode
-from pseudomask.metrics import EvaluateSettings, evaluate_pseudo, evaluate_tag_only, run_stage
+from pseudomask.mask_metrics import EvaluateSettings, evaluate_pseudo, evaluate_tag_only, run_stage
 from pseudomask.store import ArtifactWriter
 
 H, W = 40, 60

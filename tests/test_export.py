@@ -12,7 +12,7 @@ from pseudomask.errors import PseudomaskError
 from pseudomask.export import export_coco
 from pseudomask.masks import box_mask, rle_decode
 from pseudomask.merge_drop import merge_drop
-from pseudomask.metrics import evaluate_pseudo
+from pseudomask.mask_metrics import evaluate_pseudo
 from pseudomask.store import Artifact, ArtifactError, ArtifactWriter
 from test_merge_drop import perturbed_gt_source
 

@@ -10,7 +10,7 @@ import pytest
 
 from pseudomask.dataset import load_dataset
 from pseudomask.settings import SettingsError
-from pseudomask.grabcut import (GrabCutError, GrabCutParams, clean_mask, grabcut_image, grabcut_instance,
+from pseudomask.grabcut import (GrabCutError, GrabCutSettings, clean_mask, grabcut_image, grabcut_instance,
                                 run_grabcut)
 from pseudomask.images import write_image
 from pseudomask.masks import ellipse_mask, mask_box, mask_iou, segmentation_mask
@@ -31,7 +31,7 @@ def _scene(h=120, w=160, seed=0):
 def test_recovers_high_contrast_object(core):
     rgb, gt, box = _scene()
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    res = grabcut_instance(bgr, box, GrabCutParams(core=core))
+    res = grabcut_instance(bgr, box, GrabCutSettings(core=core))
     assert res["status"] == "kept" and res["fallback"] == 0.0, res["reason"]
     assert mask_iou(res["mask"], gt) > 0.9
     assert res["grabcut_box_iou"] > 0.9
@@ -46,7 +46,7 @@ def test_downscaled_large_crop_still_recovers():
     rgb, gt, box = _scene(h=240, w=320)
     big = cv2.resize(rgb, (640, 480), interpolation=cv2.INTER_NEAREST)
     gt_big = cv2.resize(gt, (640, 480), interpolation=cv2.INTER_NEAREST)
-    res = grabcut_instance(cv2.cvtColor(big, cv2.COLOR_RGB2BGR), mask_box(gt_big), GrabCutParams(max_side=64, min_side=32))
+    res = grabcut_instance(cv2.cvtColor(big, cv2.COLOR_RGB2BGR), mask_box(gt_big), GrabCutSettings(max_side=64, min_side=32))
     assert mask_iou(res["mask"], gt_big) > 0.85
 
 
@@ -65,14 +65,14 @@ def test_deterministic_and_independent_of_workers():
 def test_degenerate_result_gets_the_ellipse_and_says_why():
     rgb, gt, box = _scene()
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    res = grabcut_instance(bgr, box, GrabCutParams(min_fill=1.0))  # nothing fills its whole box
+    res = grabcut_instance(bgr, box, GrabCutSettings(min_fill=1.0))  # nothing fills its whole box
     assert res["status"] == "kept" and res["fallback"] == 1.0
     assert np.array_equal(res["mask"], ellipse_mask(box, *gt.shape))
     assert "covers" in res["reason"] and "ellipse" in res["reason"]
     assert res["grabcut_fill"] > 0.5  # what GrabCut did is still reported
-    boxed = grabcut_instance(bgr, box, GrabCutParams(min_fill=1.0, fallback="box"))
+    boxed = grabcut_instance(bgr, box, GrabCutSettings(min_fill=1.0, fallback="box"))
     assert boxed["mask"].sum() == int(box[2]) * int(box[3])
-    raw = grabcut_instance(bgr, box, GrabCutParams(min_fill=1.0, fallback="none"))
+    raw = grabcut_instance(bgr, box, GrabCutSettings(min_fill=1.0, fallback="none"))
     assert raw["fallback"] == 0.0 and mask_iou(raw["mask"], gt) > 0.9
 
 
@@ -81,9 +81,9 @@ def test_degenerate_result_is_retried_with_a_large_core_before_the_fallback():
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     x, y, w, h = box
     wide = [x, y, w * 1.6, h]  # the disc fills the left part: GrabCut's mask has box IoU ~0.6 with it
-    first = grabcut_instance(bgr, wide, GrabCutParams(retry_core=0))
+    first = grabcut_instance(bgr, wide, GrabCutSettings(retry_core=0))
     assert first["fallback"] == 1.0 and first["retried"] == 0.0 and 0.5 < first["grabcut_box_iou"] < 0.7
-    res = grabcut_instance(bgr, wide, GrabCutParams())
+    res = grabcut_instance(bgr, wide, GrabCutSettings())
     assert res["status"] == "kept" and res["retried"] == 1.0 and res["fallback"] == 0.0
     assert "retried with a 0.75 sure-foreground core" in res["reason"]
     assert res["grabcut_box_iou"] == first["grabcut_box_iou"]  # the row keeps what the first attempt did
@@ -91,7 +91,7 @@ def test_degenerate_result_is_retried_with_a_large_core_before_the_fallback():
     core = cv2.erode(core, np.ones((3, 3), np.uint8))  # resizing the crop may move the rim by a pixel
     assert not (core & (1 - res["mask"])).any()  # the sure-foreground core is foreground
     assert gt[res["mask"] == 0].sum() < 0.05 * gt.sum()  # and GrabCut still decides the rest of the box
-    strict = grabcut_instance(bgr, wide, GrabCutParams(retry_min_box_iou=1.0))
+    strict = grabcut_instance(bgr, wide, GrabCutSettings(retry_min_box_iou=1.0))
     assert strict["fallback"] == 1.0 and "retry with a 0.75 core" in strict["reason"]
     assert np.array_equal(strict["mask"], ellipse_mask(wide, *gt.shape))
 
@@ -100,13 +100,13 @@ def test_tiny_and_full_image_boxes_do_not_stop_the_stage():
     rgb, _, _ = _scene()
     h, w = rgb.shape[:2]
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    tiny = grabcut_instance(bgr, [5, 5, 0.8, 4], GrabCutParams())
+    tiny = grabcut_instance(bgr, [5, 5, 0.8, 4], GrabCutSettings())
     assert tiny["status"] == "kept" and tiny["fallback"] == 1.0 and "smaller than 2 px" in tiny["reason"]
-    none = grabcut_instance(bgr, [5, 5, 0.8, 4], GrabCutParams(fallback="none"))
+    none = grabcut_instance(bgr, [5, 5, 0.8, 4], GrabCutSettings(fallback="none"))
     assert none["status"] == "failed" and "smaller than 2 px" in none["reason"]
-    whole = grabcut_instance(bgr, [0, 0, w, h], GrabCutParams())  # touches every border: no background left
+    whole = grabcut_instance(bgr, [0, 0, w, h], GrabCutSettings())  # touches every border: no background left
     assert whole["status"] == "kept" and whole["mask"].shape == (h, w)
-    edge = grabcut_instance(bgr, [0, 30, 60, 60], GrabCutParams())  # touches one border
+    edge = grabcut_instance(bgr, [0, 30, 60, 60], GrabCutSettings())  # touches one border
     assert edge["status"] == "kept"
 
 
@@ -121,13 +121,13 @@ def test_clean_mask_keeps_largest_component_and_fills_holes():
 
 def test_bad_parameters_are_named():
     with pytest.raises(SettingsError, match=r"grabcut: unknown key 'iterationz' \(did you mean 'iterations'\?\)"):
-        GrabCutParams.from_mapping({"iterationz": 3})
+        GrabCutSettings.from_mapping({"iterationz": 3})
     with pytest.raises(SettingsError, match=r"grabcut.fallback: must be one of \['ellipse', 'box', 'none'\]"):
-        GrabCutParams(fallback="circle")
+        GrabCutSettings(fallback="circle")
     with pytest.raises(SettingsError, match=r"grabcut.retry_core: must be < 1"):
-        GrabCutParams(retry_core=1.0)
+        GrabCutSettings(retry_core=1.0)
     with pytest.raises(GrabCutError, match="min_side <= max_side"):
-        GrabCutParams(min_side=200)
+        GrabCutSettings(min_side=200)
 
 
 def _gray_rgba_dataset(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from pseudomask.export import export_coco
 from pseudomask.masks import box_mask, ellipse_mask
-from pseudomask.retrain.hybrid import (HybridTrainSettings, fuse, fuse_arrays, fuse_results, invalid_instances,
+from pseudomask.retrain.hybrid import (RetrainHybridSettings, fuse, fuse_arrays, fuse_results, invalid_instances,
                                        run_split, split_coco)
 from pseudomask.store import ArtifactWriter
 from pseudomask.validity import run_validity
@@ -167,10 +167,10 @@ def _split_demo(demo, tmp_path, every=3):
 
 
 def test_branch_configs(demo, tmp_path):
-    from pseudomask.retrain.config import build_config, build_faster_rcnn_config, config_text
+    from pseudomask.retrain.mmdet_config import build_config, build_faster_rcnn_config, config_text
 
     large, small, _ = _split_demo(demo, tmp_path)
-    s = HybridTrainSettings(lr=0.004)
+    s = RetrainHybridSettings(lr=0.004)
     lc = build_config(large, demo / "images", tmp_path / "wl", s.branch("large"))
     sc = build_faster_rcnn_config(small, demo / "images", tmp_path / "ws", s.branch("small"))
     assert lc["model"]["type"] == "MaskRCNN" and lc["model"]["neck"]["type"] == "PAFPN"
@@ -181,11 +181,11 @@ def test_branch_configs(demo, tmp_path):
     assert sc["model"]["backbone"] == lc["model"]["backbone"]  # same ResNet
     assert lc["optim_wrapper"]["optimizer"]["lr"] == 0.004
     assert sc["optim_wrapper"]["optimizer"]["lr"] == pytest.approx(0.006)  # the paper's 1.5x
-    assert HybridTrainSettings(small_lr=0.02).branch("small").lr == 0.02
+    assert RetrainHybridSettings(small_lr=0.02).branch("small").lr == 0.02
     assert config_text(sc).startswith("# MMDetection Faster R-CNN r50-FPN config")
     assert config_text(lc).startswith("# MMDetection Mask R-CNN r50-PAFPN config")
     # the plain recipe keeps its FPN unless asked
-    from pseudomask.retrain.config import RetrainSettings
+    from pseudomask.retrain.mmdet_config import RetrainSettings
 
     assert build_config(large, demo / "images", tmp_path / "wp", RetrainSettings())["model"]["neck"]["type"] == "FPN"
 
@@ -198,14 +198,14 @@ def test_each_branch_loader_yields_its_instances(demo, tmp_path):
     from mmdet.registry import DATASETS
 
     from pseudomask.retrain import modules  # noqa: F401
-    from pseudomask.retrain.config import build_config, build_faster_rcnn_config
+    from pseudomask.retrain.mmdet_config import build_config, build_faster_rcnn_config
 
     large, small, invalid = _split_demo(demo, tmp_path)
     truth = json.loads((demo / "annotations.json").read_text())
     boxes_of = {}
     for a in truth["annotations"]:
         boxes_of.setdefault(a["image_id"], []).append((a["id"], a["bbox"]))
-    s = HybridTrainSettings(flip=0.0, scale=[W * 4, H * 4])  # no flip, no downscale: boxes comparable
+    s = RetrainHybridSettings(flip=0.0, scale=[W * 4, H * 4])  # no flip, no downscale: boxes comparable
     init_default_scope("mmdet")
     for which, path, builder in (("large", large, build_config), ("small", small, build_faster_rcnn_config)):
         cfg = builder(path, demo / "images", tmp_path / which, s.branch(which))

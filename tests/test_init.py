@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from pseudomask.cli import main
-from pseudomask.configuration import complete_config, default_config
+from pseudomask.config import complete_config, default_config
 from pseudomask.dataset import DatasetError
-from pseudomask.init import InitError, choose_shard_size, init_config
+from pseudomask.dataset_config import InitError, choose_shard_size, init_config
 
 
 def _read(path):

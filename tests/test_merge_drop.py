@@ -11,7 +11,7 @@ import pytest
 from pseudomask.dataset import read_shard
 from pseudomask.masks import box_agreement, box_mask, mask_box, segmentation_mask
 from pseudomask.merge_drop import THRESHOLDS, drop_curve, judged, merge_drop, merge_drop_image, merge_masks
-from pseudomask.stage import run_mask_stage
+from pseudomask.loops import run_mask_stage
 from pseudomask.store import Artifact, ArtifactError, ArtifactWriter
 
 H, W = 60, 80

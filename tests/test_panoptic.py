@@ -9,7 +9,7 @@ import pytest
 from pseudomask.cli import main
 from pseudomask.export import ExportSettings, run_stage
 from pseudomask.images import read_image
-from pseudomask.metrics import evaluate_panoptic, evaluate_pseudo
+from pseudomask.mask_metrics import evaluate_panoptic, evaluate_pseudo
 from pseudomask.panoptic import (PanopticError, PanopticFile, add_stats, default_panoptic_path, id_to_rgb,
                                  image_panoptic, panoptic_folder, pq_image, pq_summary, rgb_to_id)
 from pseudomask.masks import box_mask, rle_encode

@@ -14,7 +14,7 @@ from pseudomask.quality.features import FEATURES, instance_features
 from pseudomask.quality.scorer import Scorer, ScorerError, Tree, fit, get_scorer
 from pseudomask.quality.select import SelectSettings, choose, run_select
 from pseudomask.settings import SettingsError
-from pseudomask.stage import run_mask_stage
+from pseudomask.loops import run_mask_stage
 from pseudomask.store import Artifact, ArtifactWriter
 
 from test_merge_drop import perturbed_gt_source

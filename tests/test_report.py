@@ -121,7 +121,7 @@ def test_cli_report_renders_in_headless_chromium(results, demo, tmp_path):
 def test_predicted_quality_section(results, demo, tmp_path):
     from scipy.stats import spearmanr
 
-    from pseudomask.metrics import GroundTruth, instance_scores
+    from pseudomask.mask_metrics import GroundTruth, instance_scores
 
     html = build_report(results, tmp_path / "q.html", ground_truth=demo / "annotations.json", samples=0).read_text()
     assert "Predicted mask quality" in html
@@ -214,7 +214,7 @@ def test_tag_only_masks_are_scored_as_unmatched_predictions(demo, tmp_path):
 def test_annotation_section_shows_cost_budget_and_the_chosen_images(results, tmp_path):
     import json
 
-    from pseudomask.stages import STAGES
+    from pseudomask.registry import STAGES
 
     cost, choice = tmp_path / "cost.json", tmp_path / "choice.json"
     st = STAGES["annotation_cost"]
@@ -242,7 +242,7 @@ def test_evaluation_section_lists_every_round(results, demo, tmp_path):
     import shutil
 
     from pseudomask.masks import rle_encode, segmentation_mask
-    from pseudomask.stages import STAGES
+    from pseudomask.registry import STAGES
 
     gt = demo / "annotations.json"
     r1 = tmp_path / "results" / "evaluate"

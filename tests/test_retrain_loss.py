@@ -117,7 +117,7 @@ def test_detector_box_losses_unchanged_by_flags():
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
 
-    from pseudomask.retrain.config import RetrainSettings, model_config
+    from pseudomask.retrain.mmdet_config import RetrainSettings, model_config
 
     init_default_scope("mmdet")
     torch.manual_seed(0)
@@ -159,7 +159,7 @@ def test_flags_travel_from_coco_json_to_gt_instances(demo, tmp_path):
     from mmengine.registry import init_default_scope
     from mmdet.registry import DATASETS
 
-    from pseudomask.retrain.config import RetrainSettings, pipelines
+    from pseudomask.retrain.mmdet_config import RetrainSettings, pipelines
 
     init_default_scope("mmdet")
     data = json.loads((demo / "annotations.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pseudomask.masks import rle_decode
-from pseudomask.retrain.config import RetrainError
+from pseudomask.retrain.mmdet_config import RetrainError
 from pseudomask.retrain.predict import image_list, instances_to_results
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pseudomask.configuration import deep_update
+from pseudomask.config import deep_update
 from pseudomask.masks import box_mask, box_pixels, rle_encode
 from pseudomask.rounds import (RefineRoundSettings, RoundsError, match_detections, outside_box, round_dir,
                                round_figures, run_refine_round)

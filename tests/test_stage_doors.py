@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from pseudomask.cli import main
-from pseudomask.configuration import default_config, deep_update
-from pseudomask.stages import STAGES
+from pseudomask.config import default_config, deep_update
+from pseudomask.registry import STAGES
 from workflow_run import digest, outputs, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.mmdet]

@@ -9,7 +9,7 @@ import pytest
 from pseudomask.dataset import DatasetError, read_shard
 from pseudomask.ingest import ingest
 from pseudomask.masks import segmentation_mask
-from pseudomask.stages import STAGES
+from pseudomask.registry import STAGES
 from pseudomask.store import Artifact
 
 

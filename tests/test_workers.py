@@ -124,7 +124,7 @@ def test_grabcut_artifact_does_not_depend_on_the_number_of_workers(demo_dataset,
 
 def test_mcg_artifact_does_not_depend_on_the_number_of_workers(demo_dataset, tmp_path):
     from pseudomask.dataset import Dataset
-    from pseudomask.mcg.stage import run_mcg
+    from pseudomask.mcg.boxes import run_mcg
 
     ids = {im["id"] for im in demo_dataset.images[:4]}
     ds = Dataset(categories=demo_dataset.categories, images=demo_dataset.images[:4],

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pseudomask.store import Artifact
-from pseudomask.configuration import deep_update
+from pseudomask.config import deep_update
 from workflow_run import (REPO, SNAKEMAKE, cheapest_chain, digests, job_stats, outputs, reference_run,
                           snakemake, write_config)
 

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import yaml
 
-from pseudomask.configuration import deep_update
+from pseudomask.config import deep_update
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import PseudomaskError
 from .masks import box_pixels
 from .settings import Settings, setting
-from .stage import PASS_THROUGH, run_artifact_stage
+from .loops import PASS_THROUGH, run_artifact_stage
 from .store import IGNORE
 
 REST_OF_BOX = ("background", "ignore")
@@ -110,7 +110,7 @@ def run_agree(grabcut: str | os.PathLike, mcg: str | os.PathLike, out: str | os.
 
 
 def run_stage(s: AgreeSettings, *, grabcut: str, mcg: str, out: str, threads: int = 1) -> dict:
-    """The `agree` stage (see pseudomask.stages)."""
+    """The `agree` stage (see pseudomask.registry)."""
     from .summary import artifact_summary
 
     run_agree(grabcut, mcg, out, s.rest_of_box, workers=threads)

@@ -20,7 +20,7 @@ import sys
 from . import __version__, commands
 from .errors import PseudomaskError
 from .settings import add_arguments, given_arguments, option
-from .stages import STAGES, Stage
+from .registry import STAGES, Stage
 
 
 def add_stage_parser(sub, stage: Stage) -> None:
@@ -41,7 +41,7 @@ def add_stage_parser(sub, stage: Stage) -> None:
 def run_stage_command(stage: Stage, args: argparse.Namespace) -> int:
     section = {}
     if args.config:
-        from .configuration import complete_config
+        from .config import complete_config
 
         section = complete_config(_read_yaml(args.config))[stage.name]
     settings = stage.resolve(section, given_arguments(args))

@@ -30,7 +30,7 @@ import numpy as np
 from .errors import PseudomaskError
 from .masks import box_pixels
 from .settings import Settings, setting
-from .stage import PASS_THROUGH, read_artifact_image, run_artifact_stage
+from .loops import PASS_THROUGH, read_artifact_image, run_artifact_stage
 from .store import IGNORE, Artifact
 
 IGNORE_MODES = ("resolve", "keep")
@@ -167,7 +167,7 @@ def crf_rows(s: CrfSettings, image_root: str, image: dict, records: list[list[di
 
 def run_crf(src: str | os.PathLike, out: str | os.PathLike, s: CrfSettings = CrfSettings(), workers: int = 1) -> Path:
     """Write a `crf` artifact: every instance of the mask artifact `src`, refined by DenseCRF."""
-    from .stages import mask_stages
+    from .registry import mask_stages
 
     _densecrf()
     with Artifact(src, stage=[m for m in mask_stages() if m != "crf"]) as a:
@@ -178,7 +178,7 @@ def run_crf(src: str | os.PathLike, out: str | os.PathLike, s: CrfSettings = Crf
 
 
 def run_stage(s: CrfSettings, *, masks: str, out: str, threads: int = 1) -> dict:
-    """The `crf` stage (see pseudomask.stages)."""
+    """The `crf` stage (see pseudomask.registry)."""
     run_crf(masks, out, s, workers=threads)
     with Artifact(out) as a:
         inst = a.instances

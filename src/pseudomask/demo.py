@@ -22,7 +22,7 @@ CLASSES = ("disc", "square", "triangle", "star", "ring", "cross")
 
 
 @dataclass(frozen=True)
-class DemoSettings(Settings):
+class DemoDataSettings(Settings):
     SECTION = "demo_data"
     scenes: int = setting(24, "number of scenes (images)", minimum=1)
     seed: int = setting(0, "seed of the scenes and the salient set")
@@ -186,9 +186,9 @@ def make_demo_data(out_dir: str | os.PathLike, n_images: int = 24, seed: int = 0
     return out / "annotations.json"
 
 
-def run_stage(s: DemoSettings, *, annotations: str, images: str | None, salient: str | None,
+def run_stage(s: DemoDataSettings, *, annotations: str, images: str | None, salient: str | None,
               threads: int = 1) -> dict:
-    """The `demo_data` stage (see pseudomask.stages): the three outputs share one folder."""
+    """The `demo_data` stage (see pseudomask.registry): the three outputs share one folder."""
     root = Path(annotations).parent
     if Path(images or root / "images") != root / "images" or Path(salient or root / "salient") != root / "salient":
         raise SettingsError(f"demo_data: images and salient must be {root / 'images'} and {root / 'salient'}")

@@ -277,5 +277,5 @@ def evaluate_to_file(gt_json: str | os.PathLike, results_json: str | os.PathLike
 
 
 def run_stage(s, *, predictions: str, ground_truth: str, out: str, threads: int = 1) -> dict:
-    """The `evaluate_model` stage (see pseudomask.stages)."""
+    """The `evaluate_model` stage (see pseudomask.registry)."""
     return evaluate_to_file(ground_truth, predictions, out)

@@ -40,7 +40,7 @@ from .masks import box_agreement
 from .merge_drop import JUDGED, fg_boxes
 from .panoptic import default_panoptic_path, image_panoptic, is_stuff_row, png_name, write_panoptic
 from .settings import Settings, setting
-from .stages import mask_stages
+from .registry import mask_stages
 from .store import IGNORE, Artifact
 
 
@@ -139,7 +139,7 @@ def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | No
     """COCO dataset of all instances of the given shards (merge_drop or any mask stage); written
     atomically to `out` when given. Shards must share categories and must not repeat image or annotation ids.
     `panoptic`: also write the COCO panoptic JSON there (and its PNG folder, `panoptic.panoptic_folder`)."""
-    from .stage import progress
+    from .loops import progress
 
     if not inputs:
         raise PseudomaskError("export: no input artifacts given")
@@ -217,7 +217,7 @@ def export_summary(data: dict) -> dict:
 
 def run_stage(s: ExportSettings, *, artifacts: list[str], out: str, panoptic_json: str | None = None,
               threads: int = 1) -> dict:
-    """The `export` stage (see pseudomask.stages); with `panoptic` also the panoptic JSON at `panoptic_json`
+    """The `export` stage (see pseudomask.registry); with `panoptic` also the panoptic JSON at `panoptic_json`
     (default `panoptic.default_panoptic_path(out)`) and its PNG folder."""
     if panoptic_json and not s.panoptic:
         raise PseudomaskError(f"export: {panoptic_json} is written only with the setting panoptic "

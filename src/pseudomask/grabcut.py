@@ -43,7 +43,7 @@ class GrabCutError(SettingsError):
 
 
 @dataclass(frozen=True)
-class GrabCutParams(Settings):
+class GrabCutSettings(Settings):
     """Parameters of the fast GrabCut stage (config section `grabcut:`)."""
 
     SECTION = "grabcut"
@@ -111,7 +111,7 @@ def grabcut_crop(bgr: np.ndarray, rect: tuple[int, int, int, int], iterations: i
     return ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
 
 
-def grabcut_box(bgr: np.ndarray, bbox: Sequence[float], params: GrabCutParams = GrabCutParams(),
+def grabcut_box(bgr: np.ndarray, bbox: Sequence[float], params: GrabCutSettings = GrabCutSettings(),
                 retry: bool = False) -> np.ndarray:
     """Raw GrabCut mask (H, W) of one box, computed on a downscaled crop around it and clipped to the box;
     `retry` runs the retry's settings (`retry_core`, `retry_iterations`)."""
@@ -175,7 +175,7 @@ def degenerate_reason(mask: np.ndarray, bbox: Sequence[float], min_fill: float, 
     return "", fill, biou
 
 
-def grabcut_instance(bgr: np.ndarray, bbox: Sequence[float], params: GrabCutParams = GrabCutParams()) -> dict:
+def grabcut_instance(bgr: np.ndarray, bbox: Sequence[float], params: GrabCutSettings = GrabCutSettings()) -> dict:
     """GrabCut of one box with retry and fallback applied: {"mask", "status", "reason", grabcut_box_iou, ...}."""
     h, w = bgr.shape[:2]
     x0, y0, x1, y1 = box_pixels(bbox, h, w)
@@ -208,7 +208,7 @@ def _cv_message(e: cv2.error) -> str:
     return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
 
 
-def _degenerate(why: str, bbox: Sequence[float], h: int, w: int, params: GrabCutParams, raw: np.ndarray) -> dict:
+def _degenerate(why: str, bbox: Sequence[float], h: int, w: int, params: GrabCutSettings, raw: np.ndarray) -> dict:
     base = {"grabcut_box_iou": 0.0, "grabcut_fill": 0.0, "retried": 0.0}
     if params.fallback == "none":
         status = "kept" if raw.any() else "failed"
@@ -218,7 +218,7 @@ def _degenerate(why: str, bbox: Sequence[float], h: int, w: int, params: GrabCut
             "fallback": 1.0}
 
 
-def grabcut_image(rgb: np.ndarray, boxes: Sequence[Sequence[float]], params: GrabCutParams = GrabCutParams(),
+def grabcut_image(rgb: np.ndarray, boxes: Sequence[Sequence[float]], params: GrabCutSettings = GrabCutSettings(),
                   workers: int = 1) -> list[dict]:
     """GrabCut results of all boxes of one RGB image, in box order, computed by `workers` threads."""
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
@@ -236,25 +236,25 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def predict_image(params: GrabCutParams, rgb: np.ndarray, records: list[dict]) -> list[dict]:
-    """The per-image function of the stage (`pseudomask.stage.run_mask_stage`): one result per record."""
+def predict_image(params: GrabCutSettings, rgb: np.ndarray, records: list[dict]) -> list[dict]:
+    """The per-image function of the stage (`pseudomask.loops.run_mask_stage`): one result per record."""
     return grabcut_image(rgb, [r["bbox"] for r in records], params)
 
 
-def run_grabcut(ds: Dataset, out: str | os.PathLike, params: GrabCutParams | Mapping[str, Any] | None = None,
+def run_grabcut(ds: Dataset, out: str | os.PathLike, params: GrabCutSettings | Mapping[str, Any] | None = None,
                 workers: int | None = None, inputs: Sequence[str | os.PathLike] = ()) -> Path:
     """Run fast GrabCut on every usable instance of a dataset and write a `grabcut` artifact; `workers`
     processes (default: the cores this process may use) share the images."""
-    from .stage import run_mask_stage
+    from .loops import run_mask_stage
 
-    p = params if isinstance(params, GrabCutParams) else GrabCutParams.from_mapping(params)
+    p = params if isinstance(params, GrabCutSettings) else GrabCutSettings.from_mapping(params)
     n = default_workers() if not workers else int(workers)
     return run_mask_stage(ds, out, partial(predict_image, p), stage="grabcut", method="grabcut-crop",
                           params=p.to_dict(), inputs=inputs, workers=n)
 
 
-def run_stage(s: GrabCutParams, *, shard: str, images: str | None, out: str, threads: int = 1) -> dict:
-    """The `grabcut` stage (see pseudomask.stages)."""
+def run_stage(s: GrabCutSettings, *, shard: str, images: str | None, out: str, threads: int = 1) -> dict:
+    """The `grabcut` stage (see pseudomask.registry)."""
     from .dataset import load_dataset
     from .summary import artifact_summary
 

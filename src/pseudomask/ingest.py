@@ -11,7 +11,7 @@ from .dataset import add_strong, load_dataset, shard, write_shard
 from .dataset import FORMATS
 from .files import write_json
 from .settings import Settings, setting
-from .stage import progress
+from .loops import progress
 from .store import file_digest
 
 
@@ -57,7 +57,7 @@ def ingest(annotations: str | os.PathLike, images: str | os.PathLike | None, out
 
 def run_stage(s: IngestSettings, *, annotations: str, images: str | None, manifest: str, shards: str,
               strong: str | None = None, threads: int = 1) -> dict:
-    """The `ingest` stage (see pseudomask.stages): shard records in `shards`, the manifest at `manifest`."""
+    """The `ingest` stage (see pseudomask.registry): shard records in `shards`, the manifest at `manifest`."""
     m = ingest(annotations, images, shards, shard_size=s.shard_size, fmt=s.format, strong=strong)
     if Path(manifest).resolve() != (Path(shards) / "manifest.json").resolve():
         Path(manifest).parent.mkdir(parents=True, exist_ok=True)

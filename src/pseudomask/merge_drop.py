@@ -23,8 +23,8 @@ import numpy as np
 from .errors import PseudomaskError
 from .masks import box_iou
 from .settings import Settings, setting
-from .stage import run_artifact_stage
-from .stages import mask_stages
+from .loops import run_artifact_stage
+from .registry import mask_stages
 from .store import Artifact
 
 JUDGED = ("kept", "invalid")
@@ -105,7 +105,7 @@ def merge_drop_image(masks: np.ndarray, rows: Sequence[Mapping[str, Any]], thres
                      quality: Callable[[list[dict], np.ndarray], np.ndarray] | None = None
                      ) -> tuple[np.ndarray, list[dict]]:
     """Merge then drop one image's masks (a true mask, source gt, wins every overlap and is never dropped:
-    see `pseudomask.stage.pass_true_masks`); returns merged masks and rows with status, reason,
+    see `pseudomask.loops.pass_true_masks`); returns merged masks and rows with status, reason,
     `proxy_box_iou` (NaN when not judged), `mask_ignore` (1/0), `merge_lost_px` and `source`.
 
     `criterion` says what drops a mask: its proxy box IoU below `threshold`, its predicted quality below
@@ -179,7 +179,7 @@ def _check_threshold(threshold: float) -> float:
 def _per_image(threshold: float, source: str, criterion: str, quality_threshold: float, model: str, qsource: str,
                image_root: str, image: dict, records: list[list[dict]], masks: list[np.ndarray]):
     """One image of the stage (module-level, so that worker processes can run it)."""
-    from .stage import quality_scorer, read_artifact_image
+    from .loops import quality_scorer, read_artifact_image
 
     scorer = quality_scorer(model)
 
@@ -197,9 +197,9 @@ def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float 
                criterion: str = "proxy_box_iou", quality_threshold: float = 0.7, model: str = "default",
                workers: int = 1) -> dict:
     """Run merge-and-drop over one mask-source artifact and write a `merge_drop` artifact; returns a summary.
-    The merged masks' `quality` is predicted by the scorer `model` names (see `pseudomask.stage.quality_scorer`)."""
+    The merged masks' `quality` is predicted by the scorer `model` names (see `pseudomask.loops.quality_scorer`)."""
     from .quality.features import SOURCES
-    from .stage import quality_scorer
+    from .loops import quality_scorer
 
     threshold, quality_threshold = _check_threshold(threshold), _check_threshold(quality_threshold)
     if criterion not in CRITERIA:
@@ -265,6 +265,6 @@ def drop_curve(proxy_iou: Iterable[float], thresholds: Sequence[float] = THRESHO
 
 
 def run_stage(s: MergeDropSettings, *, masks: str, out: str, scorer: str | None = None, threads: int = 1) -> dict:
-    """The `merge_drop` stage (see pseudomask.stages); `scorer` (scorer-train's model) overrides `s.model`."""
+    """The `merge_drop` stage (see pseudomask.registry); `scorer` (scorer-train's model) overrides `s.model`."""
     return {"out": out, **merge_drop(masks, out, threshold=s.threshold, criterion=s.criterion,
                                      quality_threshold=s.quality_threshold, model=scorer or s.model, workers=threads)}

@@ -27,8 +27,9 @@ import numpy as np
 from . import __version__
 from .errors import PseudomaskError
 from .merge_drop import THRESHOLDS, drop_curve, is_dropped, judged
+from .quality.ranking import spearman
 from .settings import Settings, setting
-from .stages import mask_stages
+from .registry import mask_stages
 from .store import STATUSES, Artifact
 
 STAGES = ("ingest",) + mask_stages()
@@ -141,7 +142,7 @@ def proxy_ious(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
 
 def gt_scores(files: Sequence[Path], gt) -> dict[int, dict]:
     """Per annotation id, the metrics row (mask IoU vs ground truth...) over all shards of one stage."""
-    from .metrics import instance_scores
+    from .mask_metrics import instance_scores
 
     rows: dict[int, dict] = {}
     for f in files:
@@ -242,7 +243,7 @@ def annotation_section(files: dict[str, list[Path]], cost: str | os.PathLike | N
 
 def tag_only(files: Sequence[Path], gt) -> bool:
     """Whether a stage's artifacts hold tag-only instances (no ground-truth ids; see metrics.is_tag_only)."""
-    from .metrics import PseudoMasks, is_tag_only
+    from .mask_metrics import PseudoMasks, is_tag_only
 
     with PseudoMasks(files[0], gt) as pm:
         return is_tag_only(pm, gt)
@@ -251,7 +252,7 @@ def tag_only(files: Sequence[Path], gt) -> bool:
 def tag_only_metrics(files: Sequence[Path], gt) -> dict:
     """AP^r, ABO and COCO AP of a stage's tag-only masks over all its shards (metrics.evaluate_tag_only)."""
     from .export import export_coco
-    from .metrics import evaluate_tag_only
+    from .mask_metrics import evaluate_tag_only
 
     return evaluate_tag_only(export_coco(files), gt.path)
 
@@ -370,17 +371,6 @@ def lowest_quality(qual: dict[str, np.ndarray], n: int, status: str = "kept") ->
     sel = np.flatnonzero(qual["status"] == status)
     order = sel[np.lexsort((qual["id"][sel], qual["quality"][sel]))][:n]
     return [(str(qual["shard"][i]), int(qual["id"][i]), float(qual["quality"][i])) for i in order]
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman rank correlation, None with fewer than 3 pairs or a constant side."""
-    from scipy.stats import spearmanr
-
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    rho = spearmanr(x, y).statistic
-    return float(rho) if np.isfinite(rho) else None
 
 
 def keep_rate_curves(scores: dict[str, np.ndarray], true_iou: np.ndarray,
@@ -618,7 +608,7 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
     gt = None
     gt_note = "no ground truth configured: mask quality (mIoU) is not shown, only drop rates."
     if ground_truth:
-        from .metrics import GroundTruth
+        from .mask_metrics import GroundTruth
 
         gt = GroundTruth(ground_truth)
         gt_note = f"ground truth: {html.escape(str(ground_truth))}"
@@ -685,7 +675,7 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
 
     # mask quality per stage
     if gt is not None:
-        from .metrics import summarize
+        from .mask_metrics import summarize
 
         qrows, trows = [], []
         for s, fs in files.items():
@@ -780,7 +770,7 @@ def build_report(results: str | os.PathLike | Sequence[str | os.PathLike], out: 
 def run_stage(s: ReportSettings, *, artifacts: list[str], ground_truth: str | None, out: str,
               cost: str | None = None, choice: str | None = None, evaluations: list[str] | None = None,
               threads: int = 1) -> dict:
-    """The `report` stage (see pseudomask.stages): of artifacts and folders of them, or of one results folder."""
+    """The `report` stage (see pseudomask.registry): of artifacts and folders of them, or of one results folder."""
     one = Path(artifacts[0]) if len(artifacts) == 1 else None
     where = str(one) if one is not None and (one / "ingest").is_dir() else list(artifacts)
     return {"out": str(build_report(where, out, ground_truth=ground_truth or None, samples=s.samples,

@@ -32,7 +32,7 @@ import numpy as np
 from .errors import PseudomaskError, read_json
 from .masks import box_iou, box_pixels, segmentation_mask
 from .settings import Settings, SettingsError, setting
-from .stage import PASS_THROUGH, read_artifact_image, run_artifact_stage
+from .loops import PASS_THROUGH, read_artifact_image, run_artifact_stage
 from .store import IGNORE, Artifact
 
 MATCHED_SOURCE = "refine_round"
@@ -188,7 +188,7 @@ def run_refine_round(predictions: str | os.PathLike, masks: str | os.PathLike, o
                      s: RefineRoundSettings = RefineRoundSettings()) -> Path:
     """Write a `refine_round` artifact from a round's detections on the training images and the pseudo-label
     artifact (any mask stage, usually merge_drop) that round trained on."""
-    from .stages import mask_stages
+    from .registry import mask_stages
 
     dets = read_detections(predictions)
     if s.crf:
@@ -204,7 +204,7 @@ def run_refine_round(predictions: str | os.PathLike, masks: str | os.PathLike, o
 
 
 def run_stage(s: RefineRoundSettings, *, predictions: str, masks: str, out: str, threads: int = 1) -> dict:
-    """The `refine_round` stage (see pseudomask.stages)."""
+    """The `refine_round` stage (see pseudomask.registry)."""
     run_refine_round(predictions, masks, out, s)
     with Artifact(out) as a:
         matched = a.instances.get("matched", np.zeros(0))

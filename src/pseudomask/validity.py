@@ -13,8 +13,8 @@ import numpy as np
 
 from .masks import box_agreement, ellipse_mask, is_small64
 from .settings import Settings, setting
-from .stage import PASS_THROUGH, run_artifact_stage
-from .stages import mask_stages
+from .loops import PASS_THROUGH, run_artifact_stage
+from .registry import mask_stages
 from .store import Artifact
 
 
@@ -83,7 +83,7 @@ def run_validity(src: str | os.PathLike, out: str | os.PathLike, min_iou: float 
 
 
 def run_stage(s: ValiditySettings, *, masks: str, out: str, threads: int = 1) -> dict:
-    """The `validity` stage (see pseudomask.stages)."""
+    """The `validity` stage (see pseudomask.registry)."""
     run_validity(masks, out, s.min_iou, s.ellipse)
     with Artifact(out) as a:
         return {"out": out, "status": a.status_counts(), **json.loads(a.attrs["invalid_rates"])}

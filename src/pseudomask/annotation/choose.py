@@ -32,7 +32,7 @@ from ..errors import PseudomaskError, read_json
 from ..files import write_json
 from ..settings import Settings, setting
 from ..store import Artifact
-from .cost import CostSettings, days
+from .cost import AnnotationCostSettings, days
 from .strong import strong_image_ids
 
 STRATEGIES = ("beta", "lowest", "random")
@@ -43,7 +43,7 @@ class ChooseError(PseudomaskError, ValueError):
 
 
 @dataclass(frozen=True)
-class ChooseSettings(Settings):
+class ChooseImagesSettings(Settings):
     SECTION = "choose_images"
     strategy: str = setting("beta", "beta (score closest to beta, the paper), lowest (lowest score first) or "
                                     "random (seeded baseline)", choices=STRATEGIES)
@@ -113,7 +113,7 @@ def ranking(entries: Sequence[Mapping[str, Any]], strategy: str, beta: float = 0
 
 def select_for_annotation(entries: Sequence[Mapping[str, Any]], *, count: int = 0, budget_s: float = 0.0,
                           strategy: str = "beta", beta: float = 0.4, seed: int = 0, exclude: Iterable[int] = (),
-                          mask_s: float = CostSettings().mask_s) -> dict[str, Any]:
+                          mask_s: float = AnnotationCostSettings().mask_s) -> dict[str, Any]:
     """Choose images (see the module doc) from `image_scores` entries; `exclude` names strong images.
     Returns the chosen entries (with rank and cost_s) in choice order, the skipped ones with a reason, and the
     seconds spent."""
@@ -144,7 +144,7 @@ def select_for_annotation(entries: Sequence[Mapping[str, Any]], *, count: int = 
             "candidates": len(pool)}
 
 
-def choose_images(artifacts: Sequence[str | os.PathLike], s: ChooseSettings = ChooseSettings(),
+def choose_images(artifacts: Sequence[str | os.PathLike], s: ChooseImagesSettings = ChooseImagesSettings(),
                   strong: str | os.PathLike | None = None, cost: str | os.PathLike | None = None,
                   out: str | os.PathLike | None = None) -> dict[str, Any]:
     """The choice of the `choose_images` stage as a JSON-able dict (written to `out` when given): settings,
@@ -152,7 +152,7 @@ def choose_images(artifacts: Sequence[str | os.PathLike], s: ChooseSettings = Ch
     with their scores and costs, the skipped ones with reasons, and the budget spent."""
     if not artifacts:
         raise ChooseError("choose-images: no mask artifacts given")
-    model = CostSettings.from_mapping(read_json(cost, ChooseError, "annotation cost")["model"]) if cost else CostSettings()
+    model = AnnotationCostSettings.from_mapping(read_json(cost, ChooseError, "annotation cost")["model"]) if cost else AnnotationCostSettings()
     entries = image_scores(artifacts)
     res = select_for_annotation(entries, count=s.count, budget_s=s.budget_s, strategy=s.strategy, beta=s.beta,
                                 seed=s.seed, exclude=strong_image_ids(strong), mask_s=model.mask_s)
@@ -180,9 +180,9 @@ def chosen_ids(path: str | os.PathLike) -> list[int]:
         raise ChooseError(f"{path}: not a choose-images JSON (no 'chosen' list of image ids)") from None
 
 
-def run_stage(s: ChooseSettings, *, masks: list[str], strong: str | None, cost: str | None, out: str,
+def run_stage(s: ChooseImagesSettings, *, masks: list[str], strong: str | None, cost: str | None, out: str,
               threads: int = 1) -> dict:
-    """The `choose_images` stage (see pseudomask.stages)."""
+    """The `choose_images` stage (see pseudomask.registry)."""
     d = choose_images(masks or [], s, strong, cost, out)
     return {"out": out, **{k: d[k] for k in ("strategy", "chosen_images", "candidates", "spent_s", "spent_days",
                                             "mean_score_all", "mean_score_chosen")}}

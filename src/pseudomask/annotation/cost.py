@@ -32,7 +32,7 @@ HOUR_S = 3600.0
 
 
 @dataclass(frozen=True)
-class CostSettings(Settings):
+class AnnotationCostSettings(Settings):
     """The cost model (seconds of one annotator), defaults from the paper's Table 1."""
 
     SECTION = "annotation_cost"
@@ -45,7 +45,7 @@ class CostSettings(Settings):
     day_hours: float = setting(8.0, "hours of one annotator-day", exclusive_minimum=0)
 
 
-def level_seconds(categories: int, present: int, instances: int, model: CostSettings = CostSettings()
+def level_seconds(categories: int, present: int, instances: int, model: AnnotationCostSettings = AnnotationCostSettings()
                   ) -> dict[str, float]:
     """Seconds of each level for one image (see the module doc)."""
     absent = max(int(categories) - int(present), 0)
@@ -69,13 +69,13 @@ def image_counts(ds: Dataset) -> list[dict[str, Any]]:
     return out
 
 
-def days(seconds: float, model: CostSettings = CostSettings()) -> float:
+def days(seconds: float, model: AnnotationCostSettings = AnnotationCostSettings()) -> float:
     """Annotator-days of a number of seconds."""
     return seconds / (model.day_hours * HOUR_S)
 
 
 def annotation_cost(datasets: Dataset | Sequence[Dataset], strong: Iterable[int] = (),
-                    model: CostSettings = CostSettings()) -> dict[str, Any]:
+                    model: AnnotationCostSettings = AnnotationCostSettings()) -> dict[str, Any]:
     """The cost summary of a dataset (or its shards) whose `strong` image ids have true masks; images with
     rows of source "gt" count as strong too."""
     parts = [datasets] if isinstance(datasets, Dataset) else list(datasets)
@@ -117,17 +117,17 @@ def annotation_cost(datasets: Dataset | Sequence[Dataset], strong: Iterable[int]
 
 
 def run_cost(shards: Sequence[str | os.PathLike], images: str | os.PathLike | None = None,
-             strong: str | os.PathLike | None = None, settings: CostSettings | Mapping[str, Any] | None = None
+             strong: str | os.PathLike | None = None, settings: AnnotationCostSettings | Mapping[str, Any] | None = None
              ) -> dict[str, Any]:
     """The cost summary of ingested shards (or a COCO JSON with its image folder) and a strong file: what the
     report shows."""
-    model = settings if isinstance(settings, CostSettings) else CostSettings.from_mapping(settings or {})
+    model = settings if isinstance(settings, AnnotationCostSettings) else AnnotationCostSettings.from_mapping(settings or {})
     return annotation_cost([load_dataset(p, images) for p in shards], strong_image_ids(strong), model)
 
 
-def run_stage(s: CostSettings, *, shards: list[str], images: str | None, strong: str | None, out: str,
+def run_stage(s: AnnotationCostSettings, *, shards: list[str], images: str | None, strong: str | None, out: str,
               threads: int = 1) -> dict:
-    """The `annotation_cost` stage (see pseudomask.stages)."""
+    """The `annotation_cost` stage (see pseudomask.registry)."""
     res = run_cost(shards or [], images, strong, s)
     write_json(res, out, indent=1)
     return {"out": out, "seconds": res["seconds"], "days": res["days"]}

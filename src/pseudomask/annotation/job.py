@@ -39,7 +39,7 @@ class JobError(PseudomaskError, ValueError):
 
 
 @dataclass(frozen=True)
-class JobSettings(Settings):
+class AnnotationJobSettings(Settings):
     SECTION = "annotation_job"
     single_polygon: bool = setting(True, "one polygon per instance, a mask's parts joined (Label Studio's COCO "
                                          "import reads only the first polygon); false: one polygon per part")
@@ -106,9 +106,9 @@ def annotation_job(image_ids: Sequence[int], artifacts: Sequence[str | os.PathLi
     return job, paths
 
 
-def run_stage(s: JobSettings, *, choice: str, masks: list[str], out: str, image_list: str | None,
+def run_stage(s: AnnotationJobSettings, *, choice: str, masks: list[str], out: str, image_list: str | None,
               threads: int = 1) -> dict:
-    """The `annotation_job` stage (see pseudomask.stages)."""
+    """The `annotation_job` stage (see pseudomask.registry)."""
     job, paths = annotation_job(chosen_ids(choice), masks or [], s.single_polygon, s.min_points,
                                 f"pseudomask annotation job of {Path(choice).name}: correct the pseudo masks")
     write_json(job, out)

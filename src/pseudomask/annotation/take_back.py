@@ -287,7 +287,7 @@ def _box(a: Mapping[str, Any], mask: np.ndarray | None) -> list[float] | None:
 
 def run_stage(s: TakeBackSettings, *, corrections: str, shards: list[str], images: str | None, job: str | None,
               out: str, report: str, threads: int = 1) -> dict:
-    """The `take_back` stage (see pseudomask.stages)."""
+    """The `take_back` stage (see pseudomask.registry)."""
     strong, rep = take_back(corrections, [load_dataset(p, images) for p in shards or []], job, s)
     write_json(strong, out)
     write_json(rep, report, indent=1)

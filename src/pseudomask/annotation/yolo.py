@@ -39,7 +39,7 @@ class YoloError(PseudomaskError, ValueError):
 
 
 @dataclass(frozen=True)
-class YoloSettings(Settings):
+class YoloExportSettings(Settings):
     SECTION = "yolo_export"
     copy: bool = setting(False, "copy the images into images/ (default: symlinks to the originals)")
     not_kept: str = setting("mask", "instances whose mask is not kept (dropped, invalid, failed): write their "
@@ -66,7 +66,7 @@ def export_yolo(artifacts: Sequence[str | os.PathLike], out: str | os.PathLike, 
     """Write the YOLO-seg folder `out` from mask artifacts (every shard of merge_drop, say); returns counts."""
     if not_kept not in NOT_KEPT:
         raise YoloError(f"yolo export: not_kept must be one of {NOT_KEPT}, got {not_kept!r}")
-    from ..stage import progress
+    from ..loops import progress
 
     out = Path(out)
     (out / "labels").mkdir(parents=True, exist_ok=True)
@@ -152,6 +152,6 @@ def read_yolo(folder: str | os.PathLike) -> dict[str, Any]:
     return {"names": names, "category_ids": [int(c) for c in meta.get("category_ids") or names], "images": images}
 
 
-def run_stage(s: YoloSettings, *, masks: list[str], out: str, threads: int = 1) -> dict:
-    """The `yolo_export` stage (see pseudomask.stages)."""
+def run_stage(s: YoloExportSettings, *, masks: list[str], out: str, threads: int = 1) -> dict:
+    """The `yolo_export` stage (see pseudomask.registry)."""
     return export_yolo(masks or [], out, copy=s.copy, not_kept=s.not_kept)

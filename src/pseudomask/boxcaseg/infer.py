@@ -23,10 +23,10 @@ import torch
 
 from ..dataset import Dataset
 from ..masks import box_pixels
-from ..stage import run_batched_mask_stage
+from ..loops import run_batched_mask_stage
 from .model import HEADS, IOU_PREDICTOR, BoxCasegError, BoxCasegNet, load_model
 from ..devices import pick_device
-from .settings import InferSettings
+from .settings import BoxcasegSettings
 
 
 def infer_size(model: BoxCasegNet, size: int | str = "auto") -> int:
@@ -157,8 +157,8 @@ def infer(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.PathLike, si
                                   attrs={"quality_predictor": IOU_PREDICTOR} if model.iou_head_trained else None)
 
 
-def run_stage(s: InferSettings, *, shard: str, images: str | None, model: str, out: str, threads: int = 1) -> dict:
-    """The `boxcaseg` stage (see pseudomask.stages)."""
+def run_stage(s: BoxcasegSettings, *, shard: str, images: str | None, model: str, out: str, threads: int = 1) -> dict:
+    """The `boxcaseg` stage (see pseudomask.registry)."""
     from ..dataset import load_dataset
     from ..store import Artifact
 

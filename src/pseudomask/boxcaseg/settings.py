@@ -20,7 +20,7 @@ CPU_PROFILE = {"backbone": "resnet18_w16", "iters": 400, "batch_size": 8, "crop_
 
 
 @dataclass(frozen=True)
-class TrainConfig(Settings):
+class BoxcasegTrainSettings(Settings):
     SECTION = "boxcaseg_train"
     backbone: str = setting("hrnetv2_w48", "hrnetv2_w48 (paper), hrnetv2_w18, hrnetv2_w18_small, resnet18/34/50, "
                                            "resnet18_w16, or timm:<name>")
@@ -68,7 +68,7 @@ class TrainConfig(Settings):
 
 
 @dataclass(frozen=True)
-class InferSettings(Settings):
+class BoxcasegSettings(Settings):
     SECTION = "boxcaseg"
     size: Any = setting("auto", "box crops are resized to size x size; auto = training crop x 320/288 (320 for "
                                 "the paper's 288)", schema={"anyOf": [{"type": "integer", "minimum": 8},

@@ -35,12 +35,12 @@ from ..dataset import Dataset
 from ..devices import pick_device
 from ..files import atomic_path
 from ..optim import build_optimizer
-from ..stage import progress
+from ..loops import progress
 from .data import (BoxCasegDataError, JointDataset, RatioBatchSampler, SalientFolder, box_items, collate,
                    strong_items)
 from .losses import fused_probability, iou_loss, mil_loss, pixel_loss, smoothness, weak_loss
 from .model import STAGE, BoxCasegError, architecture, build_model, load_state, save_checkpoint
-from .settings import TrainConfig
+from .settings import BoxcasegTrainSettings
 
 LOG_COLUMNS = ("iteration", "loss", "mil", "mil_box", "mil_salient", "smooth", "pixel", "iou", "lr", "seconds")
 
@@ -49,12 +49,12 @@ def poly_lr(base: float, it: int, total: int, power: float) -> float:
     return base * (1.0 - it / max(total, 1)) ** power
 
 
-def iou_on(it: int, cfg: TrainConfig) -> bool:
+def iou_on(it: int, cfg: BoxcasegTrainSettings) -> bool:
     """Whether iteration `it` (0-based) trains the IoU head: from iou_start x iters on, never at iou_start 1."""
     return cfg.iou_start < 1 and it >= cfg.iou_start * cfg.iters
 
 
-def train_step(model, batch: dict, cfg: TrainConfig, device: torch.device, iou: bool = False
+def train_step(model, batch: dict, cfg: BoxcasegTrainSettings, device: torch.device, iou: bool = False
                ) -> tuple[torch.Tensor, dict[str, float]]:
     """One forward pass and the BoxCaseg loss of a mixed batch: (loss, its parts as floats). `iou` adds
     iou_weight x the IoU head's L1 loss on the salient crops (the only ones with a true mask)."""
@@ -92,10 +92,10 @@ def write_log(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os.PathLike,
-          cfg: TrainConfig | dict | None = None, loss_log: str | os.PathLike | None = None,
+          cfg: BoxcasegTrainSettings | dict | None = None, loss_log: str | os.PathLike | None = None,
           resume: bool = True) -> dict[str, Any]:
     """Train BoxCaseg and write the checkpoint `out` (and the loss log CSV); returns a summary."""
-    cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_mapping(cfg)
+    cfg = cfg if isinstance(cfg, BoxcasegTrainSettings) else BoxcasegTrainSettings.from_mapping(cfg)
     out = Path(out)
     loss_log = Path(loss_log) if loss_log else out.with_name(out.stem + "_losses.csv")
     device = pick_device(cfg.device)
@@ -173,9 +173,9 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
             "seconds": rows[-1]["seconds"] if rows else 0.0, "device": str(device)}
 
 
-def run_stage(s: TrainConfig, *, shards: list[str], images: str | None, salient: str, model: str, losses: str,
+def run_stage(s: BoxcasegTrainSettings, *, shards: list[str], images: str | None, salient: str, model: str, losses: str,
               threads: int = 1) -> dict:
-    """The `boxcaseg_train` stage (see pseudomask.stages)."""
+    """The `boxcaseg_train` stage (see pseudomask.registry)."""
     from ..dataset import load_dataset
 
     torch.set_num_threads(threads)

@@ -28,13 +28,13 @@ from ..dataset import Dataset
 from ..images import ImageError, read_image
 from ..masks import mask_box
 from ..proposals import Proposals, read_proposals
-from ..stage import progress, quality_attrs, read_ahead
+from ..loops import progress, quality_attrs, read_ahead
 from ..store import Artifact, ArtifactWriter
 from ..devices import pick_device
 from .model import CamError, load_classifier, prepare
 from .peaks import find_peaks, peak_stimulation
 from .sampling import MODES, ProposalPicker
-from .settings import PeakSettings
+from .settings import CamSettings
 from .stuff import grad_cam, stuff_regions
 
 ID_STRIDE = 1000  # instance id = image_id * ID_STRIDE + k
@@ -87,7 +87,7 @@ def _failed(iid: int, cat: int, reason: str, box=(0.0, 0.0, 0.0, 0.0)) -> dict:
 
 
 def extract_image(model, config: dict, im: dict, rgb: np.ndarray, proposals: Proposals | None, stuff: set[int],
-                  s: PeakSettings, device: torch.device, feats: torch.Tensor | None = None
+                  s: CamSettings, device: torch.device, feats: torch.Tensor | None = None
                   ) -> tuple[list[dict], np.ndarray, dict[str, np.ndarray]]:
     """Rows, (K, H, W) masks and low-res CAMs of one image's tags (`feats`: its backbone features, when
     computed in a batch)."""
@@ -165,10 +165,10 @@ def extract_image(model, config: dict, im: dict, rgb: np.ndarray, proposals: Pro
 
 
 def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.PathLike,
-                  proposals: str | os.PathLike | None = None, settings: PeakSettings | None = None,
+                  proposals: str | os.PathLike | None = None, settings: CamSettings | None = None,
                   inputs: Sequence[str | os.PathLike] = ()) -> Path:
     """Write the "cam" artifact of a dataset (shard) to `out`; see the module docstring for its contents."""
-    s = settings or PeakSettings()
+    s = settings or CamSettings()
     if s.select not in MODES:
         raise CamError(f"proposal selection must be one of {MODES}, got {s.select!r}")
     device = pick_device(s.device)
@@ -257,9 +257,9 @@ def _one_image(model, config, ds, im, tags, props_art, proposals_for_image, stuf
     return rows, masks, maps
 
 
-def run_stage(s: PeakSettings, *, shard: str, images: str | None, model: str, proposals: str | None, out: str,
+def run_stage(s: CamSettings, *, shard: str, images: str | None, model: str, proposals: str | None, out: str,
               threads: int = 1) -> dict:
-    """The `cam` stage (see pseudomask.stages)."""
+    """The `cam` stage (see pseudomask.registry)."""
     from ..dataset import load_dataset
 
     torch.set_num_threads(threads)

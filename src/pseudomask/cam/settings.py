@@ -18,7 +18,7 @@ CPU_PROFILE = {"backbone": "tiny", "iters": 300, "batch_size": 8, "input_size": 
 
 
 @dataclass(frozen=True)
-class TrainSettings(Settings):
+class CamTrainSettings(Settings):
     SECTION = "cam_train"
     backbone: str = setting("auto", "auto: resnet50 on a GPU, resnet18 on CPU (the CPU profile picks tiny); tiny "
                                     "(no MMDetection); or a pseudomask.backbones name")
@@ -46,7 +46,7 @@ class TrainSettings(Settings):
 
 
 @dataclass(frozen=True)
-class PeakSettings(Settings):
+class CamSettings(Settings):
     SECTION = "cam"
     select: str = setting("sample", "sample: proposal drawn by objectness (WISE); best: the top proposal "
                                     "containing the peak", choices=MODES)

@@ -24,9 +24,9 @@ from ..dataset import Dataset
 from ..devices import pick_device
 from ..images import ImageError, read_image
 from ..optim import build_optimizer
-from ..stage import progress
+from ..loops import progress
 from .model import STAGE, CamError, build_classifier, loss_fn, prepare, resolve_backbone_name, save_checkpoint
-from .settings import TrainSettings
+from .settings import CamTrainSettings
 
 
 def tag_targets(images: Sequence[dict], class_ids: Sequence[int]) -> np.ndarray:
@@ -42,7 +42,7 @@ def tag_targets(images: Sequence[dict], class_ids: Sequence[int]) -> np.ndarray:
 class _Batches(torch.utils.data.Dataset):
     """Item i = the batch of iteration i: indices drawn from (seed, i), random horizontal flips."""
 
-    def __init__(self, paths: list[Path], targets: np.ndarray, first: int, last: int, s: TrainSettings):
+    def __init__(self, paths: list[Path], targets: np.ndarray, first: int, last: int, s: CamTrainSettings):
         self.paths, self.targets, self.first, self.last, self.s = paths, targets, first, last, s
         self._cache: dict[int, np.ndarray] = {}
         per_image = 3 * s.input_size ** 2 * 4
@@ -79,7 +79,7 @@ class _Batches(torch.utils.data.Dataset):
         return it, torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), bad
 
 
-def _lr(s: TrainSettings, it: int) -> float:
+def _lr(s: CamTrainSettings, it: int) -> float:
     """Linear warm-up over the first 5 % of iterations, then cosine decay to 0."""
     warm = max(1, s.iters // 20)
     if it < warm:
@@ -87,13 +87,13 @@ def _lr(s: TrainSettings, it: int) -> float:
     return 0.5 * s.lr * (1 + math.cos(math.pi * (it - warm) / max(1, s.iters - warm)))
 
 
-def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, settings: TrainSettings | None = None,
+def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, settings: CamTrainSettings | None = None,
                      resume: bool = True, stop_at: int | None = None) -> dict:
     """Train on the image tags of `ds` (one dataset or its shards), write the checkpoint to `out`.
 
     `stop_at`: stop after that iteration, leaving only the resume state (for a job that must end before
     its time limit). Returns the checkpoint's config, the loss of every iteration so far, and the path written."""
-    s = settings or TrainSettings()
+    s = settings or CamTrainSettings()
     if s.input_size < 64:
         raise CamError(f"input_size must be at least 64 pixels, got {s.input_size}")
     parts = [ds] if isinstance(ds, Dataset) else list(ds)
@@ -164,8 +164,8 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
     return {"config": config, "history": history, "checkpoint": str(out)}
 
 
-def run_stage(s: TrainSettings, *, shards: list[str], images: str | None, model: str, threads: int = 1) -> dict:
-    """The `cam_train` stage (see pseudomask.stages)."""
+def run_stage(s: CamTrainSettings, *, shards: list[str], images: str | None, model: str, threads: int = 1) -> dict:
+    """The `cam_train` stage (see pseudomask.registry)."""
     from ..dataset import load_dataset
 
     torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from ..metrics import evaluate_panoptic, evaluate_pseudo, is_detection_results
+    from ..mask_metrics import evaluate_panoptic, evaluate_pseudo, is_detection_results
 
     panoptic = evaluate_panoptic(args.pred, args.gt)
     if panoptic is not None:

@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..init import format_facts, init_config
+    from ..dataset_config import format_facts, init_config
 
     facts = init_config(args.annotations, args.images, args.out, ground_truth=args.ground_truth,
                         supervision=args.supervision, salient=args.salient, strong=args.strong,

@@ -8,7 +8,7 @@ proposals; select/stage: per-box choice and the artifact; matfile: precomputed M
 
 from .matfile import MatFileError, read_mcg_mat, write_mcg_mat
 from .proposals import DEFAULTS, McgSettings, ProposalPool, proposal_params, proposal_pool, proposals_for_image
-from .stage import MIN_BOX, image_result, run_mcg, select_for_boxes
+from .boxes import MIN_BOX, image_result, run_mcg, select_for_boxes
 
 __all__ = [
     "DEFAULTS", "MIN_BOX", "MatFileError", "McgSettings", "ProposalPool", "image_result", "proposal_params",

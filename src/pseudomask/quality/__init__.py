@@ -2,7 +2,7 @@
 
 `features` computes deterministic per-instance features; `scorer` fits (scikit-learn) and evaluates (numpy,
 from a JSON file) the regressor; `select` keeps per instance the candidate with the highest predicted quality.
-The stage loops (`pseudomask.stage`) write every mask stage's `quality` column with `scorer.get_scorer()`.
+The stage loops (`pseudomask.loops`) write every mask stage's `quality` column with `scorer.get_scorer()`.
 """
 
 from .features import FEATURES, instance_features

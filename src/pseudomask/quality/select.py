@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import PseudomaskError
 from ..masks import box_pixels, ellipse_mask
 from ..settings import Settings, setting
-from ..stage import PASS_THROUGH, quality_scorer, read_artifact_image, run_artifact_stage
+from ..loops import PASS_THROUGH, quality_scorer, read_artifact_image, run_artifact_stage
 from ..store import Artifact
 from .features import instance_features
 
@@ -98,7 +98,7 @@ def choose(names: Sequence[str], quality: np.ndarray, rank: np.ndarray | None = 
 def run_select(sources: Sequence[str | os.PathLike], out: str | os.PathLike, extras: Sequence[str] = EXTRAS,
                model: str = "default") -> dict:
     """Write a `select` artifact from mask artifacts of the same shard; returns a summary."""
-    from ..stages import mask_stages
+    from ..registry import mask_stages
 
     if not sources:
         raise PseudomaskError("select: no source artifacts given")
@@ -151,5 +151,5 @@ def run_select(sources: Sequence[str | os.PathLike], out: str | os.PathLike, ext
 
 
 def run_stage(s: SelectSettings, *, masks: list[str], out: str, scorer: str | None = None, threads: int = 1) -> dict:
-    """The `select` stage (see pseudomask.stages); `scorer` (scorer-train's model) overrides `s.model`."""
+    """The `select` stage (see pseudomask.registry); `scorer` (scorer-train's model) overrides `s.model`."""
     return run_select(masks or [], out, extras=s.extras, model=scorer or s.model)

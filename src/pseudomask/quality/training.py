@@ -24,6 +24,7 @@ from ..errors import PseudomaskError
 from ..masks import box_agreement, mask_iou
 from ..settings import Settings, setting
 from .features import FEATURES
+from .ranking import spearman
 from .scorer import CHOICE_FEATURES, Scorer, choice_features, fit
 from .select import EXTRAS, candidate_features, instance_candidates
 
@@ -37,7 +38,7 @@ def run_sources(annotations: str | os.PathLike, images: str | os.PathLike, work:
     from ..agree import run_agree
     from ..dataset import load_dataset
     from ..grabcut import run_grabcut
-    from ..mcg.stage import run_mcg
+    from ..mcg.boxes import run_mcg
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ def collect(annotations: str | os.PathLike, images: str | os.PathLike, work: str
             limit: int | None = None, workers: int = 2) -> dict[str, Any]:
     """One row per candidate of every box with a true mask (see the module doc)."""
     from ..images import read_image
-    from ..metrics import GroundTruth
+    from ..mask_metrics import GroundTruth
     from ..store import Artifact
 
     paths = run_sources(annotations, images, work, limit, workers)
@@ -152,12 +153,6 @@ def cross_validate(data: dict[str, Any], folds: int = 5, seed: int = 0, split: s
     return {"single": single, "cross": cross, "choice": choice, "fold": fold}
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic) if len(a) > 2 else float("nan")
-
-
 def evaluate(data: dict[str, Any], pred: dict[str, np.ndarray], keep_rates: Sequence[float] = (0.5, 0.7, 0.9)
              ) -> dict[str, Any]:
     """The benchmark's figures from out-of-fold predictions."""
@@ -203,6 +198,10 @@ def evaluate(data: dict[str, Any], pred: dict[str, np.ndarray], keep_rates: Sequ
     return res
 
 
+def _f3(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def format_results(res: dict[str, Any]) -> str:
     """Markdown tables of `evaluate`'s figures."""
     lines = [f"{res['images']} images, {res['instances']} instances, {res['candidates']} candidates; "
@@ -210,7 +209,7 @@ def format_results(res: dict[str, Any]) -> str:
              "| Spearman (predicted vs true IoU) | single-stage features | with cross-source features (select) |",
              "|---|---|---|"]
     for k in res["spearman"]["single"]:
-        lines.append(f"| {k} | {res['spearman']['single'][k]:.3f} | {res['spearman']['cross'].get(k, float('nan')):.3f} |")
+        lines.append(f"| {k} | {_f3(res['spearman']['single'][k])} | {_f3(res['spearman']['cross'].get(k))} |")
     lines += ["", "| masks | mIoU |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in res["miou"].items()]
     lines += ["", "| masks | keep rate | kept | mIoU all | mIoU kept by quality | mIoU kept by proxy box IoU |",
@@ -277,7 +276,7 @@ def strong_coco(shards: Sequence[str | os.PathLike]) -> tuple[dict, Path]:
 
 def run_stage(s: ScorerTrainSettings, *, shards: list[str], images: str | None, model: str,
               threads: int = 1) -> dict:
-    """The `scorer_train` stage (see pseudomask.stages): a quality model from the strong instances of the
+    """The `scorer_train` stage (see pseudomask.registry): a quality model from the strong instances of the
     shards (or from every instance of a COCO JSON with masks given with --images)."""
     import tempfile
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import PseudomaskError, read_json
 from ..files import write_json
 from ..settings import Settings, device_setting, field_default, setting
-from .config import RetrainError, RetrainSettings
+from .mmdet_config import RetrainError, RetrainSettings
 
 SMALL_LR_FACTOR = 1.5  # the paper: 0.0075 for the small-object branch, 0.005 for the large one
 PASS = ("failed", "ignored")  # no box to learn from (failed: no usable instance; ignored: crowd)
@@ -107,7 +107,7 @@ class HybridSplitSettings(Settings):
 
 def run_split(s: HybridSplitSettings, *, annotations: str, validity: list[str], masks: list[str] | None,
               large: str, small: str, threads: int = 1) -> dict:
-    """The `hybrid_split` stage (see pseudomask.stages)."""
+    """The `hybrid_split` stage (see pseudomask.registry)."""
     data = read_json(annotations, PseudomaskError, "exported pseudo masks")
     if not isinstance(data, dict) or "annotations" not in data:
         raise PseudomaskError(f"{annotations}: not a COCO dataset (no 'annotations')")
@@ -136,7 +136,7 @@ def _like(name: str, default: Any = dataclasses.MISSING, help: str | None = None
 
 
 @dataclass(frozen=True)
-class HybridTrainSettings(Settings):
+class RetrainHybridSettings(Settings):
     """Both branches of the hybrid recipe (config section `retrain_hybrid:`): the knobs of `retrain:`, which the
     two branches share as in the paper, except the small branch's learning rate."""
 
@@ -163,7 +163,7 @@ class HybridTrainSettings(Settings):
                                        "docs/stages/retrain.md) | fpn; the small branch has an FPN")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None, where: str | None = None) -> "HybridTrainSettings":
+    def from_mapping(cls, values: Mapping[str, Any] | None, where: str | None = None) -> "RetrainHybridSettings":
         values = dict(values or {})
         if isinstance(values.get("scale"), tuple):
             values["scale"] = list(values["scale"])
@@ -190,11 +190,11 @@ def _annotation_count(path: str | os.PathLike) -> int:
     return len(data.get("annotations") or []) if isinstance(data, dict) else 0
 
 
-def run_train(s: HybridTrainSettings, *, large: str, small: str, images: str, large_checkpoint: str,
+def run_train(s: RetrainHybridSettings, *, large: str, small: str, images: str, large_checkpoint: str,
               large_config: str, small_checkpoint: str, small_config: str, threads: int = 1) -> dict:
-    """The `retrain_hybrid` stage (see pseudomask.stages): the large branch, then the small one, each in its own
+    """The `retrain_hybrid` stage (see pseudomask.registry): the large branch, then the small one, each in its own
     MMEngine run folder (`work/` beside its checkpoint), each resumable as `retrain` is."""
-    from .config import build_config, build_faster_rcnn_config
+    from .mmdet_config import build_config, build_faster_rcnn_config
     from .train import train
 
     if not _annotation_count(small):
@@ -320,7 +320,7 @@ def grabcut_small(results: list[dict], images: str | os.PathLike, files: Mapping
     from ..grabcut import grabcut_image
     from ..images import ImageError, read_image
     from ..masks import rle_encode
-    from ..stage import progress
+    from ..loops import progress
 
     todo = _by_index_per_image(results)
     fallbacks, unreadable = 0, []
@@ -366,9 +366,9 @@ class PredictHybridSettings(Settings):
         self.grabcut_params()
 
     def grabcut_params(self):
-        from ..grabcut import GrabCutParams
+        from ..grabcut import GrabCutSettings
 
-        return GrabCutParams.from_mapping(self.grabcut, f"{self.SECTION}.grabcut")
+        return GrabCutSettings.from_mapping(self.grabcut, f"{self.SECTION}.grabcut")
 
 
 def predict_hybrid(large_checkpoint: str | os.PathLike, small_checkpoint: str | os.PathLike,
@@ -396,7 +396,7 @@ def predict_hybrid(large_checkpoint: str | os.PathLike, small_checkpoint: str | 
 
 def run_predict(s: PredictHybridSettings, *, large_checkpoint: str, large_config: str | None, small_checkpoint: str,
                 small_config: str | None, images: str, coco: str | None, out: str, threads: int = 1) -> dict:
-    """The `predict_hybrid` stage (see pseudomask.stages)."""
+    """The `predict_hybrid` stage (see pseudomask.registry)."""
     import torch
 
     from ..devices import pick_device

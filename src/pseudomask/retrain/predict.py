@@ -16,8 +16,8 @@ from ..files import write_json
 from ..images import ImageError, read_image
 from ..masks import rle_encode
 from ..settings import Settings, device_setting, setting
-from .checkpoint import trusted_checkpoints
-from .config import CONFIG_NAME, RetrainError
+from .weights import trusted_checkpoints
+from .mmdet_config import CONFIG_NAME, RetrainError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -119,7 +119,7 @@ def predict(checkpoint: str | os.PathLike, images: str | os.PathLike, coco: str 
     import torch
     from mmcv.transforms import Compose
 
-    from ..stage import progress, read_ahead
+    from ..loops import progress, read_ahead
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, category_ids = load_model(checkpoint, config, device)
@@ -181,7 +181,7 @@ class PredictSettings(Settings):
 
 def run_stage(s: PredictSettings, *, checkpoint: str, mmdet_config: str | None, images: str, coco: str | None, out: str,
               threads: int = 1) -> dict:
-    """The `predict` stage (see pseudomask.stages)."""
+    """The `predict` stage (see pseudomask.registry)."""
     import torch
 
     from ..devices import pick_device

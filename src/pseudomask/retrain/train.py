@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoint import export_weights, trusted_checkpoints
-from .config import CONFIG_NAME, RetrainSettings, build_config, config_text, write_config
+from .weights import export_weights, trusted_checkpoints
+from .mmdet_config import CONFIG_NAME, RetrainSettings, build_config, config_text, write_config
 
 
 def _stale_checkpoints(work_dir: Path) -> list[Path]:
@@ -88,7 +88,7 @@ def train(train_json: str | os.PathLike, images: str | os.PathLike, work_dir: st
 
 def run_stage(s: RetrainSettings, *, annotations: str, images: str, val: str | None, val_images: str | None,
               checkpoint: str, mmdet_config: str, threads: int = 1) -> dict:
-    """The `retrain` stage (see pseudomask.stages): MMEngine's run folder is `work/` beside the checkpoint, and a
+    """The `retrain` stage (see pseudomask.registry): MMEngine's run folder is `work/` beside the checkpoint, and a
     rerun with the same config resumes from it."""
     return train(annotations, images, Path(checkpoint).parent / "work", s, val_json=val, val_images=val_images,
                  out=checkpoint, config_out=mmdet_config, threads=threads)

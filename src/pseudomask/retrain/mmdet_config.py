@@ -19,7 +19,7 @@ from ..errors import read_json
 from ..files import write_text_atomic
 from ..settings import Settings, SettingsError, setting
 from ..store import file_digest
-from .checkpoint import checkpoint_kind
+from .weights import checkpoint_kind
 
 ARCHS = {"r50": 50, "r101": 101}
 # MMDetection's epoch schedules: (epochs, lr steps at these epochs)

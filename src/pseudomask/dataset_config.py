@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .configuration import complete_config, default_config, render_config
+from .config import complete_config, default_config, render_config
 from .dataset import Dataset, add_strong, load_dataset
 from .errors import PseudomaskError
 from .files import write_text_atomic

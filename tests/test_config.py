@@ -10,17 +10,17 @@ import pytest
 import yaml
 
 from pseudomask.cli import build_parser
-from pseudomask.configuration import (DOCS_INDEX, README_FILE, SCHEMA_FILE, docs_stage_index, SECTIONS, Resources, complete_config,
+from pseudomask.config import (DOCS_INDEX, README_FILE, SCHEMA_FILE, docs_stage_index, SECTIONS, Resources, complete_config,
                                       default_config, generated_files, readme_with_table, stage_settings)
 from pseudomask.settings import SettingsError, defaults, option
-from pseudomask.stages import STAGES
+from pseudomask.registry import STAGES
 
 from conftest import REPO
 
 
 def test_generated_files_are_up_to_date():
     for rel, text in generated_files().items():
-        assert (REPO / rel).read_text() == text, f"{rel} is stale: run `python -m pseudomask.configuration`"
+        assert (REPO / rel).read_text() == text, f"{rel} is stale: run `python -m pseudomask.config`"
     readme = (REPO / README_FILE).read_text()
     assert readme_with_table(readme, REPO) == readme, "README's stage table is stale"
     index = (REPO / DOCS_INDEX).read_text()
@@ -121,7 +121,7 @@ def test_explicit_options_win_over_the_cpu_profile():
 def test_the_slurm_profile_asks_a_gpu_for_every_gpu_stage():
     import os
 
-    from pseudomask.stages import RULE_ALIASES
+    from pseudomask.registry import RULE_ALIASES
     from test_slurm import _profile
 
     gpu = {n for n, s in STAGES.items() if s.gpu} | {r for r, n in RULE_ALIASES.items() if STAGES[n].gpu}
@@ -131,7 +131,7 @@ def test_the_slurm_profile_asks_a_gpu_for_every_gpu_stage():
 def test_every_rule_runs_a_stage_of_the_registry_or_an_alias_of_one():
     import re
 
-    from pseudomask.stages import RULE_ALIASES, STAGES, gpu_rules, rule_stage
+    from pseudomask.registry import RULE_ALIASES, STAGES, gpu_rules, rule_stage
 
     rules = {m.group(1) for f in (REPO / "rules").glob("*.smk")
              for m in re.finditer(r"^(?:rule|checkpoint) (\w+):", f.read_text(), re.M)}
@@ -142,7 +142,7 @@ def test_every_rule_runs_a_stage_of_the_registry_or_an_alias_of_one():
 
 
 def test_the_hdf5_docs_list_the_columns_of_every_mask_stage():
-    from pseudomask.stages import mask_stages
+    from pseudomask.registry import mask_stages
 
     table = (REPO / "docs" / "hdf5.md").read_text()
     for name in ("ingest", *mask_stages()):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pseudomask.retrain.config import (RetrainError, RetrainSettings, build_config, resolve_schedule, scale_pair,
+from pseudomask.retrain.mmdet_config import (RetrainError, RetrainSettings, build_config, resolve_schedule, scale_pair,
                                        write_config)
 from pseudomask.settings import SettingsError
 

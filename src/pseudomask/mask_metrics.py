@@ -418,7 +418,7 @@ def is_detection_results(path: str | os.PathLike) -> bool:
 
 
 def run_stage(s: EvaluateSettings, *, pseudo: str, ground_truth: str, out: str, threads: int = 1) -> dict:
-    """The `evaluate_masks` stage (see pseudomask.stages)."""
+    """The `evaluate_masks` stage (see pseudomask.registry)."""
     from .files import write_json
 
     result = evaluate_pseudo(pseudo, ground_truth)

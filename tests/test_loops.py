@@ -10,7 +10,7 @@ import pytest
 
 from pseudomask.dataset import load_coco
 from pseudomask.images import write_image
-from pseudomask.stage import run_artifact_stage, run_mask_stage
+from pseudomask.loops import run_artifact_stage, run_mask_stage
 from pseudomask.store import Artifact, ArtifactError, ArtifactWriter
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from pseudomask.errors import PseudomaskError
 from pseudomask.masks import box_mask, ellipse_mask, rle_encode
-from pseudomask.metrics import evaluate_pseudo, is_detection_results
+from pseudomask.mask_metrics import evaluate_pseudo, is_detection_results
 from pseudomask.store import ArtifactWriter
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..dataset import Dataset
 from ..images import ImageError, read_image
 from ..masks import box_pixels
-from ..stage import run_mask_stage
+from ..loops import run_mask_stage
 from .matfile import MatFileError, read_mcg_mat
 from .proposals import ProposalPool, proposal_params, proposal_pool
 
@@ -114,7 +114,7 @@ def _error(image: dict, e: Exception) -> str:
 
 
 def predict_image(params: dict, mat_dir: str | None, clip: bool, rgb: np.ndarray, records: list[dict], image: dict):
-    """The per-image function of the stage (`pseudomask.stage.run_mask_stage`, every image): the records'
+    """The per-image function of the stage (`pseudomask.loops.run_mask_stage`, every image): the records'
     results and the image's proposals; a failure fails the image's records (and is logged when it has none)."""
     try:
         return image_result(rgb, image, records, params, mat_dir, clip)
@@ -143,7 +143,7 @@ def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike |
 
 
 def run_stage(s, *, shard: str, images: str | None, out: str, threads: int = 1) -> dict:
-    """The `mcg` stage (see pseudomask.stages): `threads` worker processes compute images in parallel."""
+    """The `mcg` stage (see pseudomask.registry): `threads` worker processes compute images in parallel."""
     from ..dataset import load_dataset
     from ..store import Artifact
 
