@@ -135,7 +135,7 @@ def test_zero_size_box_fails_that_instance_only(trained):
     model = load_model(trained[0])
     predict = make_predict(model, size=71)
     rgb = np.zeros((40, 50, 3), np.uint8)
-    res = predict(rgb, [{"id": 1, "bbox": [10, 10, 0, 5]}, {"id": 2, "bbox": [5, 5, 20, 20]}])
+    res = predict(rgb, [{"id": 1, "bbox": [10, 10, 0, 5]}, {"id": 2, "bbox": [5, 5, 20, 20]}]).results
     assert res[0]["status"] == "failed" and "covers no pixel" in res[0]["reason"] and not res[0]["mask"].any()
     assert res[1]["status"] in ("kept", "invalid")
 

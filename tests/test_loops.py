@@ -1,5 +1,6 @@
-"""The shared stage loops: run_mask_stage (every instance written, predict on usable ones, every_image maps)
-and run_artifact_stage (every input instance written, in order, with the source's images, tags, categories)."""
+"""The shared stage loops: run_mask_stage (every instance written, predict on usable ones, every_image maps,
+batches across images) and run_artifact_stage (every input instance written, in order, with the source's
+images, tags, categories)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from pseudomask.dataset import load_coco
 from pseudomask.images import write_image
-from pseudomask.loops import run_artifact_stage, run_mask_stage
+from pseudomask.loops import ImageResult, Provenance, run_artifact_stage, run_mask_stage
 from pseudomask.store import Artifact, ArtifactError, ArtifactWriter
 
 
@@ -32,14 +33,14 @@ def _predict(calls):
     def predict(rgb, recs, image=None):
         calls.append((None if image is None else image["id"], [r["id"] for r in recs]))
         results = [{"mask": np.ones(rgb.shape[:2], np.uint8), "status": "kept", "reason": ""} for _ in recs]
-        return results, {"mean": np.array([rgb.mean()])}
+        return ImageResult(results, {"mean": np.array([rgb.mean()])})
     return predict
 
 
 def test_predict_sees_usable_instances_and_every_instance_is_written(tmp_path):
     ds = _dataset(tmp_path)
     calls = []
-    out = run_mask_stage(ds, tmp_path / "s.h5", _predict(calls), stage="grabcut", method="t", params={})
+    out = run_mask_stage(ds, tmp_path / "s.h5", Provenance("grabcut", "t"), _predict(calls))
     assert calls == [(None, [7])]  # only image 1 has a usable instance
     with Artifact(out) as a:
         assert {r["id"]: r["status"] for r in a.records()} == {7: "kept", 8: "failed"}
@@ -49,20 +50,42 @@ def test_predict_sees_usable_instances_and_every_instance_is_written(tmp_path):
 def test_every_image_runs_predict_on_images_without_usable_instances(tmp_path, capsys):
     ds = _dataset(tmp_path)
     calls = []
-    out = run_mask_stage(ds, tmp_path / "s.h5", _predict(calls), stage="mcg", method="t", params={},
-                         every_image=True)
+    out = run_mask_stage(ds, tmp_path / "s.h5", Provenance("mcg", "t"), _predict(calls), every_image=True)
     assert calls == [(1, [7]), (2, [])]  # image 3 cannot be read: skipped, and said so
     assert "mcg: image 3 skipped" in capsys.readouterr().err
     with Artifact(out) as a:
         assert a.map("mean", 2)[0] == 200 and a.map("mean", 1)[0] == 100
 
 
-
-def test_predict_must_give_one_result_per_instance(tmp_path):
+def test_a_batch_of_images_gives_the_artifact_of_one_image_at_a_time(tmp_path):
     ds = _dataset(tmp_path)
-    with pytest.raises(ArtifactError, match=r"image 1: grabcut gave 0 results for 1 instances \[7\]"):
-        run_mask_stage(ds, tmp_path / "s.h5", lambda rgb, recs: [], stage="grabcut", method="t", params={})
+    batches = []
+
+    def predict_batch(jobs):
+        batches.append(len(jobs))
+        return [_predict([])(rgb, recs) for rgb, recs in jobs]
+
+    one = run_mask_stage(ds, tmp_path / "one.h5", Provenance("grabcut", "t"), _predict([]))
+    batched = run_mask_stage(ds, tmp_path / "b.h5", Provenance("grabcut", "t", attrs={"x": "y"}),
+                             predict_batch=predict_batch, batch_size=2, loader_workers=1)
+    assert batches == [1]  # image 1 alone has usable instances
+    with Artifact(one) as a, Artifact(batched) as b:
+        assert repr(a.records()) == repr(b.records()) and b.attrs["x"] == "y"  # repr: a NaN quality equals itself
+        assert all(np.array_equal(a.masks(i), b.masks(i)) for i in a.image_ids)
+    with pytest.raises(TypeError, match="either predict or predict_batch"):
+        run_mask_stage(ds, tmp_path / "c.h5", Provenance("grabcut", "t"), _predict([]), predict_batch=predict_batch)
+
+
+@pytest.mark.parametrize("predict,error,match", [
+    (lambda rgb, recs: ImageResult([]), ArtifactError, r"image 1: grabcut gave 0 results for 1 instances \[7\]"),
+    (lambda rgb, recs: [], TypeError, r"image 1: grabcut returned a list, not an ImageResult"),
+])
+def test_predict_must_give_one_result_per_instance(tmp_path, predict, error, match):
+    ds = _dataset(tmp_path)
+    with pytest.raises(error, match=match):
+        run_mask_stage(ds, tmp_path / "s.h5", Provenance("grabcut", "t"), predict)
     assert not (tmp_path / "s.h5").exists()
+
 
 def _source(path, stage="grabcut", ids=(7, 8)):
     """Image 1 with instances `ids` and tag 2, image 2 without instances and with tag 1."""
@@ -82,7 +105,7 @@ def _invert(image, records, masks):
 
 def test_artifact_stage_writes_the_sources_images_tags_and_categories(tmp_path):
     src = _source(tmp_path / "g.h5")
-    out = run_artifact_stage([src], tmp_path / "o.h5", _invert, stage="validity", method="t", params={"p": 1},
+    out = run_artifact_stage([src], tmp_path / "o.h5", Provenance("validity", "t", {"p": 1}), _invert,
                              expect_stages=["grabcut"], final_attrs=lambda: {"done": "yes"})
     with Artifact(out, stage="validity") as a, Artifact(src) as s:
         assert a.image_ids == s.image_ids == [1, 2] and a.tags == s.tags == {1: [2], 2: [1]}
@@ -98,7 +121,7 @@ def test_artifact_stage_writes_the_sources_images_tags_and_categories(tmp_path):
 def test_artifact_stage_must_write_every_input_instance_in_order(tmp_path, per_image, match):
     src = _source(tmp_path / "g.h5")
     with pytest.raises(ArtifactError, match=match) as e:
-        run_artifact_stage([src], tmp_path / "o.h5", per_image, stage="validity", method="t", params={})
+        run_artifact_stage([src], tmp_path / "o.h5", Provenance("validity", "t"), per_image)
     assert str(tmp_path / "o.h5") in str(e.value) and str(src) in str(e.value)
     assert not (tmp_path / "o.h5").exists()
 
@@ -106,12 +129,10 @@ def test_artifact_stage_must_write_every_input_instance_in_order(tmp_path, per_i
 def test_artifact_stage_checks_stages_and_that_sources_match(tmp_path):
     g, m = _source(tmp_path / "g.h5"), _source(tmp_path / "m.h5", stage="mcg", ids=(7, 9))
     with pytest.raises(ArtifactError, match=r"g.h5 and .*m.h5 do not hold the same images and instances"):
-        run_artifact_stage([g, m], tmp_path / "o.h5", _invert, stage="agree", method="t", params={})
+        run_artifact_stage([g, m], tmp_path / "o.h5", Provenance("agree", "t"), _invert)
     with pytest.raises(ArtifactError, match=r"a 'grabcut' artifact, expected one of \('mcg',\)"):
-        run_artifact_stage([g], tmp_path / "o.h5", _invert, stage="agree", method="t", params={},
-                           expect_stages=["mcg"])
+        run_artifact_stage([g], tmp_path / "o.h5", Provenance("agree", "t"), _invert, expect_stages=["mcg"])
     # without the check the first source's instances are the ones to write
-    run_artifact_stage([g, m], tmp_path / "o.h5", _invert, stage="agree", method="t", params={},
-                       check_same_instances=False)
+    run_artifact_stage([g, m], tmp_path / "o.h5", Provenance("agree", "t"), _invert, check_same_instances=False)
     with Artifact(tmp_path / "o.h5") as a:
         assert [r["id"] for r in a.records()] == [7, 8]

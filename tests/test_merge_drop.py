@@ -11,7 +11,7 @@ import pytest
 from pseudomask.dataset import read_shard
 from pseudomask.masks import box_agreement, box_mask, mask_box, segmentation_mask
 from pseudomask.merge_drop import THRESHOLDS, drop_curve, judged, merge_drop, merge_drop_image, merge_masks
-from pseudomask.loops import run_mask_stage
+from pseudomask.loops import ImageResult, Provenance, run_mask_stage
 from pseudomask.store import Artifact, ArtifactError, ArtifactWriter
 
 H, W = 60, 80
@@ -42,9 +42,9 @@ def perturbed_gt_source(demo, shard, out, stage="grabcut", ignore_ring=False):
                 m = m.copy()
                 m[ring] = 255
             out_.append({"mask": m, "status": "kept", "reason": ""})
-        return out_
+        return ImageResult(out_)
 
-    return run_mask_stage(read_shard(shard), out, predict, stage=stage, method="perturbed-gt", params={"kind": "test"})
+    return run_mask_stage(read_shard(shard), out, Provenance(stage, "perturbed-gt", {"kind": "test"}), predict)
 
 
 def _write(path, stage, images, schema_version=None):

@@ -4,6 +4,7 @@ artifact independent of the number of workers."""
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import numpy as np
 import pytest
@@ -76,6 +77,40 @@ def test_a_workers_error_is_raised_at_its_item():
         for r in ordered_map(_fail_on_three, [(i,) for i in range(6)], workers=2):
             seen.append(r)
     assert seen == [0, 1, 2]
+
+
+class _Counter:
+    """State a process keeps across its items (`ordered_map`'s context): how many it computed, how often it
+    was entered."""
+
+    def __init__(self, tag: str):
+        self.tag, self.items, self.entered = tag, 0, 0
+
+    def __enter__(self) -> "_Counter":
+        self.entered += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.tag = "closed"
+
+
+def _count(state: _Counter, x: int, parent: int, there: float) -> tuple[int, str, int, int, int]:
+    import time
+
+    time.sleep(0 if os.getpid() == parent else there)
+    state.items += 1
+    return os.getpid(), state.tag, state.items, state.entered, x * x
+
+
+def test_each_process_enters_the_context_once_and_keeps_it_across_its_items():
+    for workers in (1, 2):
+        got = list(ordered_map(_count, [(i, os.getpid(), 0.02) for i in range(30)], workers=workers,
+                               context=partial(_Counter, "open")))
+        assert [sq for *_, sq in got] == [i * i for i in range(30)]
+        assert all(tag == "open" and entered == 1 for _, tag, _, entered, _ in got)
+        for pid in {pid for pid, *_ in got}:  # one state per process: its count goes 1, 2, ... over its items
+            counts = [n for p, _, n, _, _ in got if p == pid]
+            assert sorted(counts) == list(range(1, len(counts) + 1))
 
 
 def test_thread_limit_holds_the_libraries_to_the_jobs_threads():

@@ -19,8 +19,9 @@ import numpy as np
 from .errors import PseudomaskError
 from .masks import box_pixels
 from .settings import Settings, setting
-from .loops import PASS_THROUGH, run_artifact_stage
+from .loops import PASS_THROUGH, Provenance, run_artifact_stage
 from .store import IGNORE
+from .summary import artifact_summary
 
 REST_OF_BOX = ("background", "ignore")
 
@@ -104,14 +105,12 @@ def run_agree(grabcut: str | os.PathLike, mcg: str | os.PathLike, out: str | os.
               rest_of_box: str = "background", workers: int = 1) -> Path:
     """Write an `agree` artifact from a grabcut and an mcg artifact of the same shard; `workers` processes
     share the images (see `run_artifact_stage`)."""
-    return run_artifact_stage([grabcut, mcg], out, partial(agree_rows, rest_of_box=rest_of_box), stage="agree",
-                              method="grabcut-and-mcg", params={"rest_of_box": rest_of_box},
-                              expect_stages=("grabcut", "mcg"), workers=workers)
+    return run_artifact_stage([grabcut, mcg], out, Provenance("agree", "grabcut-and-mcg", {"rest_of_box": rest_of_box}),
+                              partial(agree_rows, rest_of_box=rest_of_box), expect_stages=("grabcut", "mcg"),
+                              workers=workers)
 
 
 def run_stage(s: AgreeSettings, *, grabcut: str, mcg: str, out: str, threads: int = 1) -> dict:
     """The `agree` stage (see pseudomask.registry)."""
-    from .summary import artifact_summary
-
     run_agree(grabcut, mcg, out, s.rest_of_box, workers=threads)
     return {"out": out, "status": artifact_summary(out)["status"]}

@@ -30,7 +30,8 @@ import numpy as np
 from .errors import PseudomaskError
 from .masks import box_pixels
 from .settings import Settings, setting
-from .loops import PASS_THROUGH, read_artifact_image, run_artifact_stage
+from .loops import PASS_THROUGH, Provenance, read_artifact_image, run_artifact_stage
+from .registry import mask_stages
 from .store import IGNORE, Artifact
 
 IGNORE_MODES = ("resolve", "keep")
@@ -167,14 +168,12 @@ def crf_rows(s: CrfSettings, image_root: str, image: dict, records: list[list[di
 
 def run_crf(src: str | os.PathLike, out: str | os.PathLike, s: CrfSettings = CrfSettings(), workers: int = 1) -> Path:
     """Write a `crf` artifact: every instance of the mask artifact `src`, refined by DenseCRF."""
-    from .registry import mask_stages
-
     _densecrf()
     with Artifact(src, stage=[m for m in mask_stages() if m != "crf"]) as a:
         params = {**s.to_dict(), "input_stage": a.stage}
         per_image = partial(crf_rows, s, str(a.attrs.get("image_root") or ""))
-        return run_artifact_stage([a], out, per_image, stage="crf", method="densecrf", params=params,
-                                  attrs={"source_stage": a.stage}, workers=workers)
+        return run_artifact_stage([a], out, Provenance("crf", "densecrf", params, attrs={"source_stage": a.stage}),
+                                  per_image, workers=workers)
 
 
 def run_stage(s: CrfSettings, *, masks: str, out: str, threads: int = 1) -> dict:

@@ -31,9 +31,11 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-from .dataset import Dataset
+from .dataset import Dataset, load_dataset
+from .loops import ImageResult, Provenance, run_mask_stage
 from .settings import Settings, SettingsError, setting
 from .masks import box_agreement, box_mask, box_pixels, ellipse_mask
+from .summary import artifact_summary
 
 FALLBACKS = ("ellipse", "box", "none")
 
@@ -236,27 +238,22 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def predict_image(params: GrabCutSettings, rgb: np.ndarray, records: list[dict]) -> list[dict]:
+def predict_image(params: GrabCutSettings, rgb: np.ndarray, records: list[dict]) -> ImageResult:
     """The per-image function of the stage (`pseudomask.loops.run_mask_stage`): one result per record."""
-    return grabcut_image(rgb, [r["bbox"] for r in records], params)
+    return ImageResult(grabcut_image(rgb, [r["bbox"] for r in records], params))
 
 
 def run_grabcut(ds: Dataset, out: str | os.PathLike, params: GrabCutSettings | Mapping[str, Any] | None = None,
                 workers: int | None = None, inputs: Sequence[str | os.PathLike] = ()) -> Path:
     """Run fast GrabCut on every usable instance of a dataset and write a `grabcut` artifact; `workers`
     processes (default: the cores this process may use) share the images."""
-    from .loops import run_mask_stage
-
     p = params if isinstance(params, GrabCutSettings) else GrabCutSettings.from_mapping(params)
     n = default_workers() if not workers else int(workers)
-    return run_mask_stage(ds, out, partial(predict_image, p), stage="grabcut", method="grabcut-crop",
-                          params=p.to_dict(), inputs=inputs, workers=n)
+    return run_mask_stage(ds, out, Provenance("grabcut", "grabcut-crop", p.to_dict(), inputs),
+                          partial(predict_image, p), workers=n)
 
 
 def run_stage(s: GrabCutSettings, *, shard: str, images: str | None, out: str, threads: int = 1) -> dict:
     """The `grabcut` stage (see pseudomask.registry)."""
-    from .dataset import load_dataset
-    from .summary import artifact_summary
-
     run_grabcut(load_dataset(shard, images), out, s, workers=threads, inputs=[shard])
     return {"out": out, "status": artifact_summary(out)["status"]}

@@ -23,7 +23,8 @@ import numpy as np
 from .errors import PseudomaskError
 from .masks import box_iou
 from .settings import Settings, setting
-from .loops import run_artifact_stage
+from .loops import Provenance, quality_scorer, read_artifact_image, run_artifact_stage
+from .quality.features import SOURCES
 from .registry import mask_stages
 from .store import Artifact
 
@@ -179,8 +180,6 @@ def _check_threshold(threshold: float) -> float:
 def _per_image(threshold: float, source: str, criterion: str, quality_threshold: float, model: str, qsource: str,
                image_root: str, image: dict, records: list[list[dict]], masks: list[np.ndarray]):
     """One image of the stage (module-level, so that worker processes can run it)."""
-    from .loops import quality_scorer, read_artifact_image
-
     scorer = quality_scorer(model)
 
     def quality(rows: list[dict], merged: np.ndarray) -> np.ndarray:
@@ -198,9 +197,6 @@ def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float 
                workers: int = 1) -> dict:
     """Run merge-and-drop over one mask-source artifact and write a `merge_drop` artifact; returns a summary.
     The merged masks' `quality` is predicted by the scorer `model` names (see `pseudomask.loops.quality_scorer`)."""
-    from .quality.features import SOURCES
-    from .loops import quality_scorer
-
     threshold, quality_threshold = _check_threshold(threshold), _check_threshold(quality_threshold)
     if criterion not in CRITERIA:
         raise PseudomaskError(f"merge-drop criterion must be one of {CRITERIA}, got {criterion!r}")
@@ -215,8 +211,8 @@ def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float 
                             str(a.attrs.get("image_root") or ""))
         params = {"threshold": threshold, "criterion": criterion, "quality_threshold": quality_threshold,
                   "model": model, **origin}
-        run_artifact_stage([a], out, per_image, stage="merge_drop", method=METHODS[criterion],
-                           params=params, attrs=origin, quality=model, rescore=False, workers=workers)
+        run_artifact_stage([a], out, Provenance("merge_drop", METHODS[criterion], params, quality=model, attrs=origin),
+                           per_image, rescore=False, workers=workers)
     with Artifact(out, stage="merge_drop") as b:
         return summary(b)
 

@@ -32,7 +32,9 @@ import numpy as np
 from .errors import PseudomaskError, read_json
 from .masks import box_iou, box_pixels, segmentation_mask
 from .settings import Settings, SettingsError, setting
-from .loops import PASS_THROUGH, read_artifact_image, run_artifact_stage
+from .crf import _densecrf, refine_mask, settings_from
+from .loops import PASS_THROUGH, Provenance, read_artifact_image, run_artifact_stage
+from .registry import mask_stages
 from .store import IGNORE, Artifact
 
 MATCHED_SOURCE = "refine_round"
@@ -58,8 +60,6 @@ class RefineRoundSettings(Settings):
                                                   "(no stuff classes, as for VOC) instead of ignore (255)")
 
     def check(self) -> None:
-        from .crf import settings_from
-
         try:
             settings_from(self.crf_settings)
         except SettingsError as e:
@@ -126,8 +126,6 @@ def refine_round_rows(s: RefineRoundSettings, detections: Mapping[int, list[dict
                       records: list[list[dict]], masks: list[np.ndarray]) -> tuple[list[dict], np.ndarray, None]:
     """One image of `refine_round`: rows with `matched` (1/0), `match_box_iou`, `match_score`,
     `crf_applied`, and the new masks (see the module doc)."""
-    from .crf import refine_mask, settings_from
-
     recs, prev = records[0], masks[0]
     h, w = int(image["height"]), int(image["width"])
     out = np.array(prev, np.uint8, copy=True)
@@ -188,19 +186,15 @@ def run_refine_round(predictions: str | os.PathLike, masks: str | os.PathLike, o
                      s: RefineRoundSettings = RefineRoundSettings()) -> Path:
     """Write a `refine_round` artifact from a round's detections on the training images and the pseudo-label
     artifact (any mask stage, usually merge_drop) that round trained on."""
-    from .registry import mask_stages
-
     dets = read_detections(predictions)
     if s.crf:
-        from .crf import _densecrf
-
         _densecrf()
     with Artifact(masks, stage=mask_stages()) as a:
         params = {**s.to_dict(), "input_stage": a.stage}
         per_image = partial(refine_round_rows, s, dets, str(a.attrs.get("image_root") or ""))
-        return run_artifact_stage([a], out, per_image, stage="refine_round", method="match-detections"
-                                  + ("+densecrf" if s.crf else ""), params=params, attrs={"source_stage": a.stage},
-                                  quality_source="other")
+        method = "match-detections" + ("+densecrf" if s.crf else "")
+        return run_artifact_stage([a], out, Provenance("refine_round", method, params, attrs={"source_stage": a.stage}),
+                                  per_image, quality_source="other")
 
 
 def run_stage(s: RefineRoundSettings, *, predictions: str, masks: str, out: str, threads: int = 1) -> dict:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .masks import box_agreement, ellipse_mask, is_small64
+from .masks import box_agreement, ellipse_mask, is_small
 from .settings import Settings, setting
-from .loops import PASS_THROUGH, run_artifact_stage
+from .loops import PASS_THROUGH, Provenance, run_artifact_stage
 from .registry import mask_stages
 from .store import Artifact
 
@@ -70,7 +70,7 @@ def run_validity(src: str | os.PathLike, out: str | os.PathLike, min_iou: float 
         rows, out_masks = validity_rows(image, records[0], masks[0], min_iou, ellipse)
         judged = [(row["box_iou"], r["bbox"]) for row, r in zip(rows, records[0]) if r["status"] not in PASS_THROUGH]
         ious.extend(b for b, _ in judged)
-        small.extend(is_small64(box) for _, box in judged)
+        small.extend(is_small(box) for _, box in judged)
         return rows, out_masks, None
 
     def rates() -> dict:
@@ -78,7 +78,7 @@ def run_validity(src: str | os.PathLike, out: str | os.PathLike, min_iou: float 
 
     with Artifact(src, stage=[m for m in mask_stages() if m != "validity"]) as a:
         params = {"min_iou": min_iou, "ellipse": ellipse, "input_stage": a.stage}
-        return run_artifact_stage([a], out, per_image, stage="validity", method="box-agreement", params=params,
+        return run_artifact_stage([a], out, Provenance("validity", "box-agreement", params), per_image,
                                   final_attrs=rates)
 
 

@@ -11,7 +11,8 @@ stage's own process to its `threads` the same way.
 Results are consumed in order as they complete; at most `window` (default 4 per process, 16 while the
 spawned workers start) items are taken and not yet consumed, so memory follows `window` images, not the
 shard. The function and the items are pickled: module-level functions (or `functools.partial` of them) and
-plain data.
+plain data, pickled anew for each item; what a process keeps across its items (open input files) is
+`ordered_map`'s `context`, entered once per process.
 """
 
 from __future__ import annotations
@@ -19,21 +20,39 @@ from __future__ import annotations
 import collections
 import contextlib
 import multiprocessing
+import multiprocessing.util
 import os
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from functools import partial
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 START_WINDOW = 16  # items per process taken ahead while the spawned workers start (see ordered_map)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-def _init_worker() -> None:
+_WORKER_CONTEXT: Any = None  # a spawned worker's value of `ordered_map`'s context, entered at the worker's start
+
+
+def _init_worker(context: Callable[[], ContextManager[Any]] | None = None) -> None:
+    """A spawned worker's start: one OpenCV thread, and `context()` entered for the worker's life (exited when
+    the worker ends with the pool)."""
+    global _WORKER_CONTEXT
     try:
-        import cv2
+        import cv2  # here, not at the top: the CLI imports this module (through registry) and starts faster without
     except ImportError:  # pragma: no cover - every stage environment has OpenCV
-        return
-    cv2.setNumThreads(1)
+        pass
+    else:
+        cv2.setNumThreads(1)
+    if context is not None:
+        stack = contextlib.ExitStack()
+        _WORKER_CONTEXT = stack.enter_context(context())
+        multiprocessing.util.Finalize(None, stack.close, exitpriority=0)
+
+
+def _in_worker(fn: Callable[..., Any], *item: Any) -> Any:
+    """`fn(value, *item)` in a spawned worker, `value` that of the context the worker entered at its start."""
+    return fn(_WORKER_CONTEXT, *item)
 
 
 @contextlib.contextmanager
@@ -58,7 +77,7 @@ def thread_limit(threads: int) -> Iterator[None]:
     that a job given `threads` cores keeps to them: by default these libraries start one thread per core of
     the machine, and on a busy node the extra threads spin and stall (MCG at `threads: 1` spent about a
     third more CPU time with them). Libraries loaded later read the environment variables set here."""
-    import cv2
+    import cv2  # here, not at the top: the CLI imports this module (through registry) and starts faster without
     from threadpoolctl import threadpool_limits
 
     n = max(int(threads), 1)
@@ -79,10 +98,11 @@ def thread_limit(threads: int) -> Iterator[None]:
             torch.set_num_threads(torch_threads)
 
 
-def _spawn_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of `workers` spawned processes, each with one BLAS / OpenMP thread."""
+def _spawn_pool(workers: int, context: Callable[[], ContextManager[Any]] | None = None) -> ProcessPoolExecutor:
+    """A pool of `workers` spawned processes, each with one BLAS / OpenMP thread (and `context` entered)."""
     with _environ({k: "1" for k in THREAD_VARS}):  # spawned children read them at start
-        ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+        ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(context,))
         # each submit starts a process (the executor starts them lazily), whose environment is copied at its
         # start: started now, while the variables hold; no need to wait for their imports
         for _ in range(workers):
@@ -90,8 +110,8 @@ def _spawn_pool(workers: int) -> ProcessPoolExecutor:
     return ex
 
 
-def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1, *,
-                window: int | None = None) -> Iterator[Any]:
+def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1, *, window: int | None = None,
+                context: Callable[[], ContextManager[Any]] | None = None) -> Iterator[Any]:
     """`fn(*item)` for each item, in the items' order, computed by `workers` processes: this one and
     `workers` - 1 spawned ones. Each spawned worker has up to four items queued; this process computes the
     next item itself whenever the result due next is not ready (and, with none to take, an item queued for a
@@ -100,16 +120,29 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
     fewer. At most `window` (default 4 * workers) items are taken and not yet yielded; with the default, up
     to START_WINDOW * workers until a spawned worker's first result is ready, so that this process computes
     cheap items rather than wait out the workers' start (an interpreter and the stage's imports, about a
-    second). An exception of `fn` is raised here, at its item's turn; the pool is shut down on the way out."""
-    if workers <= 1:
-        for item in items:
-            yield fn(*item)
-        return
-    it = iter(items)
+    second). An exception of `fn` is raised here, at its item's turn; the pool is shut down on the way out.
+
+    `context` (picklable, e.g. a class and its arguments) keeps state per process across its items, such as
+    open input files: each computing process enters one `context()`, this one while the map runs, a spawned
+    worker for its life, and `fn` is called as `fn(value, *item)` with the value that process's gave."""
+    with contextlib.ExitStack() as stack:
+        here = fn if context is None else partial(fn, stack.enter_context(context()))
+        if workers <= 1:
+            for item in items:
+                yield here(*item)
+            return
+        there = fn if context is None else partial(_in_worker, fn)
+        yield from _pool_map(here, there, iter(items), workers, window, context)
+
+
+def _pool_map(here: Callable[..., Any], there: Callable[..., Any], it: Iterator[tuple], workers: int,
+              window: int | None, context: Callable[[], ContextManager[Any]] | None) -> Iterator[Any]:
+    """`ordered_map` with spawned workers: `here(*item)` computes an item in this process, `there(*item)` in a
+    worker."""
     start_window = max(int(window), 1) if window else START_WINDOW * workers
     window = max(int(window or 4 * workers), 1)
     queued = 4 * (workers - 1)  # per worker: enough not to run dry while this process computes an item
-    ex = _spawn_pool(workers - 1)
+    ex = _spawn_pool(workers - 1, context)
     pending: collections.deque[Future] = collections.deque()
     queued_items: dict[Future, tuple] = {}  # the spawned workers' futures in `pending`, with their items
     exhausted = False
@@ -128,7 +161,7 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
                     item = take()
                     if item is None:
                         break
-                    f = ex.submit(fn, *item)
+                    f = ex.submit(there, *item)
                     queued_items[f] = item
                     pending.append(f)
                 if not pending:
@@ -138,9 +171,9 @@ def ordered_map(fn: Callable[..., Any], items: Iterable[tuple], workers: int = 1
                 if not pending[0].done():
                     item = take() if len(pending) < (window if started else start_window) else None
                     if item is not None:
-                        pending.append(_here(fn, item))
+                        pending.append(_here(here, item))
                         continue
-                    if _steal(pending, queued_items, fn):
+                    if _steal(pending, queued_items, here):
                         continue
                 queued_items.pop(pending[0], None)
                 yield pending.popleft().result()

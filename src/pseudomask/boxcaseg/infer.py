@@ -21,9 +21,10 @@ import cv2
 import numpy as np
 import torch
 
-from ..dataset import Dataset
+from ..dataset import Dataset, load_dataset
 from ..masks import box_pixels
-from ..loops import run_batched_mask_stage
+from ..loops import ImageResult, Provenance, run_mask_stage
+from ..store import Artifact
 from .model import HEADS, IOU_PREDICTOR, BoxCasegError, BoxCasegNet, load_model
 from ..devices import pick_device
 from .settings import BoxcasegSettings
@@ -90,20 +91,20 @@ def predict_images_quality(model: BoxCasegNet, items: Sequence[tuple[np.ndarray,
 
 def make_predict(model: BoxCasegNet, size: int = 320, batch_size: int = 16, threshold: float = 0.5,
                  keep_probabilities: bool = False, device: str | torch.device = "cpu", head: str = "fused"):
-    """The per-image function `run_mask_stage` calls: masks, status and score per instance (+ maps)."""
+    """A per-image function of `run_mask_stage`: masks, status and score per instance (+ maps)."""
     batch = make_predict_batch(model, size, batch_size, threshold, keep_probabilities, device, head)
     return lambda rgb, recs: batch([(rgb, recs)])[0]
 
 
 def make_predict_batch(model: BoxCasegNet, size: int = 320, batch_size: int = 16, threshold: float = 0.5,
                        keep_probabilities: bool = False, device: str | torch.device = "cpu", head: str = "fused"):
-    """The function `run_batched_mask_stage` calls on a group of images: per image, masks, status and score
-    per instance (+ maps). With a trained IoU head each instance also gets `iou_head` and, as its `quality`,
+    """The function `run_mask_stage` calls on a group of images (its `predict_batch`): per image, masks, status
+    and score per instance (+ maps). With a trained IoU head each instance also gets `iou_head` and, as its `quality`,
     the same predicted IoU (the stage loop keeps a method's own quality)."""
 
     iou = bool(getattr(model, "iou_head_trained", False))
 
-    def image_results(rgb: np.ndarray, recs: list[dict], probs: list, quality: list):
+    def image_results(rgb: np.ndarray, recs: list[dict], probs: list, quality: list) -> ImageResult:
         h, w = rgb.shape[:2]
         results, kept = [], {}
         for r, p, q in zip(recs, probs, quality):
@@ -124,7 +125,7 @@ def make_predict_batch(model: BoxCasegNet, size: int = 320, batch_size: int = 16
                 results[-1].update(iou_head=q, quality=q)
             if keep_probabilities:
                 kept[str(int(r["id"]))] = np.round(p * 255).astype(np.uint8)
-        return (results, {"probability": kept}) if keep_probabilities and kept else results
+        return ImageResult(results, {"probability": kept} if keep_probabilities and kept else None)
 
     def predict_batch(jobs: list[tuple[np.ndarray, list[dict]]]):
         preds = predict_images_quality(model, [(rgb, [r["bbox"] for r in recs]) for rgb, recs in jobs], size,
@@ -151,17 +152,14 @@ def infer(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.PathLike, si
                               "keep_probabilities": keep_probabilities,
                               "iou_predictor": IOU_PREDICTOR if model.iou_head_trained else "none"}
     predict_batch = make_predict_batch(model, size, batch_size, threshold, keep_probabilities, dev, head)
-    return run_batched_mask_stage(ds, out, predict_batch, stage="boxcaseg", method="boxcaseg", params=params,
-                                  batch_size=batch_size, weight=len, loader_workers=loader_workers,
-                                  inputs=[*inputs, checkpoint],
-                                  attrs={"quality_predictor": IOU_PREDICTOR} if model.iou_head_trained else None)
+    provenance = Provenance("boxcaseg", "boxcaseg", params, [*inputs, checkpoint],
+                            attrs={"quality_predictor": IOU_PREDICTOR} if model.iou_head_trained else {})
+    return run_mask_stage(ds, out, provenance, predict_batch=predict_batch, batch_size=batch_size, weight=len,
+                          loader_workers=loader_workers)
 
 
 def run_stage(s: BoxcasegSettings, *, shard: str, images: str | None, model: str, out: str, threads: int = 1) -> dict:
     """The `boxcaseg` stage (see pseudomask.registry)."""
-    from ..dataset import load_dataset
-    from ..store import Artifact
-
     torch.set_num_threads(threads)
     infer(load_dataset(shard, images), model, out, size=s.size, batch_size=s.batch_size, threshold=s.threshold,
           keep_probabilities=s.keep_probabilities, device=s.device, head=s.head, inputs=[shard],

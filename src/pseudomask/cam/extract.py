@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..dataset import Dataset
+from ..dataset import Dataset, load_dataset
 from ..images import ImageError, read_image
 from ..masks import mask_box
 from ..proposals import Proposals, read_proposals
@@ -177,7 +177,7 @@ def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.Path
     props_art = Artifact(proposals) if proposals else None
     if props_art is None and any(t not in stuff for im in ds.images for t in im.get("tags", [])):
         try:
-            from ..mcg import proposals_for_image
+            from ..mcg import proposals_for_image  # here: MCG (numba) is needed only without a proposal file
         except ImportError as e:
             raise CamError(f"no proposal file given and pseudomask.mcg is unavailable ({e})") from None
     else:
@@ -260,8 +260,6 @@ def _one_image(model, config, ds, im, tags, props_art, proposals_for_image, stuf
 def run_stage(s: CamSettings, *, shard: str, images: str | None, model: str, proposals: str | None, out: str,
               threads: int = 1) -> dict:
     """The `cam` stage (see pseudomask.registry)."""
-    from ..dataset import load_dataset
-
     torch.set_num_threads(threads)
     extract_peaks(load_dataset(shard, images), model, out, proposals, s, inputs=[shard])
     with Artifact(out) as a:

@@ -17,10 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..dataset import Dataset
+from ..dataset import Dataset, load_dataset
 from ..images import ImageError, read_image
 from ..masks import box_pixels
-from ..loops import run_mask_stage
+from ..loops import ImageResult, Provenance, run_mask_stage
+from ..store import Artifact
 from .matfile import MatFileError, read_mcg_mat
 from .proposals import ProposalPool, proposal_params, proposal_pool
 
@@ -113,16 +114,17 @@ def _error(image: dict, e: Exception) -> str:
     return f"image {image['id']} ({image['file_name']}): MCG proposals failed: {type(e).__name__}: {e}"
 
 
-def predict_image(params: dict, mat_dir: str | None, clip: bool, rgb: np.ndarray, records: list[dict], image: dict):
+def predict_image(params: dict, mat_dir: str | None, clip: bool, rgb: np.ndarray, records: list[dict],
+                  image: dict) -> ImageResult:
     """The per-image function of the stage (`pseudomask.loops.run_mask_stage`, every image): the records'
     results and the image's proposals; a failure fails the image's records (and is logged when it has none)."""
     try:
-        return image_result(rgb, image, records, params, mat_dir, clip)
+        return ImageResult(*image_result(rgb, image, records, params, mat_dir, clip))
     except Exception as e:  # noqa: BLE001 - OpenCV, scipy and bad files raise many types; the stage goes on
         why = _error(image, e)
     h, w = image["height"], image["width"]
-    return ([{"mask": np.zeros((h, w), np.uint8), "status": "failed", "reason": why, "proposal_id": -1,
-              "proposal_iou": 0.0} for _ in records], None, "" if records else f"no proposals: {why}")
+    return ImageResult([{"mask": np.zeros((h, w), np.uint8), "status": "failed", "reason": why, "proposal_id": -1,
+                         "proposal_iou": 0.0} for _ in records], None, "" if records else f"no proposals: {why}")
 
 
 def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike | None = None, clip: bool = True,
@@ -137,16 +139,12 @@ def run_mcg(ds: Dataset, out: str | os.PathLike, *, mat_dir: str | os.PathLike |
     p = proposal_params(**params)
     mat = str(mat_dir) if mat_dir else None
     recorded = {**p, "clip": bool(clip), "mat_dir": mat or ""}
-    return run_mask_stage(ds, out, partial(predict_image, p, mat, bool(clip)), stage="mcg",
-                          method="mcg-mat" if mat else "mcg-style", params=recorded, inputs=inputs,
-                          every_image=True, workers=workers)
+    return run_mask_stage(ds, out, Provenance("mcg", "mcg-mat" if mat else "mcg-style", recorded, inputs),
+                          partial(predict_image, p, mat, bool(clip)), every_image=True, workers=workers)
 
 
 def run_stage(s, *, shard: str, images: str | None, out: str, threads: int = 1) -> dict:
     """The `mcg` stage (see pseudomask.registry): `threads` worker processes compute images in parallel."""
-    from ..dataset import load_dataset
-    from ..store import Artifact
-
     run_mcg(load_dataset(shard, images), out, mat_dir=s.mat_dir or None, clip=s.clip, workers=threads,
             inputs=[shard], **s.proposal_params())
     with Artifact(out, stage="mcg") as a:
