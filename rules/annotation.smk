@@ -11,13 +11,12 @@ rule annotation_cost:
     output:
         out=f"{R}/annotation/cost.json",
     params:
-        settings=settings("annotation_cost"),
+        **stage_params("annotation_cost"),
     log:
         f"{LOGS}/annotation_cost.log",
-    threads: res("annotation_cost", "threads")
+    threads: stage_threads("annotation_cost")
     resources:
-        mem_mb=res("annotation_cost", "mem_mb"),
-        runtime=res("annotation_cost", "runtime"),
+        **stage_resources("annotation_cost"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -32,13 +31,12 @@ rule choose_images:
     output:
         out=f"{R}/annotation/choice.json",
     params:
-        settings=settings("choose_images"),
+        **stage_params("choose_images"),
     log:
         f"{LOGS}/choose_images.log",
-    threads: res("choose_images", "threads")
+    threads: stage_threads("choose_images")
     resources:
-        mem_mb=res("choose_images", "mem_mb"),
-        runtime=res("choose_images", "runtime"),
+        **stage_resources("choose_images"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -53,13 +51,12 @@ rule annotation_job:
         out=f"{R}/annotation/job.json",
         image_list=f"{R}/annotation/images.txt",
     params:
-        settings=settings("annotation_job"),
+        **stage_params("annotation_job"),
     log:
         f"{LOGS}/annotation_job.log",
-    threads: res("annotation_job", "threads")
+    threads: stage_threads("annotation_job")
     resources:
-        mem_mb=res("annotation_job", "mem_mb"),
-        runtime=res("annotation_job", "runtime"),
+        **stage_resources("annotation_job"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -72,13 +69,12 @@ rule yolo_export:
     output:
         out=directory(f"{R}/annotation/yolo"),
     params:
-        settings=settings("yolo_export"),
+        **stage_params("yolo_export"),
     log:
         f"{LOGS}/yolo_export.log",
-    threads: res("yolo_export", "threads")
+    threads: stage_threads("yolo_export")
     resources:
-        mem_mb=res("yolo_export", "mem_mb"),
-        runtime=res("yolo_export", "runtime"),
+        **stage_resources("yolo_export"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -94,13 +90,12 @@ rule take_back:
         out=f"{R}/annotation/strong.json",
         report=f"{R}/annotation/take_back.json",
     params:
-        settings=settings("take_back"),
+        **stage_params("take_back"),
     log:
         f"{LOGS}/take_back.log",
-    threads: res("take_back", "threads")
+    threads: stage_threads("take_back")
     resources:
-        mem_mb=res("take_back", "mem_mb"),
-        runtime=res("take_back", "runtime"),
+        **stage_resources("take_back"),
     conda:
         "../envs/cv.yaml"
     script:

@@ -7,13 +7,12 @@ rule grabcut:
     output:
         out=mask_artifact("grabcut"),
     params:
-        settings=settings("grabcut"),
+        **stage_params("grabcut"),
     log:
         f"{LOGS}/grabcut/{{shard}}.log",
-    threads: res("grabcut", "threads")
+    threads: stage_threads("grabcut")
     resources:
-        mem_mb=res("grabcut", "mem_mb"),
-        runtime=res("grabcut", "runtime"),
+        **stage_resources("grabcut"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -27,13 +26,12 @@ rule agree:
     output:
         out=mask_artifact("agree"),
     params:
-        settings=settings("agree"),
+        **stage_params("agree"),
     log:
         f"{LOGS}/agree/{{shard}}.log",
-    threads: res("agree", "threads")
+    threads: stage_threads("agree")
     resources:
-        mem_mb=res("agree", "mem_mb"),
-        runtime=res("agree", "runtime"),
+        **stage_resources("agree"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -46,13 +44,12 @@ rule validity:
     output:
         out=mask_artifact("validity"),
     params:
-        settings=settings("validity"),
+        **stage_params("validity"),
     log:
         f"{LOGS}/validity/{{shard}}.log",
-    threads: res("validity", "threads")
+    threads: stage_threads("validity")
     resources:
-        mem_mb=res("validity", "mem_mb"),
-        runtime=res("validity", "runtime"),
+        **stage_resources("validity"),
     conda:
         "../envs/cv.yaml"
     script:

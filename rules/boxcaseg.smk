@@ -1,6 +1,6 @@
-# BoxCaseg: joint training on all shards' boxes + the salient folder, then per-shard inference. GPU stages:
-# they declare gpu=1 for cluster profiles and run on the CPU when there is none, training then with the
-# stage's short CPU profile (boxcaseg_train.cpu).
+# BoxCaseg: joint training on all shards' boxes + the salient folder, then per-shard inference. GPU stages
+# (their rules get gpu=1 from the registry, for cluster profiles); they run on the CPU when there is none,
+# training then with the stage's short CPU profile (boxcaseg_train.cpu).
 
 
 rule boxcaseg_train:
@@ -11,14 +11,12 @@ rule boxcaseg_train:
         model=f"{R}/boxcaseg/model.pt",
         losses=f"{R}/boxcaseg/losses.csv",
     params:
-        settings=settings("boxcaseg_train"),
+        **stage_params("boxcaseg_train"),
     log:
         f"{LOGS}/boxcaseg_train.log",
-    threads: res("boxcaseg_train", "threads")
+    threads: stage_threads("boxcaseg_train")
     resources:
-        mem_mb=res("boxcaseg_train", "mem_mb"),
-        runtime=res("boxcaseg_train", "runtime"),
-        gpu=1,
+        **stage_resources("boxcaseg_train"),
     conda:
         "../envs/torch.yaml"
     script:
@@ -32,14 +30,12 @@ rule boxcaseg:
     output:
         out=mask_artifact("boxcaseg"),
     params:
-        settings=settings("boxcaseg"),
+        **stage_params("boxcaseg"),
     log:
         f"{LOGS}/boxcaseg/{{shard}}.log",
-    threads: res("boxcaseg", "threads")
+    threads: stage_threads("boxcaseg")
     resources:
-        mem_mb=res("boxcaseg", "mem_mb"),
-        runtime=res("boxcaseg", "runtime"),
-        gpu=1,
+        **stage_resources("boxcaseg"),
     conda:
         "../envs/torch.yaml"
     script:

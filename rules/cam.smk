@@ -1,6 +1,7 @@
 # CAM peaks: the image-level-tags entry point (WISE / PRM; Grad-CAM for stuff classes as in Li et al.). A tag
-# classifier is trained on all shards, then per shard each tagged class's peaks pick MCG proposals. GPU stages:
-# they declare gpu=1 for cluster profiles and run on CPU when there is none (profile cam_train.cpu).
+# classifier is trained on all shards, then per shard each tagged class's peaks pick MCG proposals. GPU stages
+# (their rules get gpu=1 from the registry, for cluster profiles); they run on CPU when there is none
+# (profile cam_train.cpu).
 
 
 rule cam_train:
@@ -9,14 +10,12 @@ rule cam_train:
     output:
         model=f"{R}/cam/model.pt",
     params:
-        settings=settings("cam_train"),
+        **stage_params("cam_train"),
     log:
         f"{LOGS}/cam_train.log",
-    threads: res("cam_train", "threads")
+    threads: stage_threads("cam_train")
     resources:
-        mem_mb=res("cam_train", "mem_mb"),
-        runtime=res("cam_train", "runtime"),
-        gpu=1,
+        **stage_resources("cam_train"),
     conda:
         "../envs/torch.yaml"
     script:
@@ -31,14 +30,12 @@ rule cam:
     output:
         out=mask_artifact("cam"),
     params:
-        settings=settings("cam"),
+        **stage_params("cam"),
     log:
         f"{LOGS}/cam/{{shard}}.log",
-    threads: res("cam", "threads")
+    threads: stage_threads("cam")
     resources:
-        mem_mb=res("cam", "mem_mb"),
-        runtime=res("cam", "runtime"),
-        gpu=1,
+        **stage_resources("cam"),
     conda:
         "../envs/torch.yaml"
     script:

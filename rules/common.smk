@@ -1,9 +1,10 @@
-# Paths, shard discovery, settings and the list of final targets. Functions only; rules live in the other
-# files. A stage's settings and resources come from its config section (pseudomask.config).
+# Paths, shard discovery, each rule's stage, settings and resources, and the list of final targets. Functions
+# only; rules live in the other files. Each rule names its stage once, in its params (stage_params); its
+# threads and resources follow from the stage's config section and the registry (pseudomask.config).
 
 import json
 
-from pseudomask.config import stage_resource, stage_settings
+from pseudomask.config import rule_params, rule_resources
 
 R = config["results"]
 LOGS = config["logs"]
@@ -15,14 +16,20 @@ wildcard_constraints:
     round=r"[2-9]|[1-9]\d+",  # rounds 2.. (rules/rounds.smk); round 1 is the rules without it
 
 
-def settings(stage):
-    """The stage's settings (its config section without resources): the rule's params."""
-    return stage_settings(config, stage)
+def stage_params(stage):
+    """A rule's params: `stage`, what scripts/run_stage.py runs, and `settings`, the stage's config section
+    without resources (a change reruns the rule)."""
+    return rule_params(config, stage)
 
 
-def res(stage, key):
-    """One of the stage's cluster resources: threads, mem_mb or runtime."""
-    return stage_resource(config, stage, key)
+def stage_threads(stage):
+    """A rule's threads: its stage's resources.threads."""
+    return rule_resources(config, stage)["threads"]
+
+
+def stage_resources(stage):
+    """A rule's resources: its stage's mem_mb and runtime, and gpu=1 for a GPU stage of the registry."""
+    return {k: v for k, v in rule_resources(config, stage).items() if k != "threads"}
 
 
 def shard_names():

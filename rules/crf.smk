@@ -10,13 +10,12 @@ rule crf:
     output:
         out=mask_artifact("crf"),
     params:
-        settings=settings("crf"),
+        **stage_params("crf"),
     log:
         f"{LOGS}/crf/{{shard}}.log",
-    threads: res("crf", "threads")
+    threads: stage_threads("crf")
     resources:
-        mem_mb=res("crf", "mem_mb"),
-        runtime=res("crf", "runtime"),
+        **stage_resources("crf"),
     conda:
         "../envs/cv.yaml"
     script:

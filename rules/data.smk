@@ -7,13 +7,12 @@ rule demo_data:
         images=directory(f"{RESOURCES}/demo/images"),
         salient=directory(f"{RESOURCES}/demo/salient"),
     params:
-        settings=settings("demo_data"),
+        **stage_params("demo_data"),
     log:
         f"{LOGS}/demo_data.log",
-    threads: res("demo_data", "threads")
+    threads: stage_threads("demo_data")
     resources:
-        mem_mb=res("demo_data", "mem_mb"),
-        runtime=res("demo_data", "runtime"),
+        **stage_resources("demo_data"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -29,13 +28,12 @@ checkpoint ingest:
         manifest=f"{R}/ingest/manifest.json",
         shards=directory(f"{R}/ingest/shards"),
     params:
-        settings=settings("ingest"),
+        **stage_params("ingest"),
     log:
         f"{LOGS}/ingest.log",
-    threads: res("ingest", "threads")
+    threads: stage_threads("ingest")
     resources:
-        mem_mb=res("ingest", "mem_mb"),
-        runtime=res("ingest", "runtime"),
+        **stage_resources("ingest"),
     conda:
         "../envs/cv.yaml"
     script:

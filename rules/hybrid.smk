@@ -13,13 +13,12 @@ rule hybrid_split:
         large=f"{R}/hybrid/large.json",
         small=f"{R}/hybrid/small.json",
     params:
-        settings=settings("hybrid_split"),
+        **stage_params("hybrid_split"),
     log:
         f"{LOGS}/hybrid_split.log",
-    threads: res("hybrid_split", "threads")
+    threads: stage_threads("hybrid_split")
     resources:
-        mem_mb=res("hybrid_split", "mem_mb"),
-        runtime=res("hybrid_split", "runtime"),
+        **stage_resources("hybrid_split"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -37,14 +36,12 @@ rule retrain_hybrid:
         small_checkpoint=f"{R}/hybrid/small/latest.pth",
         small_config=f"{R}/hybrid/small/faster_rcnn.py",
     params:
-        settings=settings("retrain_hybrid"),
+        **stage_params("retrain_hybrid"),
     log:
         f"{LOGS}/retrain_hybrid.log",
-    threads: res("retrain_hybrid", "threads")
+    threads: stage_threads("retrain_hybrid")
     resources:
-        mem_mb=res("retrain_hybrid", "mem_mb"),
-        runtime=res("retrain_hybrid", "runtime"),
-        gpu=1,
+        **stage_resources("retrain_hybrid"),
     conda:
         "../envs/mmdet.yaml"
     script:
@@ -62,14 +59,12 @@ rule predict_hybrid:
     output:
         out=f"{R}/hybrid/predictions.json",
     params:
-        settings=settings("predict_hybrid"),
+        **stage_params("predict_hybrid"),
     log:
         f"{LOGS}/predict_hybrid.log",
-    threads: res("predict_hybrid", "threads")
+    threads: stage_threads("predict_hybrid")
     resources:
-        mem_mb=res("predict_hybrid", "mem_mb"),
-        runtime=res("predict_hybrid", "runtime"),
-        gpu=1,
+        **stage_resources("predict_hybrid"),
     conda:
         "../envs/mmdet.yaml"
     script:
@@ -83,13 +78,12 @@ rule evaluate_hybrid:
     output:
         out=f"{R}/evaluate/hybrid.json",
     params:
-        settings=settings("evaluate_hybrid"),
+        **stage_params("evaluate_hybrid"),
     log:
         f"{LOGS}/evaluate_hybrid.log",
-    threads: res("evaluate_hybrid", "threads")
+    threads: stage_threads("evaluate_hybrid")
     resources:
-        mem_mb=res("evaluate_hybrid", "mem_mb"),
-        runtime=res("evaluate_hybrid", "runtime"),
+        **stage_resources("evaluate_hybrid"),
     conda:
         "../envs/cv.yaml"
     script:

@@ -8,13 +8,12 @@ rule mcg:
     output:
         out=mask_artifact("mcg"),
     params:
-        settings=settings("mcg"),
+        **stage_params("mcg"),
     log:
         f"{LOGS}/mcg/{{shard}}.log",
-    threads: res("mcg", "threads")
+    threads: stage_threads("mcg")
     resources:
-        mem_mb=res("mcg", "mem_mb"),
-        runtime=res("mcg", "runtime"),
+        **stage_resources("mcg"),
     conda:
         "../envs/cv.yaml"
     script:

@@ -8,13 +8,12 @@ rule merge_drop:
     output:
         out=mask_artifact("merge_drop"),
     params:
-        settings=settings("merge_drop"),
+        **stage_params("merge_drop"),
     log:
         f"{LOGS}/merge_drop/{{shard}}.log",
-    threads: res("merge_drop", "threads")
+    threads: stage_threads("merge_drop")
     resources:
-        mem_mb=res("merge_drop", "mem_mb"),
-        runtime=res("merge_drop", "runtime"),
+        **stage_resources("merge_drop"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -26,15 +25,14 @@ rule export:
         artifacts=per_shard(mask_artifact("merge_drop")),
     output:
         out=f"{R}/export/pseudo.json",
-        **({"panoptic_json": f"{R}/export/pseudo_panoptic.json"} if settings("export")["panoptic"] else {}),
+        **({"panoptic_json": f"{R}/export/pseudo_panoptic.json"} if config["export"]["panoptic"] else {}),
     params:
-        settings=settings("export"),
+        **stage_params("export"),
     log:
         f"{LOGS}/export.log",
-    threads: res("export", "threads")
+    threads: stage_threads("export")
     resources:
-        mem_mb=res("export", "mem_mb"),
-        runtime=res("export", "runtime"),
+        **stage_resources("export"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -48,13 +46,12 @@ rule evaluate_masks:
     output:
         out=f"{R}/evaluate/pseudo_masks.json",
     params:
-        settings=settings("evaluate_masks"),
+        **stage_params("evaluate_masks"),
     log:
         f"{LOGS}/evaluate_masks.log",
-    threads: res("evaluate_masks", "threads")
+    threads: stage_threads("evaluate_masks")
     resources:
-        mem_mb=res("evaluate_masks", "mem_mb"),
-        runtime=res("evaluate_masks", "runtime"),
+        **stage_resources("evaluate_masks"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -68,13 +65,12 @@ rule select:
     output:
         out=mask_artifact("select"),
     params:
-        settings=settings("select"),
+        **stage_params("select"),
     log:
         f"{LOGS}/select/{{shard}}.log",
-    threads: res("select", "threads")
+    threads: stage_threads("select")
     resources:
-        mem_mb=res("select", "mem_mb"),
-        runtime=res("select", "runtime"),
+        **stage_resources("select"),
     conda:
         "../envs/cv.yaml"
     script:
@@ -87,13 +83,12 @@ rule scorer_train:
     output:
         model=f"{R}/quality/scorer.json",
     params:
-        settings=settings("scorer_train"),
+        **stage_params("scorer_train"),
     log:
         f"{LOGS}/scorer_train.log",
-    threads: res("scorer_train", "threads")
+    threads: stage_threads("scorer_train")
     resources:
-        mem_mb=res("scorer_train", "mem_mb"),
-        runtime=res("scorer_train", "runtime"),
+        **stage_resources("scorer_train"),
     conda:
         "../envs/cv.yaml"
     script:

@@ -14,13 +14,12 @@ rule report:
     output:
         out=report(f"{R}/report/report.html", category="Report", labels={"file": "pseudomask report"}),
     params:
-        settings=settings("report"),
+        **stage_params("report"),
     log:
         f"{LOGS}/report.log",
-    threads: res("report", "threads")
+    threads: stage_threads("report")
     resources:
-        mem_mb=res("report", "mem_mb"),
-        runtime=res("report", "runtime"),
+        **stage_resources("report"),
     conda:
         "../envs/cv.yaml"
     script:

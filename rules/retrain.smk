@@ -11,14 +11,12 @@ rule retrain:
         checkpoint=f"{R}/retrain/latest.pth",
         mmdet_config=f"{R}/retrain/mask_rcnn.py",
     params:
-        settings=settings("retrain"),
+        **stage_params("retrain"),
     log:
         f"{LOGS}/retrain.log",
-    threads: res("retrain", "threads")
+    threads: stage_threads("retrain")
     resources:
-        mem_mb=res("retrain", "mem_mb"),
-        runtime=res("retrain", "runtime"),
-        gpu=1,
+        **stage_resources("retrain"),
     conda:
         "../envs/mmdet.yaml"
     script:
@@ -34,14 +32,12 @@ rule predict:
     output:
         out=f"{R}/retrain/predictions.json",
     params:
-        settings=settings("predict"),
+        **stage_params("predict"),
     log:
         f"{LOGS}/predict.log",
-    threads: res("predict", "threads")
+    threads: stage_threads("predict")
     resources:
-        mem_mb=res("predict", "mem_mb"),
-        runtime=res("predict", "runtime"),
-        gpu=1,
+        **stage_resources("predict"),
     conda:
         "../envs/mmdet.yaml"
     script:
@@ -55,13 +51,12 @@ rule evaluate_model:
     output:
         out=f"{R}/evaluate/model.json",
     params:
-        settings=settings("evaluate_model"),
+        **stage_params("evaluate_model"),
     log:
         f"{LOGS}/evaluate_model.log",
-    threads: res("evaluate_model", "threads")
+    threads: stage_threads("evaluate_model")
     resources:
-        mem_mb=res("evaluate_model", "mem_mb"),
-        runtime=res("evaluate_model", "runtime"),
+        **stage_resources("evaluate_model"),
     conda:
         "../envs/cv.yaml"
     script:

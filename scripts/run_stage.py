@@ -1,5 +1,5 @@
-# Every rule's script: the stage named after the rule runs from the registry (pseudomask.registry) with the
-# rule's ports, settings and threads, as `pseudomask <stage>` would.
+# Every rule's script: the stage the rule names in its params (params.stage) runs from the registry
+# (pseudomask.registry) with the rule's ports, settings and threads, as `pseudomask <stage>` would.
 from pseudomask.registry import run_rule
 
 if __name__ == "__main__":  # worker processes are spawned: they must not rerun this body

@@ -1,5 +1,6 @@
 """One definition per setting: the schema, config.yaml, the configuration docs, the CLI options and the README's
-stage table all follow from the settings dataclasses of the stage registry."""
+stage table all follow from the settings dataclasses of the stage registry; every rule's stage, threads and
+resources (a GPU for the GPU stages) follow from the registry and the config."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import yaml
 
 from pseudomask.cli import build_parser
 from pseudomask.config import (DOCS_INDEX, README_FILE, SCHEMA_FILE, docs_stage_index, SECTIONS, Resources, complete_config,
-                                      default_config, generated_files, readme_with_table, stage_settings)
+                                      default_config, generated_files, gpu_rules, readme_with_table, stage_settings,
+                                      stage_table, workflow_rules)
 from pseudomask.settings import SettingsError, defaults, option
-from pseudomask.registry import STAGES
+from pseudomask.registry import STAGES, mask_stages
 
 from conftest import REPO
+from workflow_run import rule_declarations
 
 
 def test_generated_files_are_up_to_date():
@@ -118,32 +121,80 @@ def test_explicit_options_win_over_the_cpu_profile():
     assert stage.resolve({"device": "cpu", "cpu": {}}).iters == 20000
 
 
-def test_the_slurm_profile_asks_a_gpu_for_every_gpu_stage():
-    import os
+def test_every_stage_settings_class_is_named_after_the_stage():
+    """<Stage>Settings: the stage's name in CamelCase (a capital at least where each word starts, e.g.
+    GrabCutSettings); the one exception is the evaluate_* family, which shares EvaluateSettings."""
+    for name, stage in STAGES.items():
+        want = "".join(w.capitalize() for w in name.split("_")) + "Settings"
+        if name.startswith("evaluate_"):
+            want = "EvaluateSettings"
+        got = stage.settings_class().__name__
+        assert got.lower() == want.lower() and all(got[i].isupper() for i, c in enumerate(want) if c.isupper()), \
+            (name, got, want)
 
-    from pseudomask.registry import RULE_ALIASES
-    from test_slurm import _profile
 
-    gpu = {n for n, s in STAGES.items() if s.gpu} | {r for r, n in RULE_ALIASES.items() if STAGES[n].gpu}
-    assert set(_profile(dict(os.environ))["set-resources"]) == gpu
+def _rules() -> dict[str, dict]:
+    """Snakemake's view of every rule of the workflow but `all`."""
+    return {n: r for n, r in rule_declarations().items() if n != "all"}
 
 
-def test_every_rule_runs_a_stage_of_the_registry_or_an_alias_of_one():
-    import re
+def test_every_rule_runs_a_stage_with_that_stages_threads_and_resources():
+    """Every rule names a stage of the registry in its params; its threads, mem_mb and runtime are that stage's
+    config resources, and it asks for gpu=1 exactly when the registry marks the stage as a GPU stage; the
+    rules files read the same (config.workflow_rules, what the Slurm profile's GPU list and the README's
+    stage table come from)."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    read = workflow_rules(REPO)
+    assert set(read) == set(_rules())
+    for name, rule in _rules().items():
+        stage = rule["stage"]
+        assert stage in STAGES and read[name].stage == stage, (name, stage, read[name])
+        res = cfg[stage]["resources"]
+        assert rule["threads"] == res["threads"], name
+        assert rule["resources"] == {"mem_mb": res["mem_mb"], "runtime": res["runtime"],
+                                     **({"gpu": 1} if STAGES[stage].gpu else {})}, name
+        assert rule["log"] and rule["conda"] and rule["script"] == "../scripts/run_stage.py", name
+    assert {r.stage for r in read.values()} == set(STAGES)
 
-    from pseudomask.registry import RULE_ALIASES, STAGES, gpu_rules, rule_stage
 
-    rules = {m.group(1) for f in (REPO / "rules").glob("*.smk")
-             for m in re.finditer(r"^(?:rule|checkpoint) (\w+):", f.read_text(), re.M)}
-    assert rules == set(STAGES) | set(RULE_ALIASES)
-    assert rule_stage("round_retrain") is STAGES["retrain"]
-    assert {"retrain", "round_retrain", "round_predict", "round_predict_train"} <= set(gpu_rules())
-    assert "round_merge_drop" not in gpu_rules()
+def test_the_later_rounds_rules_run_their_round_1_rules_stage():
+    """rules/rounds.smk: `use rule` of round 1's rules, the same stage, threads, resources, conda env and script,
+    with their own log (and input and output)."""
+    rules, read = _rules(), workflow_rules(REPO)
+    assert {n: r.base for n, r in read.items() if r.base} == {
+        "round_predict_train": "predict", "round_merge_drop": "merge_drop", "round_export": "export",
+        "round_evaluate_masks": "evaluate_masks", "round_retrain": "retrain", "round_predict": "predict",
+        "round_evaluate_model": "evaluate_model"}
+    for name, r in read.items():
+        if r.base:
+            assert r.stage == read[r.base].stage == rules[name]["stage"] == rules[r.base]["stage"], name
+            assert {**rules[name], "log": None} == {**rules[r.base], "log": None}, name
+            assert rules[name]["log"] != rules[r.base]["log"], name
+
+
+def test_the_gpu_rules_are_those_of_the_gpu_stages():
+    """gpu_rules (the Slurm profile's GPU rules, tests/test_slurm.py) are the rules whose resources ask for a
+    GPU: every GPU stage's, the later rounds' included."""
+    gpu = {n for n, r in _rules().items() if r["resources"].get("gpu") == 1}
+    assert {"boxcaseg_train", "boxcaseg", "cam_train", "cam", "retrain", "predict", "retrain_hybrid",
+            "predict_hybrid", "round_retrain", "round_predict", "round_predict_train"} == gpu
+    assert set(gpu_rules(REPO)) == gpu
+
+
+def test_the_stage_table_lists_each_stages_rule_file_and_tests():
+    rows = {line.split("`")[1]: line.split(" | ") for line in stage_table(REPO).splitlines()[2:]}
+    assert set(rows) == set(STAGES)
+    read = workflow_rules(REPO)
+    for name, row in rows.items():
+        rule_file = row[3].split("(")[1].rstrip(")")
+        assert (REPO / rule_file).exists() and read[name].file == rule_file, (name, row[3])
+        for test in row[5].split(", ") if row[5] != "—" else []:
+            assert (REPO / test.split("(")[1].rstrip(")")).exists(), (name, test)
+    assert "test_retrain_predict.py" in rows["predict"][5] and "test_retrain.py" in rows["predict"][5]
+    assert rows["refine_round"][3] == "[rounds.smk](rules/rounds.smk)"
 
 
 def test_the_hdf5_docs_list_the_columns_of_every_mask_stage():
-    from pseudomask.registry import mask_stages
-
     table = (REPO / "docs" / "hdf5.md").read_text()
     for name in ("ingest", *mask_stages()):
         assert f"| [{name}](stages/{name}.md) |" in table, name

@@ -14,8 +14,9 @@ import sys
 import time
 
 import pytest
+import yte
 from slurm_cluster import SlurmCluster, unavailable_reason
-from workflow_run import REPO, SNAKEMAKE, cheapest_chain, digests, reference_run, write_config
+from workflow_run import REPO, SNAKEMAKE, cheapest_chain, digests, reference_run, rule_declarations, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -26,15 +27,16 @@ TEST_CLUSTER_ARGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-b
 
 
 def _profile(env: dict[str, str]) -> dict:
-    import yte
-
-    old = os.environ.copy()
+    """slurm/config.yaml as Snakemake reads it with `--profile slurm` from the repository root under `env`."""
+    old, cwd = os.environ.copy(), os.getcwd()
     os.environ.clear()
     os.environ.update(env)
+    os.chdir(REPO)  # the profile reads the GPU rules from rules/*.smk of the current folder
     try:
         with open(REPO / "slurm" / "config.yaml") as fh:
             return yte.process_yaml(fh, require_use_yte=True)
     finally:
+        os.chdir(cwd)
         os.environ.clear()
         os.environ.update(old)
 
@@ -44,28 +46,25 @@ def test_profile_takes_site_settings_from_the_environment():
     plain = _profile(base)
     assert plain["executor"] == "slurm" and plain["jobs"] == 100 and plain["retries"] >= 1
     assert "slurm_partition" not in plain["default-resources"] and "slurm_account" not in plain["default-resources"]
+    assert "set-resources" not in plain  # the GPU rules' gpu=1 is their own; no model or partition to add
     site = _profile({**base, "PSEUDOMASK_SLURM_ACCOUNT": "lab1", "SBATCH_PARTITION": "cpu",
                      "PSEUDOMASK_SLURM_GPU_PARTITION": "gpu", "PSEUDOMASK_SLURM_JOBS": "7",
                      "PSEUDOMASK_SLURM_GPU_MODEL": "a100"})
     assert site["jobs"] == 7
     assert site["default-resources"]["slurm_account"] == "lab1"
     assert site["default-resources"]["slurm_partition"] == "cpu"
+    assert site["set-resources"]
     for rule, res in site["set-resources"].items():
-        assert res == {"gpu": 1, "gpu_model": "a100", "slurm_partition": "gpu"}, rule
+        assert res == {"gpu_model": "a100", "slurm_partition": "gpu"}, rule
 
 
-def test_profile_requests_a_gpu_for_every_rule_that_declares_one():
-    """Rules declaring a GPU resource (gpu=1 style) in rules/*.smk must all be in the profile's GPU list."""
-    import re
-
-    declared = set()
-    for smk in (REPO / "rules").glob("*.smk"):
-        for m in re.finditer(r"^(?:rule|checkpoint) (\w+):(.*?)(?=^(?:rule|checkpoint) |\Z)", smk.read_text(),
-                             re.S | re.M):
-            if re.search(r"^\s+resources:(?:\n\s{8}.*)*?\n\s{8}(gpu|gpus|nvidia_gpu)\s*=", m.group(2), re.M):
-                declared.add(m.group(1))
-    gpu_rules = set(_profile(dict(os.environ))["set-resources"])
-    assert declared <= gpu_rules, f"GPU rules missing from slurm/config.yaml: {sorted(declared - gpu_rules)}"
+def test_profile_sends_every_rule_that_asks_for_a_gpu_to_the_gpu_partition():
+    """Every rule whose resources ask for a GPU (as Snakemake loads the workflow: gpu=1 from the registry, the
+    later rounds' `use rule` copies included) gets the profile's GPU model and partition, and no other rule."""
+    gpu = {n for n, r in rule_declarations().items() if r["resources"].get("gpu")}
+    assert {"retrain", "round_retrain"} <= gpu
+    site = _profile({**os.environ, "PSEUDOMASK_SLURM_GPU_MODEL": "a100"})
+    assert set(site["set-resources"]) == gpu, f"GPU rules of slurm/config.yaml: {sorted(site['set-resources'])}"
 
 
 @pytest.fixture(scope="module")

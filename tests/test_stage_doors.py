@@ -9,6 +9,7 @@ Each door runs the whole chain in its own work folder with the same relative lay
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -120,8 +121,6 @@ def test_the_tag_stages_through_their_rules_and_their_clis_write_equal_outputs(t
 def test_the_hybrid_stages_through_their_rules_and_their_clis_write_equal_outputs(tmp_path, monkeypatch):
     """retrain.recipe hybrid (a strict validity so that the demo has invalid masks, two training iterations);
     the CLI door starts from the rule door's export and validity artifacts."""
-    import shutil
-
     short = {"max_iters": 2, "scale": 192}
     over = {"workflow": {"boxcaseg": False}, "validity": {"min_iou": 0.95}, "retrain": {"recipe": "hybrid"},
             "retrain_hybrid": short}
@@ -198,8 +197,6 @@ def test_the_crf_and_round_stages_through_their_rules_and_their_clis_write_equal
     """workflow.crf_source grabcut and retrain.rounds 2 (two training iterations per round); the CLI door makes
     its own round-1 artifacts (an artifact records its absolute image folder) and takes the rule door's
     round-1 model and predictions."""
-    import shutil
-
     short = {"max_iters": 2, "scale": 128}
     over = {"workflow": {"boxcaseg": False, "crf_source": "grabcut"}, "retrain": {"rounds": 2, **short}}
     cfg = deep_update(default_config(), deep_update({"demo_data": {"scenes": SCENES}}, over))

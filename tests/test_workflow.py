@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pseudomask.store import Artifact
 from pseudomask.config import deep_update
@@ -113,9 +114,6 @@ def test_changed_parameter_reruns_its_stage_and_downstream_only(tmp_path):
     shutil.copytree(reference_run(chain), wd, symlinks=True)  # copy2 keeps mtimes: the copy is up to date
     before = {k: p.stat().st_mtime_ns for k, p in outputs(wd).items()}
     assert job_stats(snakemake(wd, "-n", "--cores", "2", chain.target).stdout) == {}
-
-    import yaml
-
     cfg = yaml.safe_load((wd / "config.yaml").read_text())
     change: dict = chain.new_value
     for key in reversed(chain.param):

@@ -7,13 +7,16 @@ nor touches the checkout's results/ and .snakemake/.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,12 +60,42 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: float
 @functools.lru_cache(maxsize=1)
 def workflow_rules() -> frozenset[str]:
     """Names of the rules the workflow defines today (others' rules land over time)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as d:
         write_config(Path(d))
         out = snakemake(Path(d), "--list-rules").stdout
     return frozenset(line.strip() for line in out.splitlines() if re.fullmatch(r"[A-Za-z_]\w*", line.strip()))
+
+
+# Prints {rule: its stage, threads, resources, conda env, script, log} as Snakemake itself loads the workflow
+# (`use rule` inheritance included); in a subprocess, since loading a workflow changes the process's folder.
+# Snakemake has no public listing of rules' params and resources: this reads its Workflow object.
+_RULES_SCRIPT = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ResourceSettings
+
+value = lambda v: getattr(v, "value", v)  # a Resource (Snakemake 9) or a plain number
+with SnakemakeApi() as api:
+    wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path(sys.argv[1]),
+                      workdir=Path(sys.argv[2]))._workflow
+    print(json.dumps({r.name: {"stage": dict(r.params.items()).get("stage"), "threads": value(r.resources["_cores"]),
+                               "resources": {k: value(v) for k, v in r.resources.items()
+                                             if not k.startswith("_") and k != "tmpdir"},
+                               "conda": r.conda_env and str(r.conda_env), "script": r.script, "log": list(r.log)}
+                      for r in wf.rules}))
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def rule_declarations() -> dict[str, dict]:
+    """{rule: {stage, threads, resources, conda, script, log}} of the workflow on the repository's config."""
+    with tempfile.TemporaryDirectory() as d:
+        write_config(Path(d))
+        p = subprocess.run([sys.executable, "-c", _RULES_SCRIPT, str(REPO / "Snakefile"), d], capture_output=True,
+                           text=True, timeout=300, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 @dataclass(frozen=True)
@@ -189,10 +222,6 @@ _REFERENCE: dict[str, Path] = {}
 def reference_run(chain: Chain) -> Path:
     """A finished, uninterrupted local run of `chain` (made once per test session, shared by test modules)."""
     if chain.name not in _REFERENCE:
-        import atexit
-        import shutil
-        import tempfile
-
         wd = Path(tempfile.mkdtemp(prefix="pm-reference-"))
         atexit.register(shutil.rmtree, wd, True)
         write_config(wd, chain.overrides)

@@ -9,13 +9,16 @@ From here come `complete_config` (what the Snakefile and the CLI check a config 
 the closest valid key, values checked, defaults filled), the JSON schema (`schemas/config.schema.yaml`), the
 default `config.yaml` with every key's help as a comment, `pseudomask init`'s config, and
 `docs/configuration.md`. `python -m pseudomask.config` rewrites the three generated files; a test
-fails when one is stale.
+fails when one is stale. Also from here: each rule's params, threads and resources (`rule_params`,
+`rule_resources`, through rules/common.smk) and, read back from rules/*.smk, the stage each rule runs
+(`workflow_rules`: the Slurm profile's GPU rules and the README's stage table).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -173,8 +176,16 @@ def stage_settings(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
     return {k: v for k, v in cfg[name].items() if k != "resources" and k not in wiring}
 
 
-def stage_resource(cfg: Mapping[str, Any], name: str, key: str) -> int:
-    return int(cfg[name]["resources"][key])
+def rule_params(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A stage's rule `params`: the stage it runs (what scripts/run_stage.py reads) and its settings."""
+    return {"stage": name, "settings": stage_settings(cfg, name)}
+
+
+def rule_resources(cfg: Mapping[str, Any], name: str) -> dict[str, int]:
+    """A stage's rule threads and resources: its section's `resources` (threads, mem_mb, runtime), and gpu=1
+    where the registry marks the stage as a GPU stage."""
+    res = {k: int(v) for k, v in cfg[name]["resources"].items()}
+    return {**res, "gpu": 1} if STAGES[name].gpu else res
 
 
 def config_schema() -> dict[str, Any]:
@@ -267,29 +278,67 @@ def config_docs() -> str:
     return "\n".join(out) + "\n"
 
 
-def rule_files(root: str | Path = ".") -> dict[str, str]:
-    """{rule name: rules/*.smk file that defines it} of a checkout."""
-    import re
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A rule of rules/*.smk: its file, the stage its params name (`stage_params("<stage>")`), and for a
+    `use rule <base> as <name>` its base rule, whose stage it runs unless it names its own."""
 
-    out = {}
+    name: str
+    file: str
+    stage: str | None
+    base: str | None = None
+
+
+RULE_START = re.compile(r"^(?:(?:rule|checkpoint) (\w+)|use rule (\w+) as (\w+))\b", re.M)
+STAGE_PARAMS = re.compile(r"\bstage_params\(\s*[\"'](\w+)[\"']\s*\)")
+
+
+def workflow_rules(root: str | Path = ".") -> dict[str, Rule]:
+    """{rule name: Rule} of the rules/*.smk of a checkout, in file order."""
+    rules: dict[str, Rule] = {}
     for f in sorted(Path(root, "rules").glob("*.smk")):
-        for m in re.finditer(r"^(?:rule|checkpoint) (\w+):", f.read_text(), re.M):
-            out[m.group(1)] = f"rules/{f.name}"
-    return out
+        text = f.read_text()
+        starts = list(RULE_START.finditer(text))
+        for m, end in zip(starts, [n.start() for n in starts[1:]] + [len(text)]):
+            stage = STAGE_PARAMS.search(text, m.end(), end)
+            name = m.group(1) or m.group(3)
+            rules[name] = Rule(name, f"rules/{f.name}", stage and stage.group(1), m.group(2))
+
+    def stage_of(rule: Rule) -> str | None:
+        return rule.stage or (stage_of(rules[rule.base]) if rule.base in rules else None)
+
+    return {n: dataclasses.replace(r, stage=stage_of(r)) for n, r in rules.items()}
+
+
+def gpu_rules(root: str | Path = ".") -> list[str]:
+    """Every rule of a checkout (default: here) that runs a GPU stage of the registry, a `use rule` of one
+    included: the Slurm profile's GPU rules (their `gpu=1` comes from the rule's resources)."""
+    rules = workflow_rules(root)
+    if not rules:
+        raise FileNotFoundError(f"no rules/*.smk under {Path(root).resolve()}: run from the repository root")
+    return [n for n, r in rules.items() if r.stage in STAGES and STAGES[r.stage].gpu]
+
+
+def stage_tests(stage: Stage, root: str | Path = ".") -> list[str]:
+    """The test files named after a stage: tests/test_<x>.py for x its name, its run module's dotted path
+    with '_' for '.', or one part of that path (e.g. predict: test_retrain_predict.py, test_retrain.py)."""
+    parts = stage.run.split(":")[0].split(".")
+    names = dict.fromkeys([stage.name, "_".join(parts), *parts])
+    return [f"tests/test_{n}.py" for n in names if Path(root, f"tests/test_{n}.py").exists()]
 
 
 def stage_table(root: str | Path = ".") -> str:
     """The README's stage table: per stage its rule file, library module, tests and docs page (one hop each)."""
-    rules = rule_files(root)
+    files = {r.stage: r.file for r in reversed(workflow_rules(root).values()) if r.base is None}
     rows = ["| stage (CLI) | per | what it does | rule | library | tests | docs |", "|---|---|---|---|---|---|---|"]
     for name, st in STAGES.items():
         mod = st.module.replace(".", "/")
         mod = f"src/{mod}.py" if Path(root, f"src/{mod}.py").exists() else f"src/{mod}/"
-        tests = ", ".join(f"[{Path(t).name}]({t})" for t in st.tests)
+        tests = ", ".join(f"[{Path(t).name}]({t})" for t in stage_tests(st, root)) or "—"
+        rule = files.get(name, "?")
         rows.append(f"| `{name}` (`pseudomask {st.command}`) | {'shard' if st.per_shard else 'run'}"
-                    f"{', GPU' if st.gpu else ''} | {st.help} | [{Path(rules.get(name, '?')).name}]"
-                    f"({rules.get(name, '?')}) | [{st.module}]({mod}) | {tests} | "
-                    f"[{name}.md](docs/stages/{name}.md) |")
+                    f"{', GPU' if st.gpu else ''} | {st.help} | [{Path(rule).name}]({rule}) | "
+                    f"[{st.module}]({mod}) | {tests} | [{name}.md](docs/stages/{name}.md) |")
     return "\n".join(rows) + "\n"
 
 

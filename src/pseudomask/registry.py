@@ -5,7 +5,8 @@ attribute of the artifacts it writes), the library function it runs, its setting
 and outputs, whether it runs once per shard, whether it wants a GPU, and its default cluster resources.
 The CLI (`pseudomask.cli`), the workflow's generic script (`scripts/run_stage.py`), the config schema and the
 configuration docs (`pseudomask.config`) are derived from it, so the two doors run the same code with
-the same defaults.
+the same defaults. A rule names its stage in its params, and takes its threads and resources (with gpu=1
+for a GPU stage) from it and the config (rules/common.smk).
 
 Every stage function has the signature `fn(settings, *, threads, **ports) -> dict`: the settings object, the
 number of CPU threads it may use, and one path (or list of paths, or None) per declared port; it returns a
@@ -15,10 +16,13 @@ JSON-able summary that the CLI prints and the rule logs.
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .logs import redirect_output
+from .settings import SettingsError, suggest
 from .workers import thread_limit
 
 
@@ -44,7 +48,6 @@ class Stage:
     gpu: bool = False
     masks: bool = False         # writes an artifact with one mask per instance (a mask source)
     resources: Mapping[str, int] = field(default_factory=lambda: {"threads": 1, "mem_mb": 2000, "runtime": 30})
-    tests: tuple[str, ...] = ()  # the test files that exercise it
 
     @property
     def command(self) -> str:
@@ -100,7 +103,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           outputs=(_p("annotations", "COCO JSON to write (its folder also gets images/ and salient/)"),
                    _p("images", "image folder written: <annotations folder>/images", optional=True),
                    _p("salient", "salient-object folder written: <annotations folder>/salient", optional=True)),
-          resources={"threads": 1, "mem_mb": 1000, "runtime": 10}, tests=("tests/test_dataset.py",)),
+          resources={"threads": 1, "mem_mb": 1000, "runtime": 10}),
     Stage("ingest", "read COCO / VOC / tags input, check it, and split it into shard records (HDF5)",
           "ingest:run_stage", "ingest:IngestSettings",
           inputs=(_p("annotations", "COCO JSON, Pascal VOC folder, or CSV of image,tag"),
@@ -108,76 +111,67 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   _p("strong", "true masks of some images (COCO JSON, or a text file of image ids whose masks "
                                "the annotations hold): source gt in every stage", optional=True)),
           outputs=(_p("manifest", "manifest JSON to write (shard names, counts)"),
-                   _p("shards", "folder to write the shard records into")),
-          tests=("tests/test_dataset.py", "tests/test_strong.py")),
+                   _p("shards", "folder to write the shard records into"))),
     Stage("grabcut", "fast GrabCut from each box (crop, downscale, retry, fallback; deterministic)",
           "grabcut:run_stage", "grabcut:GrabCutSettings", inputs=(DATASET, IMAGES), outputs=(OUT,),
-          per_shard=True, masks=True, resources={"threads": 2, "mem_mb": 2000, "runtime": 60},
-          tests=("tests/test_grabcut.py",)),
+          per_shard=True, masks=True, resources={"threads": 2, "mem_mb": 2000, "runtime": 60}),
     Stage("mcg", "MCG-style proposals per image; per box the proposal with the highest IoU with it",
           "mcg.boxes:run_stage", "mcg.proposals:McgSettings", inputs=(DATASET, IMAGES), outputs=(OUT,),
-          per_shard=True, masks=True, resources={"threads": 1, "mem_mb": 2000, "runtime": 60},
-          tests=("tests/test_mcg.py",)),
+          per_shard=True, masks=True, resources={"threads": 1, "mem_mb": 2000, "runtime": 60}),
     Stage("agree", "GrabCut ∩ MCG agreement: foreground where both agree, ignore where they differ",
           "agree:run_stage", "agree:AgreeSettings",
           inputs=(_p("grabcut", "grabcut artifact (.h5)"), _p("mcg", "mcg artifact of the same shard (.h5)")),
-          outputs=(OUT,), per_shard=True, masks=True, tests=("tests/test_agree.py",)),
+          outputs=(OUT,), per_shard=True, masks=True),
     Stage("validity", "box-agreement validity: invalid when IoU(box of the mask, given box) is low",
           "validity:run_stage", "validity:ValiditySettings",
-          inputs=(MASKS,), outputs=(OUT,), per_shard=True, masks=True, tests=("tests/test_validity.py",)),
+          inputs=(MASKS,), outputs=(OUT,), per_shard=True, masks=True),
     Stage("crf", "DenseCRF refinement (DeepLab's parameters) of every mask of a mask artifact, on its box crop",
           "crf:run_stage", "crf:CrfSettings", inputs=(MASKS,), outputs=(OUT,), per_shard=True, masks=True,
-          resources={"threads": 2, "mem_mb": 2000, "runtime": 60}, tests=("tests/test_crf.py",)),
+          resources={"threads": 2, "mem_mb": 2000, "runtime": 60}),
     Stage("boxcaseg_train", "train BoxCaseg on the boxes and a salient-object folder",
           "boxcaseg.train:run_stage", "boxcaseg.settings:BoxcasegTrainSettings",
           inputs=(SHARDS, IMAGES, _p("salient", "salient-object folder with images/ and masks/")),
           outputs=(_p("model", "checkpoint to write (.pt)"), _p("losses", "loss log to write (.csv)")),
-          gpu=True, resources={**GPU_RESOURCES, "runtime": 1440},
-          tests=("tests/test_boxcaseg_train.py", "tests/test_boxcaseg.py")),
+          gpu=True, resources={**GPU_RESOURCES, "runtime": 1440}),
     Stage("boxcaseg", "BoxCaseg mask in every box with a trained checkpoint",
           "boxcaseg.infer:run_stage", "boxcaseg.settings:BoxcasegSettings",
           inputs=(DATASET, IMAGES, _p("model", "checkpoint written by boxcaseg-train")), outputs=(OUT,),
-          per_shard=True, gpu=True, masks=True, resources=GPU_RESOURCES,
-          tests=("tests/test_boxcaseg.py", "tests/test_batching.py")),
+          per_shard=True, gpu=True, masks=True, resources=GPU_RESOURCES),
     Stage("cam_train", "train the tag classifier (CAM + peak stimulation) on image-level tags",
           "cam.train:run_stage", "cam.settings:CamTrainSettings", inputs=(SHARDS, IMAGES),
           outputs=(_p("model", "checkpoint to write (.pt)"),), gpu=True,
-          resources={**GPU_RESOURCES, "threads": 2, "runtime": 240}, tests=("tests/test_cam.py",)),
+          resources={**GPU_RESOURCES, "threads": 2, "runtime": 240}),
     Stage("cam", "CAM peaks of the tagged classes pick proposal masks (WISE); Grad-CAM for stuff",
           "cam.extract:run_stage", "cam.settings:CamSettings",
           inputs=(DATASET, IMAGES, _p("model", "classifier written by cam-train"),
                   _p("proposals", "mcg artifact of the shard (its proposals); none: computed on the fly",
                      optional=True)),
-          outputs=(OUT,), per_shard=True, gpu=True, masks=True, resources={**GPU_RESOURCES, "threads": 2},
-          tests=("tests/test_cam_peaks.py", "tests/test_cam.py", "tests/test_batching.py")),
+          outputs=(OUT,), per_shard=True, gpu=True, masks=True, resources={**GPU_RESOURCES, "threads": 2}),
     Stage("scorer_train", "train the quality scorer on the strong instances (true masks) of the shards",
           "quality.training:run_stage", "quality.training:ScorerTrainSettings", inputs=(SHARDS, IMAGES),
           outputs=(_p("model", "quality model to write (.json; a .md report beside it)"),),
-          resources={"threads": 2, "mem_mb": 4000, "runtime": 120}, tests=("tests/test_strong.py",)),
+          resources={"threads": 2, "mem_mb": 4000, "runtime": 120}),
     Stage("select", "per box the best candidate mask (sources, union, ellipse, box) by predicted quality",
           "quality.select:run_stage", "quality.select:SelectSettings",
           inputs=(_p("masks", "artifacts of mask stages of the same shard (.h5), e.g. grabcut mcg agree", many=True),
                   SCORER),
-          outputs=(OUT,), per_shard=True, masks=True, tests=("tests/test_quality.py",)),
+          outputs=(OUT,), per_shard=True, masks=True),
     Stage("merge_drop", "merge (smaller box wins) and drop (proxy box IoU and/or quality) of a mask artifact",
           "merge_drop:run_stage", "merge_drop:MergeDropSettings",
-          inputs=(MASKS, SCORER), outputs=(OUT,), per_shard=True, masks=True,
-          tests=("tests/test_merge_drop.py",)),
+          inputs=(MASKS, SCORER), outputs=(OUT,), per_shard=True, masks=True),
     Stage("export", "pseudo masks of merge_drop (or any mask) artifacts as one COCO JSON",
           "export:run_stage", "export:ExportSettings",
           inputs=(_p("artifacts", "artifacts (.h5), e.g. every shard of merge_drop", many=True),),
           outputs=(_p("out", "COCO instances JSON to write"),
                    _p("panoptic_json", "COCO panoptic JSON to write with --panoptic (its PNGs: the folder of the same "
                       "name without .json); default: <out>_panoptic.json", optional=True)),
-          resources={"threads": 1, "mem_mb": 4000, "runtime": 30},
-          tests=("tests/test_export.py", "tests/test_panoptic.py")),
+          resources={"threads": 1, "mem_mb": 4000, "runtime": 30}),
     Stage("evaluate_masks", "pseudo masks (COCO JSON or artifact) against true masks: mIoU by size and invalid "
           "rates (boxes) or AP^r, ABO, COCO AP (tags); PQ",
           "mask_metrics:run_stage", "mask_metrics:EvaluateSettings",
           inputs=(_p("pseudo", "COCO JSON of pseudo masks or an artifact"),
                   _p("ground_truth", "COCO JSON with true masks")),
-          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30},
-          tests=("tests/test_mask_metrics.py", "tests/test_evaluate_tags.py", "tests/test_panoptic.py")),
+          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30}),
     Stage("retrain", "train MMDetection Mask R-CNN on pseudo masks (mask_ignore rows train box and class only)",
           "retrain.train:run_stage", "retrain.mmdet_config:RetrainSettings",
           inputs=(_p("annotations", "COCO JSON of pseudo masks (mask_ignore honoured)"), _p("images", "image folder of the training JSON"),
@@ -185,8 +179,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   _p("val_images", "image folder of --val", optional=True)),
           outputs=(_p("checkpoint", "weights to write (.pth); MMEngine's run folder is work/ beside it"),
                    _p("mmdet_config", "MMDetection config to write (.py)")),
-          gpu=True, resources={"threads": 2, "mem_mb": 8000, "runtime": 60},
-          tests=("tests/test_retrain.py", "tests/test_mmdet_config.py")),
+          gpu=True, resources={"threads": 2, "mem_mb": 8000, "runtime": 60}),
     Stage("predict", "COCO results (RLE masks, boxes, scores) of a trained Mask R-CNN",
           "retrain.predict:run_stage", "retrain.predict:PredictSettings",
           inputs=(_p("checkpoint", "weights written by retrain"),
@@ -195,13 +188,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   _p("coco", "COCO JSON of the images to predict; none: every image file, ids 1.. in name order",
                      optional=True)),
           outputs=(_p("out", "COCO results JSON to write"),), gpu=True,
-          resources={"threads": 2, "mem_mb": 8000, "runtime": 60},
-          tests=("tests/test_retrain_predict.py", "tests/test_batching.py")),
+          resources={"threads": 2, "mem_mb": 8000, "runtime": 60}),
     Stage("evaluate_model", "detector predictions against true masks: COCO AP and VOC-style AP^r, ABO",
           "detection_metrics:run_stage", "mask_metrics:EvaluateSettings",
           inputs=(_p("predictions", "COCO results JSON"), _p("ground_truth", "COCO JSON with true masks")),
-          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30},
-          tests=("tests/test_detection_metrics.py",)),
+          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30}),
     Stage("hybrid_split", "hybrid networks: valid masks train the large-object branch, invalid ones' boxes the small",
           "retrain.hybrid:run_split", "retrain.hybrid:HybridSplitSettings",
           inputs=(_p("annotations", "COCO JSON of pseudo masks (the export)"),
@@ -209,8 +200,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   _p("masks", "the artifacts validity checked (.h5): a `fallback` replacement is invalid too",
                      many=True, optional=True)),
           outputs=(_p("large", "COCO JSON of the large-object branch to write (invalid rows mask_ignore)"),
-                   _p("small", "COCO JSON of the small-object branch to write (the invalid rows' boxes)")),
-          tests=("tests/test_hybrid.py",)),
+                   _p("small", "COCO JSON of the small-object branch to write (the invalid rows' boxes)"))),
     Stage("retrain_hybrid", "hybrid networks: Mask R-CNN (PAFPN) on the valid masks, Faster R-CNN on the invalid boxes",
           "retrain.hybrid:run_train", "retrain.hybrid:RetrainHybridSettings",
           inputs=(_p("large", "COCO JSON of the large-object branch (hybrid-split)"),
@@ -220,7 +210,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                    _p("large_config", "its MMDetection config to write (.py)"),
                    _p("small_checkpoint", "Faster R-CNN weights to write (.pth); its run folder is work/ beside it"),
                    _p("small_config", "its MMDetection config to write (.py)")),
-          gpu=True, resources={"threads": 2, "mem_mb": 8000, "runtime": 120}, tests=("tests/test_hybrid.py",)),
+          gpu=True, resources={"threads": 2, "mem_mb": 8000, "runtime": 120}),
     Stage("predict_hybrid", "hybrid networks: both branches, size fusion at 64x64 px, GrabCut of the small detections",
           "retrain.hybrid:run_predict", "retrain.hybrid:PredictHybridSettings",
           inputs=(_p("large_checkpoint", "Mask R-CNN weights written by retrain-hybrid"),
@@ -231,46 +221,42 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   _p("coco", "COCO JSON of the images to predict; none: every image file, ids 1.. in name order",
                      optional=True)),
           outputs=(_p("out", "COCO results JSON to write"),), gpu=True,
-          resources={"threads": 2, "mem_mb": 8000, "runtime": 60}, tests=("tests/test_hybrid.py",)),
+          resources={"threads": 2, "mem_mb": 8000, "runtime": 60}),
     Stage("evaluate_hybrid", "hybrid predictions against true masks: COCO AP (by size), AP^r, ABO, as evaluate-model",
           "detection_metrics:run_stage", "mask_metrics:EvaluateSettings",
           inputs=(_p("predictions", "COCO results JSON of predict-hybrid"), _p("ground_truth", "COCO JSON with true masks")),
-          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30},
-          tests=("tests/test_hybrid.py",)),
+          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30}),
     Stage("refine_round", "next round's pseudo labels: a model's detections matched to the boxes, DenseCRF, "
           "clipped to their boxes", "rounds:run_stage", "rounds:RefineRoundSettings",
           inputs=(_p("predictions", "COCO results JSON of the previous round's model on the training images"),
                   _p("masks", "the pseudo labels the previous round trained on: its merge_drop artifact of the shard")),
-          outputs=(OUT,), per_shard=True, masks=True, tests=("tests/test_rounds.py",)),
+          outputs=(OUT,), per_shard=True, masks=True),
     Stage("annotation_cost", "annotation cost (the paper's Table 1 model) of the run's labels and of full masks",
           "annotation.cost:run_stage", "annotation.cost:AnnotationCostSettings",
           inputs=(SHARDS, IMAGES, _p("strong", "strong file: COCO JSON or list of image ids", optional=True)),
-          outputs=(_p("out", "cost JSON to write"),), tests=("tests/test_annotation_cost.py",)),
+          outputs=(_p("out", "cost JSON to write"),)),
     Stage("choose_images", "images for a person to annotate: mean predicted quality closest to beta, lowest or random",
           "annotation.choose:run_stage", "annotation.choose:ChooseImagesSettings",
           inputs=(_p("masks", "artifacts of a mask stage with quality, e.g. every shard of merge_drop", many=True),
                   _p("strong", "strong file: COCO JSON or list of image ids (never chosen)", optional=True),
                   _p("cost", "annotation-cost JSON whose model prices the images (default: the paper's)",
                      optional=True)),
-          outputs=(_p("out", "choice JSON to write (chosen image ids, scores, budget)"),),
-          tests=("tests/test_annotation_choose.py",)),
+          outputs=(_p("out", "choice JSON to write (chosen image ids, scores, budget)"),)),
     Stage("annotation_job", "COCO job of the chosen images, the pseudo masks as polygon pre-annotations",
           "annotation.job:run_stage", "annotation.job:AnnotationJobSettings",
           inputs=(_p("choice", "choice JSON written by choose-images"),
                   _p("masks", "artifacts of the mask stage the images were chosen from", many=True)),
           outputs=(_p("out", "COCO job JSON to write"),
-                   _p("image_list", "text file to write: the job's image paths, one a line", optional=True)),
-          tests=("tests/test_annotation_job.py",)),
+                   _p("image_list", "text file to write: the job's image paths, one a line", optional=True))),
     Stage("yolo_export", "YOLO-seg folder of the whole dataset: images/, labels/*.txt polygons, data.yaml",
           "annotation.yolo:run_stage", "annotation.yolo:YoloExportSettings",
           inputs=(_p("masks", "artifacts of a mask stage, e.g. every shard of merge_drop", many=True),),
-          outputs=(_p("out", "folder to write"),), tests=("tests/test_annotation_yolo.py",)),
+          outputs=(_p("out", "folder to write"),)),
     Stage("take_back", "an annotator's corrected COCO file as the strong file (dataset ids), conflicts reported",
           "annotation.take_back:run_stage", "annotation.take_back:TakeBackSettings",
           inputs=(_p("corrections", "COCO JSON with masks exported by the annotation tool"), SHARDS, IMAGES,
                   _p("job", "the job JSON the corrections answer (finds deleted instances)", optional=True)),
-          outputs=(_p("out", "strong COCO JSON to write"), _p("report", "conflict report JSON to write")),
-          tests=("tests/test_annotation_take_back.py",)),
+          outputs=(_p("out", "strong COCO JSON to write"), _p("report", "conflict report JSON to write"))),
     Stage("report", "self-contained HTML report: counts, reasons, drop curve, quality, overlays, provenance",
           "report:run_stage", "report:ReportSettings",
           inputs=(_p("artifacts", "artifacts (.h5) or folders of them", many=True),
@@ -279,25 +265,20 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   _p("choice", "images chosen for annotation (JSON written by choose-images)", optional=True),
                   _p("evaluations", "metrics JSONs of evaluate-masks / evaluate-model / evaluate-hybrid (every "
                                     "round's)", many=True, optional=True)),
-          outputs=(_p("out", "HTML file to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30},
-          tests=("tests/test_report.py",)),
+          outputs=(_p("out", "HTML file to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30}),
 )}
 
 
 def run_rule(smk: Any) -> dict:
-    """Run the stage named after a Snakemake rule (or its stage in RULE_ALIASES, for a rule that runs a stage
-    again, e.g. a later round's merge_drop) from its `snakemake` object (input, output, params.settings,
-    threads, log), logging to the rule's log; the rule's input and output names must be the stage's ports."""
-    import json
-
-    from .logs import redirect_output
-
-    stage = rule_stage(smk.rule)
+    """Run the stage a Snakemake rule names in its params (`params.stage`, with `params.settings`) from the
+    rule's `snakemake` object (input, output, threads, log), logging to the rule's log; the rule's input and
+    output names must be the stage's ports."""
+    stage = get(smk.params.stage)
     names = {p.name for p in stage.inputs + stage.outputs}
     given = set(smk.input.keys()) | set(smk.output.keys())
     if given - names:
         raise TypeError(f"rule {smk.rule}: input/output names {sorted(given - names)} are not ports of the stage "
-                        f"(ports: {sorted(names)})")
+                        f"{stage.name} (ports: {sorted(names)})")
     ports: dict[str, Any] = {}
     for p in stage.inputs + stage.outputs:
         files = smk.input if p in stage.inputs else smk.output
@@ -313,28 +294,10 @@ def run_rule(smk: Any) -> dict:
     return summary
 
 
-# rules that run a stage again under another name: the later rounds' (rules/rounds.smk)
-RULE_ALIASES = {"round_predict_train": "predict", "round_merge_drop": "merge_drop", "round_export": "export",
-                "round_evaluate_masks": "evaluate_masks", "round_retrain": "retrain", "round_predict": "predict",
-                "round_evaluate_model": "evaluate_model"}
-
-
-def rule_stage(rule: str) -> Stage:
-    """The stage a rule runs: the one of its name, or its alias's."""
-    return get(RULE_ALIASES.get(rule, rule))
-
-
-def gpu_rules() -> list[str]:
-    """Every rule that runs a GPU stage (the Slurm profile gives each one GPU)."""
-    return [r for r in (*STAGES, *RULE_ALIASES) if rule_stage(r).gpu]
-
-
 def get(name: str) -> Stage:
     try:
         return STAGES[name.replace("-", "_")]
     except KeyError:
-        from .settings import SettingsError, suggest
-
         raise SettingsError(f"no stage {name!r}{suggest(name, STAGES)}; stages: {', '.join(STAGES)}") from None
 
 
