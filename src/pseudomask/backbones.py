@@ -77,7 +77,7 @@ class Backbone(nn.Module):
 
 def _import_mmdet_backbones():
     try:
-        from mmdet.models.backbones import HRNet, ResNet
+        from mmdet.models.backbones import HRNet, ResNet  # lazy: MMDetection is optional
     except Exception as e:  # ImportError, or mmcv ops missing
         raise BackboneError(f"backbone needs MMDetection (mmdet 3.x with mmcv): {e}") from e
     return ResNet, HRNet
@@ -109,7 +109,7 @@ def _init_weights(body: nn.Module) -> None:
 
 def _build_timm(model_name: str, out_indices: Sequence[int] | None) -> Backbone:
     try:
-        import timm
+        import timm  # lazy: timm is optional
     except Exception as e:
         raise BackboneError(f"backbone 'timm:{model_name}' needs timm, which does not import here: {e}") from e
     kw = {"features_only": True, "pretrained": False}

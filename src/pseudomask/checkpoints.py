@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from . import __version__
 from .errors import PseudomaskError
 from .files import atomic_path
@@ -40,8 +42,6 @@ class CheckpointError(PseudomaskError, ValueError):
 def save(path: str | os.PathLike, *, stage: str, settings: Mapping[str, Any], state: Mapping[str, Any],
          **extra: Any) -> Path:
     """Write a checkpoint of `stage` with the model `state` and plain `extra` keys, atomically."""
-    import torch
-
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "stage": stage, "settings": dict(settings),
                "package_version": __version__, "state": state, **extra}
     with atomic_path(path) as tmp:
@@ -53,8 +53,6 @@ def load(path: str | os.PathLike, stage: str, *, what: str = "pseudomask", error
          device: Any = "cpu") -> dict[str, Any]:
     """The checkpoint dict of a `stage` checkpoint; `error` naming the file when it is missing, unreadable,
     not a pseudomask checkpoint, of another format version or of another stage (`what` names the kind)."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {what} checkpoint not found")

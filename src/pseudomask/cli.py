@@ -1,7 +1,7 @@
 """pseudomask: pseudo instance masks from boxes or tags; one subcommand per stage, plus tools.
 
-The stage subcommands come from the stage registry; the tools (init, inspect, show, evaluate) from the
-modules of pseudomask.commands.
+The stage subcommands come from the stage registry; the tools (init, inspect, show, evaluate) from
+pseudomask.commands.
 
 A stage's subcommand takes its ports as options (`--shard`, `--out`, ...), its settings as options generated
 from the settings dataclass, `--config FILE` to take the stage's section of a config file, and `--threads`.
@@ -12,12 +12,13 @@ same device profile.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import pkgutil
 import sys
 
+import yaml
+
 from . import __version__, commands
+from .config import complete_config
 from .errors import PseudomaskError
 from .settings import add_arguments, given_arguments, option
 from .registry import STAGES, Stage
@@ -41,8 +42,6 @@ def add_stage_parser(sub, stage: Stage) -> None:
 def run_stage_command(stage: Stage, args: argparse.Namespace) -> int:
     section = {}
     if args.config:
-        from .config import complete_config
-
         section = complete_config(_read_yaml(args.config))[stage.name]
     settings = stage.resolve(section, given_arguments(args))
     ports = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_")}
@@ -52,8 +51,6 @@ def run_stage_command(stage: Stage, args: argparse.Namespace) -> int:
 
 
 def _read_yaml(path: str) -> dict:
-    import yaml
-
     try:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
@@ -77,8 +74,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             add_stage_parser(sub, stage)
         else:
             sub.add_parser(stage.command, help=stage.help)
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
+    commands.register(sub)
     return parser
 
 

@@ -30,6 +30,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .errors import PseudomaskError
+from .files import write_json
 
 APR_THRESHOLDS = {"apr_25": 0.25, "apr_50": 0.5, "apr_70": 0.7, "apr_75": 0.75}
 COCO_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -269,8 +270,6 @@ def evaluate_to_file(gt_json: str | os.PathLike, results_json: str | os.PathLike
     """evaluate_detections, written atomically as a JSON object with the inputs' paths."""
     metrics = {"kind": "detections", **evaluate_detections(gt_json, results_json),
                "ground_truth": str(gt_json), "predictions": str(results_json)}
-    from .files import write_json
-
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_json(metrics, out, indent=1)
     return metrics

@@ -36,6 +36,7 @@ from pycocotools import mask as mask_utils
 from . import __version__
 from .errors import PseudomaskError
 from .files import write_json
+from .loops import progress
 from .masks import box_agreement
 from .merge_drop import JUDGED, fg_boxes
 from .panoptic import default_panoptic_path, image_panoptic, is_stuff_row, png_name, write_panoptic
@@ -139,8 +140,6 @@ def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | No
     """COCO dataset of all instances of the given shards (merge_drop or any mask stage); written
     atomically to `out` when given. Shards must share categories and must not repeat image or annotation ids.
     `panoptic`: also write the COCO panoptic JSON there (and its PNG folder, `panoptic.panoptic_folder`)."""
-    from .loops import progress
-
     if not inputs:
         raise PseudomaskError("export: no input artifacts given")
     images: list[dict] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import traceback
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +20,5 @@ def redirect_output(path: str | os.PathLike | None) -> Iterator[None]:
         try:
             yield
         except BaseException:
-            import traceback
             traceback.print_exc(file=fh)
             raise

@@ -28,8 +28,13 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from .detection_metrics import evaluate_detections
 from .errors import PseudomaskError, read_json
-from .masks import box_agreement, is_small64, mask_box, mask_iou, rle_encode, segmentation_mask, size_bucket
+from .export import rows_and_masks
+from .files import write_json
+from .masks import box_agreement, is_small, mask_box, mask_iou, rle_encode, segmentation_mask, size_bucket
+from .panoptic import (NOTHING, VOID, PanopticFile, image_panoptic, is_panoptic, is_stuff_row, panoptic_quality,
+                       segment_map)
 from .settings import Settings
 from .store import Artifact
 
@@ -122,7 +127,7 @@ def instance_scores(pred: str | os.PathLike | dict, gt: GroundTruth) -> list[dic
                                  "status": "missing", "has_mask": False, "true_mask": False, "iou": 0.0,
                                  "box_agreement": 0.0})
         rows[ann_id]["size"] = size_bucket(gt.area(ann_id))
-        rows[ann_id]["small64"] = is_small64(g["bbox"])
+        rows[ann_id]["small64"] = is_small(g["bbox"])
     return [rows[i] for i in sorted(rows)]
 
 
@@ -189,8 +194,6 @@ class PseudoMasks:
         im = self.images[int(image_id)]
         h, w = int(im["height"]), int(im["width"])
         if self._artifact is not None:
-            from .export import rows_and_masks
-
             return rows_and_masks(self._artifact, image_id)
         anns = self._anns.get(int(image_id), [])
         masks = np.zeros((len(anns), h, w), np.uint8)
@@ -242,8 +245,6 @@ def is_tag_only(pm: PseudoMasks, gt: GroundTruth) -> bool:
 def scored_results(pm: PseudoMasks, stuff_categories: Iterable[int] = ()) -> tuple[list[dict], dict[str, int]]:
     """COCO results list of the predicted masks of `pm`: kept, non-empty, not given (source gt), not stuff; score
     = `cam_score` (1 where a row has none); and counts of what was left out."""
-    from .panoptic import is_stuff_row
-
     stuff = set(stuff_categories)
     res: list[dict] = []
     counts = Counter()
@@ -270,8 +271,6 @@ def evaluate_tag_only(pred: str | os.PathLike | dict | PseudoMasks, gt_json: str
     ground truth's images (or `image_ids`), plus the counts `predictions`, `gt_instances`, `true_masks`,
     `stuff_regions` and `not_kept`. Ground truth of stuff categories (`isthing` 0) and of the instances whose true
     mask was given (source gt, same id) is left out, and so are the given and stuff rows of the prediction."""
-    from .detection_metrics import evaluate_detections
-
     data = read_json(gt_json, PseudomaskError, "ground truth") if not isinstance(gt_json, dict) else gt_json
     pm = pred if isinstance(pred, PseudoMasks) else PseudoMasks(pred)
     try:
@@ -310,8 +309,6 @@ class _TruthPanoptic:
         self.annotated = {int(a["category_id"]) for a in gt.anns.values()}
 
     def image(self, image_id: int) -> tuple[np.ndarray, list[dict]]:
-        from .panoptic import NOTHING, VOID, segment_map
-
         h, w = self.gt.size(image_id)
         anns = self._by_image.get(int(image_id), [])
         real = [a for a in anns if not a.get("iscrowd", 0)]
@@ -340,8 +337,6 @@ class _PseudoPanoptic:
     its stuff categories (isthing 0 in the ground truth or the pseudo masks, or rows flagged `stuff`)."""
 
     def __init__(self, pm: PseudoMasks, isthing: Mapping[int, int]):
-        from .panoptic import is_stuff_row
-
         self.pm = pm
         self.image_ids = pm.image_ids
         self.stuff = {c for c, t in isthing.items() if not t} | {
@@ -350,8 +345,6 @@ class _PseudoPanoptic:
         self.isthing = {int(c["id"]): int(int(c["id"]) not in self.stuff) for c in pm.categories}
 
     def image(self, image_id: int) -> tuple[np.ndarray, list[dict]] | None:
-        from .panoptic import image_panoptic
-
         if int(image_id) not in self.pm.images:
             return None
         return image_panoptic(*self.pm.image(image_id), stuff_categories=self.stuff, given_void=True)
@@ -359,8 +352,6 @@ class _PseudoPanoptic:
 
 def pseudo_panoptic_quality(pm: PseudoMasks, gt: GroundTruth) -> dict[str, Any]:
     """PQ of pseudo masks (made one panoptic segmentation per image) against the ground truth's instance masks."""
-    from .panoptic import panoptic_quality
-
     given = {int(r["id"]) for r in pm.rows() if r.get("source") == "gt"}
     return panoptic_quality(_PseudoPanoptic(pm, gt.isthing), _TruthPanoptic(gt, given))
 
@@ -382,8 +373,6 @@ def evaluate_pseudo(pred: str | os.PathLike | dict, gt_json: str | os.PathLike,
 
 def _panoptic_file(path: str | os.PathLike):
     """A PanopticFile when `path` is a COCO panoptic JSON, else None."""
-    from .panoptic import PanopticFile, is_panoptic
-
     if str(path).endswith(".h5"):
         return None
     data = read_json(path, PseudomaskError, "JSON file")
@@ -393,8 +382,6 @@ def _panoptic_file(path: str | os.PathLike):
 def evaluate_panoptic(pred: str | os.PathLike, gt_json: str | os.PathLike) -> dict[str, Any] | None:
     """PQ, SQ, RQ when either side is COCO panoptic (JSON + PNG folder): a panoptic prediction against panoptic
     or instance ground truth, or pseudo masks against panoptic ground truth; None when neither is panoptic."""
-    from .panoptic import panoptic_quality
-
     gt_pan, pred_pan = _panoptic_file(gt_json), _panoptic_file(pred)
     if gt_pan is None and pred_pan is None:
         return None
@@ -419,8 +406,6 @@ def is_detection_results(path: str | os.PathLike) -> bool:
 
 def run_stage(s: EvaluateSettings, *, pseudo: str, ground_truth: str, out: str, threads: int = 1) -> dict:
     """The `evaluate_masks` stage (see pseudomask.registry)."""
-    from .files import write_json
-
     result = evaluate_pseudo(pseudo, ground_truth)
     write_json(result, out, indent=2)
     return result

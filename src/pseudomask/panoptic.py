@@ -40,8 +40,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import PseudomaskError
+from .errors import PseudomaskError, read_json
+from .files import write_json
+from .images import ImageError, read_image, write_image
 from .masks import mask_box
+from .merge_drop import merge_masks
 
 VOID = 0
 NOTHING = 0  # category of a ground-truth segment that says "no segment here" (instance ground truth's background)
@@ -87,8 +90,6 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
 
 
 def read_id_map(folder: str | os.PathLike, ann: Mapping[str, Any]) -> np.ndarray:
-    from .images import ImageError, read_image
-
     path = Path(folder) / ann["file_name"]
     try:
         return rgb_to_id(read_image(path))
@@ -104,9 +105,6 @@ def is_panoptic(data: Any) -> bool:
 
 def write_panoptic(data: Mapping[str, Any], id_maps: Mapping[int, np.ndarray], json_path: str | os.PathLike) -> Path:
     """Write the panoptic JSON and its PNG folder (`panoptic_folder`); both replace old ones only when complete."""
-    from .files import write_json
-    from .images import write_image
-
     json_path = Path(json_path)
     folder = panoptic_folder(json_path)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
@@ -143,8 +141,6 @@ def image_panoptic(rows: Sequence[Mapping[str, Any]], masks: np.ndarray, stuff_c
 
     Rows need id, category_id, bbox, status; optional source and stuff. See the module docstring for the rules.
     """
-    from .merge_drop import merge_masks
-
     masks = np.asarray(masks, np.uint8)
     if masks.ndim != 3 or len(masks) != len(rows):
         raise PanopticError(f"{len(rows)} rows but masks of shape {masks.shape}")
@@ -199,8 +195,6 @@ def segment_map(masks: Sequence[np.ndarray], boxes: Sequence[Sequence[float]], s
     """Id map of true segments given as masks (segment k+1 = masks[k]). True instance masks overlap (COCO's
     often do: a tie inside its person); there the smaller box takes the pixels, as for pseudo masks, so that a
     contained object keeps its segment."""
-    from .merge_drop import merge_masks
-
     ids = np.zeros(shape, np.int32)
     if not len(masks):
         return ids
@@ -316,8 +310,6 @@ class PanopticFile:
     """
 
     def __init__(self, json_path: str | os.PathLike, data: Mapping[str, Any] | None = None):
-        from .errors import read_json
-
         self.path = Path(json_path)
         data = data if data is not None else read_json(self.path, PanopticError, "panoptic JSON")
         if not is_panoptic(data):

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Mapping
 
 import yaml
 
+from .devices import pick_device
 from .errors import PseudomaskError
 
 
@@ -135,8 +136,6 @@ class Settings:
         profile = getattr(self, "cpu", None)
         if not profile:
             return self
-        from .devices import pick_device
-
         if pick_device(getattr(self, "device", "auto")).type != "cpu":
             return self
         return self.replace(**{**profile, "cpu": {}})

@@ -27,6 +27,8 @@ import yaml
 
 from ..errors import PseudomaskError
 from ..files import write_text_atomic
+from ..images import image_size
+from ..loops import progress
 from ..settings import Settings, setting
 from ..store import Artifact
 from .polygons import box_outline, outline
@@ -66,8 +68,6 @@ def export_yolo(artifacts: Sequence[str | os.PathLike], out: str | os.PathLike, 
     """Write the YOLO-seg folder `out` from mask artifacts (every shard of merge_drop, say); returns counts."""
     if not_kept not in NOT_KEPT:
         raise YoloError(f"yolo export: not_kept must be one of {NOT_KEPT}, got {not_kept!r}")
-    from ..loops import progress
-
     out = Path(out)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     counts = {"images": 0, "instances": 0, "written_mask": 0, "written_box": 0, "skipped_crowd": 0,
@@ -121,8 +121,6 @@ def export_yolo(artifacts: Sequence[str | os.PathLike], out: str | os.PathLike, 
 def read_yolo(folder: str | os.PathLike) -> dict[str, Any]:
     """A YOLO-seg folder back: names, category_ids and per image (file under images/) its width, height and
     labels as (class, (N,2) pixel polygon). Raises YoloError naming the file and line of a bad label."""
-    from ..images import image_size
-
     folder = Path(folder)
     try:
         meta = yaml.safe_load((folder / "data.yaml").read_text())

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_resume, resume_path, save_resume
-from ..dataset import Dataset
+from ..dataset import Dataset, load_dataset
 from ..devices import pick_device
 from ..files import atomic_path
 from ..optim import build_optimizer
@@ -176,7 +176,5 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
 def run_stage(s: BoxcasegTrainSettings, *, shards: list[str], images: str | None, salient: str, model: str, losses: str,
               threads: int = 1) -> dict:
     """The `boxcaseg_train` stage (see pseudomask.registry)."""
-    from ..dataset import load_dataset
-
     torch.set_num_threads(threads)
     return train([load_dataset(p, images) for p in shards], salient, model, s, loss_log=losses)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import checkpoints
+from ..backbones import build_backbone
 from ..errors import PseudomaskError
 from .peaks import peak_stimulation
 
@@ -84,11 +85,6 @@ def build_features(name: str, checkpoint: str | None = None) -> nn.Module:
         if checkpoint:
             raise CamError("backbone 'tiny' has no pretrained weights; leave the backbone checkpoint empty")
         return TinyBackbone()
-    try:
-        from ..backbones import build_backbone
-    except ImportError as e:
-        raise CamError(f"backbone {name!r} needs pseudomask.backbones (MMDetection): {e}; "
-                       "use --backbone tiny on a machine without it") from None
     return build_backbone(name, checkpoint=checkpoint)
 
 

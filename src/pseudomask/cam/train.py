@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_resume, resume_path, save_resume
-from ..dataset import Dataset
+from ..dataset import Dataset, load_dataset
 from ..devices import pick_device
 from ..images import ImageError, read_image
 from ..optim import build_optimizer
@@ -166,8 +166,6 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
 
 def run_stage(s: CamTrainSettings, *, shards: list[str], images: str | None, model: str, threads: int = 1) -> dict:
     """The `cam_train` stage (see pseudomask.registry)."""
-    from ..dataset import load_dataset
-
     torch.set_num_threads(threads)
     r = train_classifier([load_dataset(p, images) for p in shards], model, s)
     h = r["history"]

@@ -1,31 +1,21 @@
+"""`pseudomask evaluate`: score pseudo masks, panoptic output or detections against ground truth."""
+
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
-def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="score pseudo masks (artifact or COCO JSON), panoptic output or detector "
-                                        "predictions against GT")
-    p.add_argument("pred", help="artifact .h5, COCO dataset JSON of pseudo masks, COCO panoptic JSON (PNGs in the "
-                                "folder of the same name without .json), or COCO results list")
-    p.add_argument("--gt", required=True, help="COCO instances JSON with true masks, or COCO panoptic JSON")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--out", help="also write the JSON object to this file")
-    p.set_defaults(func=run)
+from ..detection_metrics import evaluate_detections
+from ..mask_metrics import evaluate_panoptic, evaluate_pseudo, is_detection_results
 
 
 def run(args) -> int:
     """Detections: COCO AP, AP^r, ABO. Pseudo masks: id-matched mIoU and invalid rates, or for tag-only masks
     AP^r, ABO and COCO AP; both with PQ. A panoptic prediction or panoptic ground truth: PQ, SQ, RQ."""
-    import json
-    from pathlib import Path
-
-    from ..mask_metrics import evaluate_panoptic, evaluate_pseudo, is_detection_results
-
     panoptic = evaluate_panoptic(args.pred, args.gt)
     if panoptic is not None:
         result = {"kind": "panoptic", **panoptic}
     elif is_detection_results(args.pred):
-        from ..detection_metrics import evaluate_detections
-
         result = {"kind": "detections", **evaluate_detections(args.gt, args.pred)}
     else:
         result = {"kind": "pseudo_masks", **evaluate_pseudo(args.pred, args.gt)}

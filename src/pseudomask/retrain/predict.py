@@ -11,9 +11,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..devices import pick_device
 from ..errors import read_json
 from ..files import write_json
 from ..images import ImageError, read_image
+from ..loops import progress, read_ahead
 from ..masks import rle_encode
 from ..settings import Settings, device_setting, setting
 from .weights import trusted_checkpoints
@@ -24,7 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 def find_config(checkpoint: str | os.PathLike, config: str | os.PathLike | None = None):
     """The MMEngine Config of a checkpoint: the given file, the generated one beside it, or its metadata."""
-    from mmengine.config import Config
+    from mmengine.config import Config  # lazy: MMDetection is optional
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -36,7 +38,7 @@ def find_config(checkpoint: str | os.PathLike, config: str | os.PathLike | None 
     beside = checkpoint.with_name(CONFIG_NAME)
     if beside.is_file():
         return Config.fromfile(str(beside))
-    import torch
+    import torch  # lazy: the CLI imports PredictSettings at start-up
 
     with trusted_checkpoints():
         meta = torch.load(checkpoint, map_location="cpu").get("meta", {})
@@ -47,11 +49,11 @@ def find_config(checkpoint: str | os.PathLike, config: str | os.PathLike | None 
 
 def load_model(checkpoint: str | os.PathLike, config: str | os.PathLike | None = None, device: str = "cpu"):
     """(model in eval mode, its config, category ids by label) of a trained checkpoint."""
-    from mmengine.registry import init_default_scope
+    from mmengine.registry import init_default_scope  # lazy: MMDetection is optional
     from mmengine.runner import load_checkpoint
     from mmdet.registry import MODELS
 
-    from . import modules  # noqa: F401  registers the custom modules
+    from . import modules  # noqa: F401  registers the custom modules; lazy: it imports MMDetection
 
     cfg = find_config(checkpoint, config)
     init_default_scope(cfg.get("default_scope", "mmdet"))
@@ -116,10 +118,8 @@ def predict(checkpoint: str | os.PathLike, images: str | os.PathLike, coco: str 
             score_thr: float | None = None, loader_workers: int = 0) -> tuple[list[dict], dict]:
     """COCO results of every image (in a COCO JSON's list or the folder) and a summary: `batch_size` images
     per forward pass, read and transformed ahead by `loader_workers` threads (0: in turn)."""
-    import torch
+    import torch  # lazy: the CLI imports PredictSettings at start-up
     from mmcv.transforms import Compose
-
-    from ..loops import progress, read_ahead
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, category_ids = load_model(checkpoint, config, device)
@@ -182,9 +182,7 @@ class PredictSettings(Settings):
 def run_stage(s: PredictSettings, *, checkpoint: str, mmdet_config: str | None, images: str, coco: str | None, out: str,
               threads: int = 1) -> dict:
     """The `predict` stage (see pseudomask.registry)."""
-    import torch
-
-    from ..devices import pick_device
+    import torch  # lazy: the CLI imports PredictSettings at start-up
 
     torch.set_num_threads(threads)
     results, summary = predict(checkpoint, images, coco=coco, config=mmdet_config, device=str(pick_device(s.device)),

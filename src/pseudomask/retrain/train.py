@@ -44,7 +44,7 @@ def train(train_json: str | os.PathLike, images: str | os.PathLike, work_dir: st
     """Train (or resume) and write the weights to `out` (default WORK_DIR/latest.pth); returns a summary.
     `builder` makes the MMDetection config (config.build_config: Mask R-CNN; build_faster_rcnn_config)."""
     cfg = builder(train_json, images, work_dir, settings, val_json=val_json, val_images=val_images)
-    import torch
+    import torch  # lazy, with MMEngine (optional): building the config, and its errors, need neither
     from mmengine.config import Config
     from mmengine.runner import Runner
 

@@ -35,7 +35,7 @@ def trusted_checkpoints() -> Iterator[None]:
 
 def checkpoint_kind(path: str | os.PathLike) -> str:
     """'detector' for an MMDetection checkpoint (backbone.* keys), else 'backbone' (e.g. torchvision ResNet)."""
-    import torch
+    import torch  # lazy: the CLI imports the retrain settings (mmdet_config, which imports this) at start-up
 
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
@@ -56,7 +56,7 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pat
     """Copy a training checkpoint without optimizer, scheduler and message-hub state, atomically; its
     metadata (config text, classes, iteration) keeps plain values only, so torch.load(weights_only=True)
     reads it."""
-    import torch
+    import torch  # lazy: the CLI imports the retrain settings (mmdet_config, which imports this) at start-up
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     meta = {k: v for k, v in ckpt.get("meta", {}).items() if _plain(v)}
