@@ -42,7 +42,7 @@ from pseudomask.agree import run_agree
 from pseudomask.dataset import load_dataset
 from pseudomask.grabcut import GrabCutSettings, grabcut_instance, run_grabcut
 from pseudomask.images import read_image
-from pseudomask.masks import box_agreement, box_mask, box_pixels, ellipse_mask, is_small64, mask_iou, size_bucket
+from pseudomask.masks import box_agreement, box_mask, box_pixels, ellipse_mask, is_small, mask_iou, size_bucket
 from pseudomask.mcg import run_mcg
 from pseudomask.mask_metrics import GroundTruth, instance_scores, summarize
 from pseudomask.store import IGNORE, Artifact
@@ -160,7 +160,7 @@ def main() -> int:
             raw_b = box_agreement(raw, r["bbox"])
             rows.append({
                 "image": im["id"], "t_ref": t1 - t0, "t_fast": t2 - t1, "size": size_bucket(gt.area(r["id"])),
-                "small64": is_small64(r["bbox"]), "box": mask_iou(box_mask(r["bbox"], h, w), g),
+                "small64": is_small(r["bbox"]), "box": mask_iou(box_mask(r["bbox"], h, w), g),
                 "ellipse": mask_iou(ell, g), "ref": mask_iou(ref, g), "raw": mask_iou(raw, g),
                 "fast": mask_iou(ours["mask"], g), "fallback": ours["fallback"], "retried": ours["retried"],
                 "no_retry": mask_iou(once, g),

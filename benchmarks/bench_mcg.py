@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from pseudomask.dataset import load_dataset  # noqa: E402
 from pseudomask.grabcut import GrabCutSettings, grabcut_image  # noqa: E402
 from pseudomask.images import read_image  # noqa: E402
-from pseudomask.masks import (box_agreement, box_mask, ellipse_mask, is_small64, mask_iou,  # noqa: E402
+from pseudomask.masks import (box_agreement, box_mask, ellipse_mask, is_small, mask_iou,  # noqa: E402
                               segmentation_mask, size_bucket)
 from pseudomask.mcg import image_result, proposal_params, proposal_pool, run_mcg, select_for_boxes  # noqa: E402
 from pseudomask.proposals import Proposals  # noqa: E402
@@ -119,7 +119,7 @@ def main() -> int:
             rows["grabcut"].append(mask_iou(gc[k]["mask"], g))
             invalid["grabcut"].append(gc[k]["grabcut_box_iou"] < 0.5)
             sizes.append(size_bucket(float(g.sum())))
-            small64.append(is_small64(r["bbox"]))
+            small64.append(is_small(r["bbox"]))
     n = len(ds.images)
     cpu_a = np.array(cpu)
     print(f"\n{n} images, {len(sizes)} instances (kept boxes); parameters: {args.params} over pseudomask.mcg.DEFAULTS")

@@ -30,7 +30,7 @@ def test_fusion_routes_by_size():
     small = np.array([[0, 0, 100, 100], [120, 0, 140, 20]], float) + [200, 0, 200, 0]
     kl, ks, removed = fuse(large, [0, 0], small, [0, 0], size=64, iou=0.5)
     assert kl.tolist() == [0] and ks.tolist() == [1] and removed == 0
-    # exactly 64x64 belongs to the large branch (masks.is_small64: area < 64*64 is small)
+    # exactly 64x64 belongs to the large branch (masks.is_small: area < 64*64 is small)
     kl, ks, _ = fuse([[0, 0, 64, 64]], [1], [[0, 0, 64, 64]], [1], size=64)
     assert kl.tolist() == [0] and ks.tolist() == []
     # the size is configurable

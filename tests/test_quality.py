@@ -10,11 +10,11 @@ from scipy.stats import spearmanr
 from pseudomask.dataset import read_shard
 from pseudomask.images import read_image
 from pseudomask.merge_drop import merge_drop, merge_drop_image
-from pseudomask.quality.features import FEATURES, instance_features
+from pseudomask.quality.features import FEATURES, SOURCES, feature_vector, instance_features, named_features
 from pseudomask.quality.scorer import Scorer, ScorerError, Tree, fit, get_scorer
 from pseudomask.quality.select import SelectSettings, choose, run_select
 from pseudomask.settings import SettingsError
-from pseudomask.loops import run_mask_stage
+from pseudomask.loops import ImageResult, Provenance, run_mask_stage
 from pseudomask.store import Artifact, ArtifactWriter
 
 from test_merge_drop import perturbed_gt_source
@@ -45,6 +45,21 @@ def test_features_are_deterministic_and_follow_the_mask(demo):
     assert f["source_grabcut"] == 1.0 and f["source_mcg"] == 0.0
     full = instance_features(rgb, box, (np.ones_like(m) * 0), {}, "mcg")
     assert dict(zip(FEATURES, full))["fill"] == 0.0
+
+
+def test_features_are_named_once_and_the_source_one_hot_keeps_the_scorers_order(demo):
+    # the shipped scorer's columns depend on this order: the registry's mask stages with masks of their own,
+    # select's own candidates, other
+    assert SOURCES == ("grabcut", "mcg", "agree", "boxcaseg", "cam", "union", "ellipse", "box", "other")
+    assert tuple(get_scorer("default").features) == FEATURES
+    rgb = read_image(sorted((demo / "images").iterdir())[0])
+    h, w = rgb.shape[:2]
+    m = np.zeros((h, w), np.uint8)
+    m[10:30, 20:50] = 1
+    named = named_features(rgb, [18, 8, 34, 24], m, {"merge_lost_px": 5}, "agree", [m])
+    assert sorted(named) == sorted(FEATURES)
+    assert np.array_equal(feature_vector(named), instance_features(rgb, [18, 8, 34, 24], m, {"merge_lost_px": 5},
+                                                                   "agree", [m]))
 
 
 def test_a_scorer_trained_on_constructed_data_ranks_held_out_masks_and_survives_json(tmp_path):
@@ -113,9 +128,9 @@ def test_quality_is_nan_when_no_model(demo_shard, tmp_path):
     ds = read_shard(demo_shard)
 
     def predict(rgb, recs):
-        return [{"mask": np.zeros(rgb.shape[:2], np.uint8), "status": "kept", "reason": ""} for _ in recs]
+        return ImageResult([{"mask": np.zeros(rgb.shape[:2], np.uint8), "status": "kept", "reason": ""} for _ in recs])
 
-    out = run_mask_stage(ds, tmp_path / "x.h5", predict, stage="grabcut", method="zeros", params={}, quality="none")
+    out = run_mask_stage(ds, tmp_path / "x.h5", Provenance("grabcut", "zeros", quality="none"), predict)
     with Artifact(out) as a:
         assert a.attrs["quality_predictor"] == "none" and np.isnan(a.instances["quality"]).all()
 

@@ -52,17 +52,46 @@ def mask_box(mask: np.ndarray) -> list[float] | None:
     return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
 
 
+def _corners(box: Any, fmt: str) -> tuple[Any, Any, Any, Any, Any]:
+    """x0, y0, x1, y1 and area of a box given as its 4 values (numbers, or broadcastable arrays): `xywh` (the
+    area w * h as given) or `xyxy` (the area of the sides clipped at 0)."""
+    p, q, r, s = box
+    if fmt == "xywh":
+        return p, q, p + r, q + s, r * s
+    if fmt == "xyxy":
+        return p, q, r, s, np.clip(r - p, 0, None) * np.clip(s - q, 0, None)
+    raise ValueError(f"box format is 'xywh' or 'xyxy', got {fmt!r}")
+
+
+def _iou(a: Any, b: Any, fmt: str) -> Any:
+    """IoU of boxes a and b (see `_corners`), broadcast; 0 where the union is empty."""
+    ax0, ay0, ax1, ay1, a_area = _corners(a, fmt)
+    bx0, by0, bx1, by1, b_area = _corners(b, fmt)
+    iw = np.maximum(0.0, np.minimum(ax1, bx1) - np.maximum(ax0, bx0))
+    ih = np.maximum(0.0, np.minimum(ay1, by1) - np.maximum(ay0, by0))
+    inter = iw * ih
+    union = a_area + b_area - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
 def box_iou(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
     """IoU of two xywh boxes; 0 when either is missing or empty."""
     if a is None or b is None:
         return 0.0
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return float(inter / union) if union > 0 else 0.0
+    return float(_iou(a, b, "xywh"))
+
+
+def box_ious(a: Any, b: Any, fmt: str = "xywh") -> np.ndarray:
+    """(len(a), len(b)) IoU of two arrays of boxes (N, 4) in `fmt` (xywh or xyxy)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4).T[:, :, None]
+    b = np.asarray(b, np.float64).reshape(-1, 4).T[:, None, :]
+    return _iou(a, b, fmt)
+
+
+def box_areas(boxes: Any, fmt: str = "xywh") -> Any:
+    """Area of a box (4,) or of each box (N, 4) in `fmt`: w * h of xywh boxes as given, of xyxy boxes with
+    the sides clipped at 0."""
+    return _corners(np.moveaxis(np.asarray(boxes, np.float64), -1, 0), fmt)[4]
 
 
 def box_agreement(mask: np.ndarray, bbox: Sequence[float]) -> float:
@@ -115,9 +144,11 @@ def size_bucket(area: float) -> str:
     return "small" if area < 32 ** 2 else ("medium" if area < 96 ** 2 else "large")
 
 
-def is_small64(bbox: Sequence[float]) -> bool:
-    """Hybrid networks' split: an instance is small when its box is under 64x64 px."""
-    return float(bbox[2]) * float(bbox[3]) < 64 * 64
+def is_small(boxes: Any, size: float = 64, fmt: str = "xywh") -> Any:
+    """Whether a box (4,) (a bool) or each box (N, 4) (an array) is smaller than size x size px by area: the
+    hybrid networks' small instances (size 64)."""
+    small = box_areas(boxes, fmt) < float(size) * float(size)
+    return bool(small) if np.ndim(small) == 0 else small
 
 
 def paste(crop_mask: np.ndarray, span: tuple[int, int, int, int], height: int, width: int) -> np.ndarray:
@@ -130,6 +161,7 @@ def paste(crop_mask: np.ndarray, span: tuple[int, int, int, int], height: int, w
 
 
 __all__ = [
-    "IGNORE", "box_pixels", "box_mask", "ellipse_mask", "mask_box", "box_iou", "box_agreement", "mask_iou",
-    "rle_encode", "rle_decode", "segmentation_mask", "mask_polygons", "size_bucket", "is_small64", "paste",
+    "IGNORE", "box_pixels", "box_mask", "ellipse_mask", "mask_box", "box_iou", "box_ious", "box_areas",
+    "box_agreement", "mask_iou", "rle_encode", "rle_decode", "segmentation_mask", "mask_polygons", "size_bucket",
+    "is_small", "paste",
 ]

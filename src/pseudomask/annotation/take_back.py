@@ -42,11 +42,12 @@ pointing `dataset.strong` at each round's file adds the round's corrections to t
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -119,26 +120,79 @@ def _categories(data: Mapping[str, Any], index: _Index) -> dict[int, int | None]
     return {int(c["id"]): index.cat_by_name.get(str(c.get("name"))) for c in cats}
 
 
+REPORT_LISTS = ("unknown_images", "unknown_instance_ids", "box_changed", "category_changed", "deleted", "added",
+                "no_mask", "skipped_annotations", "not_returned", "not_in_job", "matched_by_box", "id_box_mismatch")
+NOTES = {"added": "added instances are in the strong file with new ids; ingest adds them to their images as true "
+                  "masks, but the dataset's own annotations do not have them",
+         "deleted": "deleted instances stay box-only instances of the dataset",
+         "box_changed": "the strong file has the annotator's box and mask"}
+
+# an annotation with its mask (None: none given) and dataset category
+_Read = tuple[dict, np.ndarray | None, int]
+# an annotation, the dataset instance it matched (None: added), its mask and dataset category
+_Matched = tuple[dict, dict | None, np.ndarray | None, int]
+
+
 def take_back(corrections: str | os.PathLike, datasets: Sequence[Dataset], job: str | os.PathLike | None = None,
               s: TakeBackSettings = TakeBackSettings()) -> tuple[dict, dict]:
     """(strong COCO file, report) of corrected annotations against the dataset (see the module doc)."""
+    data = _read_corrections(corrections)
+    index = _Index(datasets)
+    cat_map = _categories(data, index)
+    sent = _job_instances(job) if job else None
+    rep: dict[str, list] = {k: [] for k in REPORT_LISTS}
+    image_map = _map_images(data, index, s, rep, corrections)
+    anns_of = _annotations_by_image(data, image_map, rep, corrections)
+    new_ids = itertools.count(index.max_id + 1)
+    strong_images, strong_anns = [], []
+    for did in sorted(set(image_map.values())):
+        if sent is not None and did not in sent:
+            rep["not_in_job"].append(did)
+        anns = _take_image(did, anns_of.get(did, []), index, cat_map, sent, s, rep, new_ids)
+        if anns:
+            strong_images.append({k: index.images[did][k] for k in ("id", "file_name", "width", "height")})
+            strong_anns += anns
+    taken = len(strong_images)
+    if sent is not None:
+        rep["not_returned"] = sorted(i for i in sent if i not in anns_of)
+    if s.keep_strong:
+        kept = strong_instances_coco(datasets, exclude_images={im["id"] for im in strong_images})
+        strong_images += kept["images"]
+        strong_anns += kept["annotations"]
+        rep["kept_strong_images"] = [im["id"] for im in kept["images"]]
+    strong = {"info": {"description": "pseudomask strong images (annotator's masks in the dataset's ids)",
+                       "version": __version__, "date_created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "corrections": str(corrections)},
+              "licenses": [], "images": strong_images, "annotations": sorted(strong_anns, key=lambda a: a["id"]),
+              "categories": [{"id": c["id"], "name": c["name"]} for c in index.categories]}
+    report = {"corrections": str(corrections), "job": str(job) if job else None,
+              "strong_images": taken, "strong_annotations": len(strong_anns),
+              "counts": {k: len(v) for k, v in rep.items()}, **rep, "notes": dict(NOTES)}
+    return strong, report
+
+
+def _read_corrections(corrections: str | os.PathLike) -> dict:
     data = read_json(corrections, TakeBackError, "corrected annotations")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations", []), list):
         raise TakeBackError(f"{corrections}: not a COCO dataset (no 'images' list)")
-    index = _Index(datasets)
-    cat_map = _categories(data, index)
-    sent: dict[int, set[int]] | None = None
-    if job:
-        jd = read_json(job, TakeBackError, "annotation job")
-        sent = {int(im["id"]): set() for im in jd.get("images", [])}
-        for a in jd.get("annotations", []):
-            sent.setdefault(int(a["image_id"]), set()).add(int(a["id"]))
-    rep: dict[str, list] = {k: [] for k in ("unknown_images", "unknown_instance_ids", "box_changed",
-                                            "category_changed", "deleted", "added", "no_mask",
-                                            "skipped_annotations", "not_returned", "not_in_job", "matched_by_box",
-                                            "id_box_mismatch")}
-    image_map: dict[int, int] = {}  # corrected image id -> dataset image id
+    return data
+
+
+def _job_instances(job: str | os.PathLike) -> dict[int, set[int]]:
+    """The images of an annotation job and the instance ids sent with each."""
+    jd = read_json(job, TakeBackError, "annotation job")
+    sent: dict[int, set[int]] = {int(im["id"]): set() for im in jd.get("images", [])}
+    for a in jd.get("annotations", []):
+        sent.setdefault(int(a["image_id"]), set()).add(int(a["id"]))
+    return sent
+
+
+def _map_images(data: Mapping[str, Any], index: _Index, s: TakeBackSettings, rep: dict[str, list],
+                corrections: str | os.PathLike) -> dict[int, int]:
+    """Corrected image id -> dataset image id; the images the dataset does not know (or not at that size)
+    go to `unknown_images`, or are an error with `unknown_images: error`."""
+    image_map: dict[int, int] = {}
     for im in data["images"]:
         if "id" not in im:
             raise TakeBackError(f"{corrections}: an image record without 'id': {im}")
@@ -158,6 +212,12 @@ def take_back(corrections: str | os.PathLike, datasets: Sequence[Dataset], job: 
         if did in image_map.values():
             raise TakeBackError(f"{corrections}: images {im['id']} and another one are both dataset image {did}")
         image_map[int(im["id"])] = did
+    return image_map
+
+
+def _annotations_by_image(data: Mapping[str, Any], image_map: Mapping[int, int], rep: Mapping[str, list],
+                          corrections: str | os.PathLike) -> dict[int, list[dict]]:
+    """The corrected annotations per dataset image id (those of skipped images left out)."""
     anns_of: dict[int, list[dict]] = {}
     for a in data.get("annotations", []):
         if "image_id" not in a or "category_id" not in a:
@@ -167,114 +227,123 @@ def take_back(corrections: str | os.PathLike, datasets: Sequence[Dataset], job: 
             anns_of.setdefault(image_map[cid], []).append(a)
         elif not any(u["image_id"] == cid for u in rep["unknown_images"]):
             raise TakeBackError(f"{corrections}: annotation {a.get('id')} refers to image {cid}, not in its images")
-    next_id = index.max_id
-    strong_images, strong_anns = [], []
-    taken = 0
-    for did in sorted(set(image_map.values())):
-        ds_im = index.images[did]
-        h, w = int(ds_im["height"]), int(ds_im["width"])
-        if sent is not None and did not in sent:
-            rep["not_in_job"].append(did)
-        pool = [r for r in index.by_image.get(did, []) if r["status"] != "ignored"
-                and (sent is None or did not in sent or int(r["id"]) in sent[did])]
-        free = {int(r["id"]): r for r in pool}
-        matched: list[tuple[dict, dict | None, np.ndarray | None, int | None]] = []  # (ann, instance, mask, cat)
-        later = []
-        for a in anns_of.get(did, []):
-            cat = cat_map.get(int(a["category_id"]))
-            if cat is None:
-                rep["skipped_annotations"].append({"image_id": did, "annotation_id": a.get("id"),
-                                                   "reason": f"unknown category {a['category_id']}"})
+    return anns_of
+
+
+def _take_image(did: int, anns: Sequence[dict], index: _Index, cat_map: Mapping[int, int | None],
+                sent: Mapping[int, set[int]] | None, s: TakeBackSettings, rep: dict[str, list],
+                new_ids: Iterator[int]) -> list[dict]:
+    """The strong annotations of one corrected image: its annotations read, matched to the instances of the
+    image (those sent with the job, when it is given) by id, then by box, the rest recorded."""
+    ds_im = index.images[did]
+    h, w = int(ds_im["height"]), int(ds_im["width"])
+    pool = [r for r in index.by_image.get(did, []) if r["status"] != "ignored"
+            and (sent is None or did not in sent or int(r["id"]) in sent[did])]
+    free = {int(r["id"]): r for r in pool}
+    read = [x for x in (_read_annotation(did, a, h, w, cat_map, rep) for a in anns) if x is not None]
+    matched, later = _match_by_id(did, read, pool, free, s, rep)
+    matched += _match_by_box(did, later, free, s, rep)
+    for i, r in sorted(free.items()):
+        rep["deleted"].append({"image_id": did, "instance_id": i, "bbox": r["bbox"],
+                               "category_id": int(r["category_id"])})
+    return _strong_annotations(did, matched, s, rep, new_ids)
+
+
+def _read_annotation(did: int, a: dict, h: int, w: int, cat_map: Mapping[int, int | None], rep: dict[str, list]
+                     ) -> _Read | None:
+    """(annotation, mask, dataset category) of a corrected annotation, or None (recorded in
+    `skipped_annotations`): an unknown category, or a segmentation that is unreadable or not the image's size."""
+    cat = cat_map.get(int(a["category_id"]))
+    if cat is None:
+        rep["skipped_annotations"].append({"image_id": did, "annotation_id": a.get("id"),
+                                           "reason": f"unknown category {a['category_id']}"})
+        return None
+    try:
+        seg = a.get("segmentation")
+        if isinstance(seg, dict) and [int(v) for v in seg.get("size", [h, w])] != [h, w]:
+            raise ValueError(f"mask size {seg.get('size')} is not the image's {[h, w]}")
+        mask = segmentation_mask(seg, h, w) if seg else None
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        rep["skipped_annotations"].append({"image_id": did, "annotation_id": a.get("id"),
+                                           "reason": f"unreadable segmentation ({e})"})
+        return None
+    return a, mask, cat
+
+
+def _match_by_id(did: int, read: Sequence[_Read], pool: Sequence[dict], free: dict[int, dict], s: TakeBackSettings,
+                 rep: dict[str, list]) -> tuple[list[_Matched], list[_Read]]:
+    """(matched, left for matching by box) of an image's annotations: an id matches its instance unless the
+    box overlaps it under `match_iou` and overlaps another instance of the class better (`id_box_mismatch`);
+    an id that is no instance of the image goes to `unknown_instance_ids`. Matched instances leave `free`."""
+    matched: list[_Matched] = []
+    later: list[_Read] = []
+    pool_ids = {int(r["id"]) for r in pool}
+    for a, mask, cat in read:
+        aid = a.get("id")
+        if aid is not None and int(aid) in free:
+            box, inst = _box(a, mask), free[int(aid)]
+            iou = box_iou(box, inst["bbox"])
+            better = [j for j, r in free.items() if j != int(aid) and int(r["category_id"]) == cat
+                      and box_iou(box, r["bbox"]) > iou]
+            if iou >= s.match_iou or not better:
+                matched.append((a, free.pop(int(aid)), mask, cat))
                 continue
-            try:
-                seg = a.get("segmentation")
-                if isinstance(seg, dict) and [int(v) for v in seg.get("size", [h, w])] != [h, w]:
-                    raise ValueError(f"mask size {seg.get('size')} is not the image's {[h, w]}")
-                mask = segmentation_mask(seg, h, w) if seg else None
-            except (ValueError, TypeError, KeyError, IndexError) as e:
-                rep["skipped_annotations"].append({"image_id": did, "annotation_id": a.get("id"),
-                                                   "reason": f"unreadable segmentation ({e})"})
-                continue
-            aid = a.get("id")
-            if aid is not None and int(aid) in free:
-                box, inst = _box(a, mask), free[int(aid)]
-                iou = box_iou(box, inst["bbox"])
-                better = [j for j, r in free.items() if j != int(aid) and int(r["category_id"]) == cat
-                          and box_iou(box, r["bbox"]) > iou]
-                if iou >= s.match_iou or not better:
-                    matched.append((a, free.pop(int(aid)), mask, cat))
-                    continue
-                rep["id_box_mismatch"].append({"image_id": did, "annotation_id": int(aid), "box_iou": round(iou, 4),
-                                               "better_instances": better})
-                later.append((a, mask, cat))
-                continue
-            if aid is not None and int(aid) not in {int(r["id"]) for r in pool}:
-                rep["unknown_instance_ids"].append({"image_id": did, "annotation_id": int(aid)})
-            later.append((a, mask, cat))
-        for a, mask, cat in later:  # by box, best first
-            box = _box(a, mask)
-            best = max(((box_iou(box, r["bbox"]), -int(i), i) for i, r in free.items()
-                        if int(r["category_id"]) == cat), default=None)
-            if best is not None and best[0] >= s.match_iou:
-                inst = free.pop(best[2])
-                rep["matched_by_box"].append({"image_id": did, "annotation_id": a.get("id"), "instance_id": best[2],
-                                              "box_iou": round(best[0], 4)})
-                matched.append((a, inst, mask, cat))
-            else:
-                matched.append((a, None, mask, cat))
-        for i, r in sorted(free.items()):
-            rep["deleted"].append({"image_id": did, "instance_id": i, "bbox": r["bbox"],
-                                   "category_id": int(r["category_id"])})
-        written = 0
-        for a, inst, mask, cat in matched:
-            if mask is None or not np.any(mask == 1):
-                rep["no_mask"].append({"image_id": did, "annotation_id": a.get("id"),
-                                       "instance_id": int(inst["id"]) if inst else None})
-                continue
-            box = _box(a, mask)
-            if inst is None:
-                next_id += 1
-                iid = next_id
-                rep["added"].append({"image_id": did, "instance_id": iid, "annotation_id": a.get("id"),
-                                     "bbox": box, "category_id": cat})
-            else:
-                iid = int(inst["id"])
-                iou = box_iou(box, inst["bbox"])
-                if iou < s.box_iou:
-                    rep["box_changed"].append({"image_id": did, "instance_id": iid, "old_bbox": inst["bbox"],
-                                               "new_bbox": box, "box_iou": round(iou, 4)})
-                if cat != int(inst["category_id"]):
-                    rep["category_changed"].append({"image_id": did, "instance_id": iid,
-                                                    "old_category_id": int(inst["category_id"]),
-                                                    "new_category_id": cat})
-            seg = a["segmentation"] if isinstance(a["segmentation"], list) else rle_encode(mask)
-            strong_anns.append({"id": iid, "image_id": did, "category_id": cat, "bbox": box,
-                                "area": float(np.count_nonzero(mask == 1)), "iscrowd": int(a.get("iscrowd", 0) or 0),
-                                "segmentation": seg})
-            written += 1
-        if written:
-            strong_images.append({k: ds_im[k] for k in ("id", "file_name", "width", "height")})
-            taken += 1
-    if sent is not None:
-        rep["not_returned"] = sorted(i for i in sent if i not in anns_of)
-    if s.keep_strong:
-        kept = strong_instances_coco(datasets, exclude_images={im["id"] for im in strong_images})
-        strong_images += kept["images"]
-        strong_anns += kept["annotations"]
-        rep["kept_strong_images"] = [im["id"] for im in kept["images"]]
-    strong = {"info": {"description": "pseudomask strong images (annotator's masks in the dataset's ids)",
-                       "version": __version__, "date_created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       "corrections": str(corrections)},
-              "licenses": [], "images": strong_images, "annotations": sorted(strong_anns, key=lambda a: a["id"]),
-              "categories": [{"id": c["id"], "name": c["name"]} for c in index.categories]}
-    report = {"corrections": str(corrections), "job": str(job) if job else None,
-              "strong_images": taken, "strong_annotations": len(strong_anns),
-              "counts": {k: len(v) for k, v in rep.items()}, **rep,
-              "notes": {"added": "added instances are in the strong file with new ids; ingest adds them to their "
-                                 "images as true masks, but the dataset's own annotations do not have them",
-                        "deleted": "deleted instances stay box-only instances of the dataset",
-                        "box_changed": "the strong file has the annotator's box and mask"}}
-    return strong, report
+            rep["id_box_mismatch"].append({"image_id": did, "annotation_id": int(aid), "box_iou": round(iou, 4),
+                                           "better_instances": better})
+        elif aid is not None and int(aid) not in pool_ids:
+            rep["unknown_instance_ids"].append({"image_id": did, "annotation_id": int(aid)})
+        later.append((a, mask, cat))
+    return matched, later
+
+
+def _match_by_box(did: int, later: Sequence[_Read], free: dict[int, dict], s: TakeBackSettings,
+                  rep: dict[str, list]) -> list[_Matched]:
+    """Each annotation in turn matched to the free instance of its class with the highest box IoU, at least
+    `match_iou` (`matched_by_box`; ties: the lower instance id), else to none (an added instance)."""
+    matched: list[_Matched] = []
+    for a, mask, cat in later:
+        box = _box(a, mask)
+        best = max(((box_iou(box, r["bbox"]), -int(i), i) for i, r in free.items()
+                    if int(r["category_id"]) == cat), default=None)
+        if best is not None and best[0] >= s.match_iou:
+            inst = free.pop(best[2])
+            rep["matched_by_box"].append({"image_id": did, "annotation_id": a.get("id"), "instance_id": best[2],
+                                          "box_iou": round(best[0], 4)})
+            matched.append((a, inst, mask, cat))
+        else:
+            matched.append((a, None, mask, cat))
+    return matched
+
+
+def _strong_annotations(did: int, matched: Sequence[_Matched], s: TakeBackSettings, rep: dict[str, list],
+                        new_ids: Iterator[int]) -> list[dict]:
+    """The strong file's annotations of one image's matched annotations that have a mask (else `no_mask`):
+    in the matched instance's id, or a new id (`added`); a changed box or class is recorded."""
+    out = []
+    for a, inst, mask, cat in matched:
+        if mask is None or not np.any(mask == 1):
+            rep["no_mask"].append({"image_id": did, "annotation_id": a.get("id"),
+                                   "instance_id": int(inst["id"]) if inst else None})
+            continue
+        box = _box(a, mask)
+        if inst is None:
+            iid = next(new_ids)
+            rep["added"].append({"image_id": did, "instance_id": iid, "annotation_id": a.get("id"),
+                                 "bbox": box, "category_id": cat})
+        else:
+            iid = int(inst["id"])
+            iou = box_iou(box, inst["bbox"])
+            if iou < s.box_iou:
+                rep["box_changed"].append({"image_id": did, "instance_id": iid, "old_bbox": inst["bbox"],
+                                           "new_bbox": box, "box_iou": round(iou, 4)})
+            if cat != int(inst["category_id"]):
+                rep["category_changed"].append({"image_id": did, "instance_id": iid,
+                                                "old_category_id": int(inst["category_id"]), "new_category_id": cat})
+        seg = a["segmentation"] if isinstance(a["segmentation"], list) else rle_encode(mask)
+        out.append({"id": iid, "image_id": did, "category_id": cat, "bbox": box,
+                    "area": float(np.count_nonzero(mask == 1)), "iscrowd": int(a.get("iscrowd", 0) or 0),
+                    "segmentation": seg})
+    return out
 
 
 def _box(a: Mapping[str, Any], mask: np.ndarray | None) -> list[float] | None:

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import PseudomaskError
+from ..files import write_json
 from .features import FEATURES, image_features, source_of
 
 FORMAT = "pseudomask-quality-gbrt"
@@ -144,8 +145,6 @@ class Scorer:
                 **({"choice": self.choice.to_json()} if self.choice is not None else {})}
 
     def save(self, path: str | os.PathLike) -> Path:
-        from ..files import write_json
-
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return write_json(self.to_json(), path)
 

@@ -21,11 +21,11 @@ import numpy as np
 from ..errors import PseudomaskError
 from ..masks import box_pixels, ellipse_mask
 from ..settings import Settings, setting
-from ..loops import PASS_THROUGH, quality_scorer, read_artifact_image, run_artifact_stage
+from ..loops import PASS_THROUGH, Provenance, quality_scorer, read_artifact_image, run_artifact_stage
+from ..registry import mask_stages
 from ..store import Artifact
-from .features import instance_features
+from .features import EXTRAS, instance_features
 
-EXTRAS = ("union", "ellipse", "box")
 METHOD = "highest-predicted-quality"
 
 
@@ -98,8 +98,6 @@ def choose(names: Sequence[str], quality: np.ndarray, rank: np.ndarray | None = 
 def run_select(sources: Sequence[str | os.PathLike], out: str | os.PathLike, extras: Sequence[str] = EXTRAS,
                model: str = "default") -> dict:
     """Write a `select` artifact from mask artifacts of the same shard; returns a summary."""
-    from ..registry import mask_stages
-
     if not sources:
         raise PseudomaskError("select: no source artifacts given")
     scorer = quality_scorer(model)
@@ -140,8 +138,7 @@ def run_select(sources: Sequence[str | os.PathLike], out: str | os.PathLike, ext
             return rows, outm, None
 
         params = {"sources": names, "extras": list(extras), "model": str(model)}
-        run_artifact_stage(arts, out, per_image, stage="select", method=METHOD, params=params,
-                           quality=model, rescore=False)
+        run_artifact_stage(arts, out, Provenance("select", METHOD, params, quality=model), per_image, rescore=False)
     with Artifact(out, stage="select") as a:
         return {"out": str(out), "images": len(a.image_ids), "instances": int(len(a.instances.get("id", []))),
                 "status": a.status_counts(), "selected": dict(sorted(wins.items())),

@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..agree import run_agree
+from ..dataset import load_dataset, strong_instances_coco
 from ..errors import PseudomaskError
+from ..files import write_json
+from ..grabcut import run_grabcut
+from ..images import read_image
+from ..mask_metrics import GroundTruth
 from ..masks import box_agreement, mask_iou
+from ..mcg.boxes import run_mcg
 from ..settings import Settings, setting
+from ..store import Artifact
 from .features import FEATURES
 from .ranking import spearman
 from .scorer import CHOICE_FEATURES, Scorer, choice_features, fit
@@ -35,17 +44,10 @@ CANDIDATES = SOURCES + EXTRAS
 def run_sources(annotations: str | os.PathLike, images: str | os.PathLike, work: str | os.PathLike,
                 limit: int | None = None, workers: int = 2) -> dict[str, Path]:
     """grabcut, mcg and agree artifacts of a dataset in `work` (reused when present), without quality."""
-    from ..agree import run_agree
-    from ..dataset import load_dataset
-    from ..grabcut import run_grabcut
-    from ..mcg.boxes import run_mcg
-
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(annotations, images)
     if limit:
-        from dataclasses import replace
-
         keep = {im["id"] for im in ds.images[:limit]}
         ds = replace(ds, images=[im for im in ds.images if im["id"] in keep],
                      instances=[r for r in ds.instances if r["image_id"] in keep])
@@ -62,10 +64,6 @@ def run_sources(annotations: str | os.PathLike, images: str | os.PathLike, work:
 def collect(annotations: str | os.PathLike, images: str | os.PathLike, work: str | os.PathLike,
             limit: int | None = None, workers: int = 2) -> dict[str, Any]:
     """One row per candidate of every box with a true mask (see the module doc)."""
-    from ..images import read_image
-    from ..mask_metrics import GroundTruth
-    from ..store import Artifact
-
     paths = run_sources(annotations, images, work, limit, workers)
     gt = GroundTruth(annotations)
     out: dict[str, list] = {k: [] for k in ("x_single", "x_cross", "y", "proxy", "name", "instance", "image")}
@@ -268,8 +266,6 @@ class ScorerTrainSettings(Settings):
 def strong_coco(shards: Sequence[str | os.PathLike]) -> tuple[dict, Path]:
     """The strong instances (source gt) of ingested shards as one COCO dataset with their true masks, and
     the shards' image folder."""
-    from ..dataset import load_dataset, strong_instances_coco
-
     datasets = [load_dataset(p) for p in shards]
     return strong_instances_coco(datasets), Path(datasets[0].image_root if datasets else ".")
 
@@ -278,10 +274,6 @@ def run_stage(s: ScorerTrainSettings, *, shards: list[str], images: str | None, 
               threads: int = 1) -> dict:
     """The `scorer_train` stage (see pseudomask.registry): a quality model from the strong instances of the
     shards (or from every instance of a COCO JSON with masks given with --images)."""
-    import tempfile
-
-    from ..files import write_json
-
     with tempfile.TemporaryDirectory(prefix=".scorer_train-", dir=Path(model).parent) as tmp:
         work = Path(tmp)  # the sources' artifacts of these images: never reused by another run
         if len(shards) == 1 and str(shards[0]).endswith(".json"):

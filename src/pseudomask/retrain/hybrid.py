@@ -26,10 +26,18 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..devices import pick_device
 from ..errors import PseudomaskError, read_json
 from ..files import write_json
+from ..grabcut import GrabCutSettings, grabcut_image
+from ..images import ImageError, read_image
+from ..loops import progress
+from ..masks import box_areas, box_ious, is_small, rle_encode
 from ..settings import Settings, device_setting, field_default, setting
-from .mmdet_config import RetrainError, RetrainSettings
+from ..store import Artifact
+from .mmdet_config import RetrainError, RetrainSettings, build_config, build_faster_rcnn_config, list_scale
+from .predict import image_list, predict
+from .train import train
 
 SMALL_LR_FACTOR = 1.5  # the paper: 0.0075 for the small-object branch, 0.005 for the large one
 PASS = ("failed", "ignored")  # no box to learn from (failed: no usable instance; ignored: crowd)
@@ -41,8 +49,6 @@ def invalid_instances(validity: Sequence[str | os.PathLike], masks: Sequence[str
                       ) -> dict[int, str]:
     """{instance id: why its pseudo mask is invalid} from validity artifacts (box agreement below their
     `min_iou`) and, optionally, the artifacts validity checked (a `fallback` replacement)."""
-    from ..store import Artifact
-
     out: dict[int, str] = {}
     for path in validity:
         with Artifact(path, stage="validity") as a:
@@ -87,14 +93,12 @@ def split_coco(data: Mapping[str, Any], invalid: Mapping[int, str]) -> tuple[dic
 
 def split_summary(large: Mapping[str, Any], small: Mapping[str, Any]) -> dict:
     """Counts of the split: instances per branch, masks the large branch trains on, small / large by box."""
-    from ..masks import is_small64
-
     inv = small["annotations"]
     return {"instances": len(large["annotations"]), "invalid": len(inv),
             "large_masks_trained": sum(not a.get("mask_ignore") and a.get("status") not in PASS
                                        for a in large["annotations"]),
-            "invalid_small64": sum(is_small64(a["bbox"]) for a in inv),
-            "invalid_large64": sum(not is_small64(a["bbox"]) for a in inv),
+            "invalid_small64": sum(is_small(a["bbox"]) for a in inv),
+            "invalid_large64": sum(not is_small(a["bbox"]) for a in inv),
             "small_images": len({a["image_id"] for a in inv})}
 
 
@@ -164,10 +168,7 @@ class RetrainHybridSettings(Settings):
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None, where: str | None = None) -> "RetrainHybridSettings":
-        values = dict(values or {})
-        if isinstance(values.get("scale"), tuple):
-            values["scale"] = list(values["scale"])
-        return super().from_mapping(values, where)
+        return super().from_mapping(list_scale(values), where)
 
     def check(self) -> None:
         self.branch("large").check()
@@ -175,8 +176,7 @@ class RetrainHybridSettings(Settings):
     def branch(self, which: str) -> RetrainSettings:
         """The RetrainSettings of one branch: "large" (Mask R-CNN, `neck`) or "small" (Faster R-CNN, FPN)."""
         own = {"small_lr", "neck"}
-        common = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in own}
-        common["scale"] = list(common["scale"]) if isinstance(common["scale"], tuple) else common["scale"]
+        common = list_scale({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in own})
         if which == "large":
             return RetrainSettings(**common, neck=self.neck, recipe="hybrid")
         if which == "small":
@@ -194,9 +194,6 @@ def run_train(s: RetrainHybridSettings, *, large: str, small: str, images: str, 
               large_config: str, small_checkpoint: str, small_config: str, threads: int = 1) -> dict:
     """The `retrain_hybrid` stage (see pseudomask.registry): the large branch, then the small one, each in its own
     MMEngine run folder (`work/` beside its checkpoint), each resumable as `retrain` is."""
-    from .mmdet_config import build_config, build_faster_rcnn_config
-    from .train import train
-
     if not _annotation_count(small):
         raise RetrainError(f"{small}: no invalid instances, so the small-object branch has nothing to train on "
                            "(validity found every mask valid at its min_iou); use retrain.recipe mask_rcnn, or a stricter "
@@ -212,27 +209,6 @@ def run_train(s: RetrainHybridSettings, *, large: str, small: str, images: str, 
 
 # ----------------------------------------------------------------------------------------------- prediction
 
-def xyxy_area(boxes: np.ndarray) -> np.ndarray:
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-
-
-def is_small(boxes: np.ndarray, size: float = 64) -> np.ndarray:
-    """Per xyxy box: smaller than size x size px by area (masks.is_small64's rule, at any size)."""
-    return xyxy_area(boxes) < float(size) * float(size)
-
-
-def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of xyxy boxes."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    union = xyxy_area(a)[:, None] + xyxy_area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def fuse(large_boxes: np.ndarray, large_labels: np.ndarray, small_boxes: np.ndarray, small_labels: np.ndarray,
          size: float = 64, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
     """The hybrid fusion of one image's detections (xyxy boxes, labels): (indices of the large-branch results
@@ -244,15 +220,15 @@ def fuse(large_boxes: np.ndarray, large_labels: np.ndarray, small_boxes: np.ndar
     kept, the branch owning the mean of the two box areas keeps its result and the other is removed."""
     lb = np.asarray(large_boxes, np.float64).reshape(-1, 4)
     sb = np.asarray(small_boxes, np.float64).reshape(-1, 4)
-    keep_l = ~is_small(lb, size)
-    keep_s = is_small(sb, size)
+    keep_l = ~is_small(lb, size, "xyxy")
+    keep_s = is_small(sb, size, "xyxy")
     li, si = np.flatnonzero(keep_l), np.flatnonzero(keep_s)
-    ious = box_iou_matrix(lb[li], sb[si])
+    ious = box_ious(lb[li], sb[si], "xyxy")
     same = np.asarray(large_labels)[li][:, None] == np.asarray(small_labels)[si][None, :]
     cand = np.argwhere((ious >= iou) & same)
     order = sorted(range(len(cand)), key=lambda k: (-ious[cand[k][0], cand[k][1]], cand[k][0], cand[k][1]))
     removed = 0
-    la, sa = xyxy_area(lb), xyxy_area(sb)
+    la, sa = box_areas(lb, "xyxy"), box_areas(sb, "xyxy")
     for k in order:
         i, j = li[cand[k][0]], si[cand[k][1]]
         if not (keep_l[i] and keep_s[j]):
@@ -317,11 +293,6 @@ def fuse_results(large: Sequence[Mapping[str, Any]], small: Sequence[Mapping[str
 def grabcut_small(results: list[dict], images: str | os.PathLike, files: Mapping[int, str], params) -> dict:
     """Give every small-branch result its mask: the project's GrabCut in its box (ellipse fallback as
     configured), image by image. Sets `segmentation` (RLE) in place; returns counts."""
-    from ..grabcut import grabcut_image
-    from ..images import ImageError, read_image
-    from ..masks import rle_encode
-    from ..loops import progress
-
     todo = _by_index_per_image(results)
     fallbacks, unreadable = 0, []
     for image_id, idx in progress(list(todo.items()), desc="predict_hybrid grabcut"):
@@ -365,9 +336,7 @@ class PredictHybridSettings(Settings):
     def check(self) -> None:
         self.grabcut_params()
 
-    def grabcut_params(self):
-        from ..grabcut import GrabCutSettings
-
+    def grabcut_params(self) -> GrabCutSettings:
         return GrabCutSettings.from_mapping(self.grabcut, f"{self.SECTION}.grabcut")
 
 
@@ -377,8 +346,6 @@ def predict_hybrid(large_checkpoint: str | os.PathLike, small_checkpoint: str | 
                    settings: PredictHybridSettings | None = None, device: str | None = None
                    ) -> tuple[list[dict], dict]:
     """COCO results of the hybrid recipe on every image: both detectors, fusion, GrabCut of the small ones."""
-    from .predict import image_list, predict
-
     s = settings or PredictHybridSettings()
     ims = image_list(images, coco)
     large, s_large = predict(large_checkpoint, images, coco=coco, config=large_config, device=device,
@@ -397,9 +364,7 @@ def predict_hybrid(large_checkpoint: str | os.PathLike, small_checkpoint: str | 
 def run_predict(s: PredictHybridSettings, *, large_checkpoint: str, large_config: str | None, small_checkpoint: str,
                 small_config: str | None, images: str, coco: str | None, out: str, threads: int = 1) -> dict:
     """The `predict_hybrid` stage (see pseudomask.registry)."""
-    import torch
-
-    from ..devices import pick_device
+    import torch  # lazy: the CLI imports this module's settings at start-up
 
     torch.set_num_threads(threads)
     results, summary = predict_hybrid(large_checkpoint, small_checkpoint, images, coco, large_config, small_config,

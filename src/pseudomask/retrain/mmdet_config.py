@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+from .. import __version__
 from ..errors import read_json
 from ..files import write_text_atomic
 from ..settings import Settings, SettingsError, setting
@@ -38,6 +39,15 @@ SCALE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 32},
                           {"type": "array", "items": {"type": "integer", "minimum": 32}, "minItems": 2,
                            "maxItems": 2}]}
 TEST_SCORE_THR = 0.05  # MMDetection's; `predict.score_thr` sets the one used for predictions
+
+
+def list_scale(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Settings values with a tuple `scale` (as Python code writes MMDetection's (1333, 800)) as the list a
+    config file gives."""
+    values = dict(values or {})
+    if isinstance(values.get("scale"), tuple):
+        values["scale"] = list(values["scale"])
+    return values
 
 
 @dataclass(frozen=True)
@@ -80,10 +90,7 @@ class RetrainSettings(Settings):
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None, where: str | None = None) -> "RetrainSettings":
-        values = dict(values or {})
-        if isinstance(values.get("scale"), tuple):
-            values["scale"] = list(values["scale"])
-        return super().from_mapping(values, where)
+        return super().from_mapping(list_scale(values), where)
 
     def check(self) -> None:
         if self.init_checkpoint and not Path(self.init_checkpoint).is_file():
@@ -340,8 +347,6 @@ def _plain(v: Any) -> Any:
 
 def config_text(cfg: Mapping[str, Any]) -> str:
     """The config as a Python file MMDetection's Config.fromfile reads (one assignment per key)."""
-    from .. import __version__
-
     s = cfg.get("pseudomask", {}).get("settings", {})
     model = {"MaskRCNN": "Mask R-CNN", "FasterRCNN": "Faster R-CNN"}.get(cfg.get("model", {}).get("type"), "Mask R-CNN")
     neck = cfg.get("model", {}).get("neck", {}).get("type", "FPN")
