@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import PseudomaskError, read_json
-from .masks import box_iou, box_pixels, segmentation_mask
+from .masks import box_ious, box_pixels, segmentation_mask
 from .settings import Settings, SettingsError, setting
 from .crf import _densecrf, refine_mask, settings_from
 from .loops import PASS_THROUGH, Provenance, read_artifact_image, run_artifact_stage
@@ -91,11 +91,12 @@ def match_detections(boxes: Sequence[Sequence[float]], categories: Sequence[int]
     box, each detection and each box at most once."""
     pairs = []
     best = [0.0] * len(boxes)
+    ious = box_ious([d["bbox"] for d in detections], boxes).tolist()
     for i, (b, c) in enumerate(zip(boxes, categories)):
         for j, d in enumerate(detections):
             if int(d["category_id"]) != int(c) or float(d["score"]) < min_score:
                 continue
-            iou = box_iou(d["bbox"], b)
+            iou = ious[j][i]
             best[i] = max(best[i], iou)
             if iou >= match_iou and iou > 0:
                 pairs.append((-iou, -float(d["score"]), j, i))
