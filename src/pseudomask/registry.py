@@ -96,6 +96,27 @@ MASKS = _p("masks", "artifact of a mask stage (.h5)")
 SHARDS = _p("shards", "ingested shards (.h5), or one COCO JSON with --images", many=True)
 SCORER = _p("scorer", "quality model written by scorer-train (.json); overrides the `model` setting", optional=True)
 GPU_RESOURCES = {"threads": 2, "mem_mb": 8000, "runtime": 120}
+GPU_HOUR = {**GPU_RESOURCES, "runtime": 60}
+RUN_RESOURCES = {"threads": 1, "mem_mb": 4000, "runtime": 30}  # a once-per-run stage that reads every shard
+PREDICT_IMAGES = _p("images", "image folder")
+PREDICT_COCO = _p("coco", "COCO JSON of the images to predict; none: every image file, ids 1.. in name order",
+                  optional=True)
+RESULTS = _p("out", "COCO results JSON to write")
+GROUND_TRUTH = _p("ground_truth", "COCO JSON with true masks")
+METRICS = _p("out", "metrics JSON to write")
+
+
+def detector_predictions(name: str, help: str, run: str, settings: str, models: tuple[Port, ...]) -> Stage:
+    """A stage that runs trained detectors (`models`: their weights and configs) over images: COCO results."""
+    return Stage(name, help, run, settings, inputs=(*models, PREDICT_IMAGES, PREDICT_COCO), outputs=(RESULTS,),
+                 gpu=True, resources=GPU_HOUR)
+
+
+def detector_evaluation(name: str, help: str, predictions: str) -> Stage:
+    """A stage that scores a detector's COCO results against true masks (one function, two doors)."""
+    return Stage(name, help, "detection_metrics:run_stage", "mask_metrics:EvaluateSettings",
+                 inputs=(_p("predictions", predictions), GROUND_TRUTH), outputs=(METRICS,), resources=RUN_RESOURCES)
+
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("demo_data", "render the synthetic demo dataset (COCO JSON with masks, images, salient set)",
@@ -165,13 +186,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           outputs=(_p("out", "COCO instances JSON to write"),
                    _p("panoptic_json", "COCO panoptic JSON to write with --panoptic (its PNGs: the folder of the same "
                       "name without .json); default: <out>_panoptic.json", optional=True)),
-          resources={"threads": 1, "mem_mb": 4000, "runtime": 30}),
+          resources=RUN_RESOURCES),
     Stage("evaluate_masks", "pseudo masks (COCO JSON or artifact) against true masks: mIoU by size and invalid "
           "rates (boxes) or AP^r, ABO, COCO AP (tags); PQ",
           "mask_metrics:run_stage", "mask_metrics:EvaluateSettings",
           inputs=(_p("pseudo", "COCO JSON of pseudo masks or an artifact"),
-                  _p("ground_truth", "COCO JSON with true masks")),
-          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30}),
+                  GROUND_TRUTH),
+          outputs=(METRICS,), resources=RUN_RESOURCES),
     Stage("retrain", "train MMDetection Mask R-CNN on pseudo masks (mask_ignore rows train box and class only)",
           "retrain.train:run_stage", "retrain.mmdet_config:RetrainSettings",
           inputs=(_p("annotations", "COCO JSON of pseudo masks (mask_ignore honoured)"), _p("images", "image folder of the training JSON"),
@@ -179,20 +200,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   _p("val_images", "image folder of --val", optional=True)),
           outputs=(_p("checkpoint", "weights to write (.pth); MMEngine's run folder is work/ beside it"),
                    _p("mmdet_config", "MMDetection config to write (.py)")),
-          gpu=True, resources={"threads": 2, "mem_mb": 8000, "runtime": 60}),
-    Stage("predict", "COCO results (RLE masks, boxes, scores) of a trained Mask R-CNN",
-          "retrain.predict:run_stage", "retrain.predict:PredictSettings",
-          inputs=(_p("checkpoint", "weights written by retrain"),
-                  _p("mmdet_config", "MMDetection config (default: mask_rcnn.py beside the checkpoint)", optional=True),
-                  _p("images", "image folder"),
-                  _p("coco", "COCO JSON of the images to predict; none: every image file, ids 1.. in name order",
-                     optional=True)),
-          outputs=(_p("out", "COCO results JSON to write"),), gpu=True,
-          resources={"threads": 2, "mem_mb": 8000, "runtime": 60}),
-    Stage("evaluate_model", "detector predictions against true masks: COCO AP and VOC-style AP^r, ABO",
-          "detection_metrics:run_stage", "mask_metrics:EvaluateSettings",
-          inputs=(_p("predictions", "COCO results JSON"), _p("ground_truth", "COCO JSON with true masks")),
-          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30}),
+          gpu=True, resources=GPU_HOUR),
+    detector_predictions("predict", "COCO results (RLE masks, boxes, scores) of a trained Mask R-CNN",
+                         "retrain.predict:run_stage", "retrain.predict:PredictSettings",
+                         (_p("checkpoint", "weights written by retrain"),
+                          _p("mmdet_config", "MMDetection config (default: mask_rcnn.py beside the checkpoint)",
+                             optional=True))),
+    detector_evaluation("evaluate_model", "detector predictions against true masks: COCO AP and VOC-style AP^r, "
+                        "ABO", "COCO results JSON"),
     Stage("hybrid_split", "hybrid networks: valid masks train the large-object branch, invalid ones' boxes the small",
           "retrain.hybrid:run_split", "retrain.hybrid:HybridSplitSettings",
           inputs=(_p("annotations", "COCO JSON of pseudo masks (the export)"),
@@ -211,21 +226,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                    _p("small_checkpoint", "Faster R-CNN weights to write (.pth); its run folder is work/ beside it"),
                    _p("small_config", "its MMDetection config to write (.py)")),
           gpu=True, resources={"threads": 2, "mem_mb": 8000, "runtime": 120}),
-    Stage("predict_hybrid", "hybrid networks: both branches, size fusion at 64x64 px, GrabCut of the small detections",
-          "retrain.hybrid:run_predict", "retrain.hybrid:PredictHybridSettings",
-          inputs=(_p("large_checkpoint", "Mask R-CNN weights written by retrain-hybrid"),
-                  _p("large_config", "its MMDetection config", optional=True),
-                  _p("small_checkpoint", "Faster R-CNN weights written by retrain-hybrid"),
-                  _p("small_config", "its MMDetection config", optional=True),
-                  _p("images", "image folder"),
-                  _p("coco", "COCO JSON of the images to predict; none: every image file, ids 1.. in name order",
-                     optional=True)),
-          outputs=(_p("out", "COCO results JSON to write"),), gpu=True,
-          resources={"threads": 2, "mem_mb": 8000, "runtime": 60}),
-    Stage("evaluate_hybrid", "hybrid predictions against true masks: COCO AP (by size), AP^r, ABO, as evaluate-model",
-          "detection_metrics:run_stage", "mask_metrics:EvaluateSettings",
-          inputs=(_p("predictions", "COCO results JSON of predict-hybrid"), _p("ground_truth", "COCO JSON with true masks")),
-          outputs=(_p("out", "metrics JSON to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30}),
+    detector_predictions("predict_hybrid", "hybrid networks: both branches, size fusion at 64x64 px, GrabCut of the "
+                         "small detections", "retrain.hybrid:run_predict", "retrain.hybrid:PredictHybridSettings",
+                         (_p("large_checkpoint", "Mask R-CNN weights written by retrain-hybrid"),
+                          _p("large_config", "its MMDetection config", optional=True),
+                          _p("small_checkpoint", "Faster R-CNN weights written by retrain-hybrid"),
+                          _p("small_config", "its MMDetection config", optional=True))),
+    detector_evaluation("evaluate_hybrid", "hybrid predictions against true masks: COCO AP (by size), AP^r, ABO, "
+                        "as evaluate-model", "COCO results JSON of predict-hybrid"),
     Stage("refine_round", "next round's pseudo labels: a model's detections matched to the boxes, DenseCRF, "
           "clipped to their boxes", "rounds:run_stage", "rounds:RefineRoundSettings",
           inputs=(_p("predictions", "COCO results JSON of the previous round's model on the training images"),
@@ -265,7 +273,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   _p("choice", "images chosen for annotation (JSON written by choose-images)", optional=True),
                   _p("evaluations", "metrics JSONs of evaluate-masks / evaluate-model / evaluate-hybrid (every "
                                     "round's)", many=True, optional=True)),
-          outputs=(_p("out", "HTML file to write"),), resources={"threads": 1, "mem_mb": 4000, "runtime": 30}),
+          outputs=(_p("out", "HTML file to write"),), resources=RUN_RESOURCES),
 )}
 
 
