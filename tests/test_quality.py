@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 from pseudomask.dataset import read_shard
 from pseudomask.images import read_image
 from pseudomask.merge_drop import merge_drop, merge_drop_image
+from pseudomask.quality.ranking import spearman
 from pseudomask.quality.features import FEATURES, SOURCES, feature_vector, instance_features, named_features
 from pseudomask.quality.scorer import Scorer, ScorerError, Tree, fit, get_scorer
 from pseudomask.quality.select import SelectSettings, choose, run_select
@@ -20,6 +21,19 @@ from pseudomask.store import Artifact, ArtifactWriter
 from test_merge_drop import perturbed_gt_source
 
 FILL = FEATURES.index("fill")
+
+
+def test_spearman_equals_scipys_with_ties_and_is_none_where_undefined():
+    rng = np.random.default_rng(3)
+    for n in (3, 7, 50, 400):
+        x = rng.integers(0, 6, n).astype(float)  # many ties
+        y = x + rng.normal(0, 2, n)
+        if np.ptp(x) > 0:
+            assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    assert spearman([1, 2], [2, 1]) is None
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    assert spearman([1, 2, np.nan], [1, 2, 3]) is None
+    assert spearman([3, 1, 2], [30, 10, 20]) == pytest.approx(1.0)
 
 
 def stump_scorer(path, feature="fill", split=0.5, low=0.2, high=0.9):

@@ -14,8 +14,6 @@ import cv2
 import numpy as np
 from numba import njit
 
-from .felzenszwalb import felzenszwalb
-
 
 def base_superpixels(rgb: np.ndarray, scale: float = 50.0, sigma: float = 0.8, min_size: int = 10) -> np.ndarray:
     """Fine over-segmentation (Felzenszwalb-Huttenlocher graph segmentation): (H, W) int32 labels 0..S-1.
@@ -23,6 +21,8 @@ def base_superpixels(rgb: np.ndarray, scale: float = 50.0, sigma: float = 0.8, m
     Computed by the compiled implementation in `felzenszwalb.py`, label for label the same as
     `skimage.segmentation.felzenszwalb`.
     """
+    from .felzenszwalb import felzenszwalb  # lazy: it imports skimage (0.2 s), which every CLI start would pay
+
     return felzenszwalb(rgb, scale=scale, sigma=sigma, min_size=min_size)
 
 
