@@ -65,11 +65,13 @@ class Stage:
         mod, fn = self.run.split(":")
         return getattr(importlib.import_module(f"pseudomask.{mod}"), fn)
 
-    def resolve(self, section: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None):
+    def resolve(self, section: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None,
+                device: str | None = None):
         """The settings this stage runs with: its config section (without `resources`) over the defaults,
-        then the device profile (e.g. BoxCaseg's short CPU training), then options given explicitly."""
+        then the profile of the device (`device`, default: the settings' own; e.g. BoxCaseg's short CPU
+        training), then options given explicitly."""
         values = {k: v for k, v in (section or {}).items() if k != "resources"}
-        s = self.settings_class().from_mapping(values, self.name).for_device()
+        s = self.settings_class().from_mapping(values, self.name).for_device(device)
         return s.replace(**given) if given else s
 
     def __call__(self, settings, *, threads: int = 1, **ports: Any) -> dict:

@@ -32,9 +32,9 @@ import torch
 
 from ..checkpoints import load_resume, resume_path, save_resume
 from ..dataset import Dataset, load_dataset
-from ..devices import pick_device
+from ..devices import autocast, grad_scaler, pick_device
 from ..files import atomic_path
-from ..optim import build_optimizer
+from ..optim import build_optimizer, optimizer_step
 from ..loops import progress
 from .data import (BoxCasegDataError, JointDataset, RatioBatchSampler, SalientFolder, box_items, collate,
                    strong_items)
@@ -111,6 +111,7 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
     sampler_seed = cfg.seed
     model = build_model(cfg.backbone, cfg.backbone_checkpoint or None, alpha=cfg.alpha).to(device)
     opt = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    scaler = grad_scaler(device, cfg.amp)  # mixed precision on CUDA; a pass-through on the CPU
     rows: list[dict] = []
     start = 0
 
@@ -145,12 +146,11 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
         lr = poly_lr(cfg.lr, it, cfg.iters, cfg.poly_power)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, parts = train_step(model, next(batches), cfg, device, iou=iou_on(it, cfg))
+        with autocast(device, cfg.amp):
+            loss, parts = train_step(model, next(batches), cfg, device, iou=iou_on(it, cfg))
         if not torch.isfinite(loss):
             raise BoxCasegError(f"BoxCaseg loss became {float(loss)} at iteration {it + 1}; lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss, scaler)
         rows.append({"iteration": it + 1, **parts, "lr": lr, "seconds": time.time() - t0})
         if cfg.log_every and (it + 1) % cfg.log_every == 0:
             print(" ".join(f"{k}={rows[-1][k]:.4g}" for k in LOG_COLUMNS), file=sys.stderr)

@@ -21,9 +21,9 @@ import torch
 
 from ..checkpoints import load_resume, resume_path, save_resume
 from ..dataset import Dataset, load_dataset
-from ..devices import pick_device
+from ..devices import autocast, grad_scaler, pick_device
 from ..images import ImageError, read_image
-from ..optim import build_optimizer
+from ..optim import build_optimizer, optimizer_step
 from ..loops import progress
 from .model import STAGE, CamError, build_classifier, loss_fn, prepare, resolve_backbone_name, save_checkpoint
 from .settings import CamTrainSettings
@@ -119,6 +119,7 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
               "input_size": s.input_size}
     model = build_classifier(config, s.backbone_checkpoint or None).to(device)
     opt = build_optimizer(model.parameters(), s.optimizer, s.lr, weight_decay=s.weight_decay)
+    scaler = grad_scaler(device, s.amp)  # mixed precision on CUDA; a pass-through on the CPU
     run_key = {**config, **{k: getattr(s, k) for k in ("iters", "batch_size", "lr", "optimizer", "weight_decay",
                                                           "seed", "backbone_checkpoint")},
                "images": hashlib.sha256("\n".join(f"{p}:{im.get('tags')}" for p, im in pairs).encode()).hexdigest()}
@@ -147,11 +148,9 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
         if x is not None:
             for g in opt.param_groups:
                 g["lr"] = _lr(s, it)
-            out_ = model(x.to(device))
-            loss = loss_fn(out_["scores"], y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            with autocast(device, s.amp):
+                loss = loss_fn(model(x.to(device))["scores"], y.to(device))
+            optimizer_step(opt, loss, scaler)
             history.append(float(loss.detach()))
         if (it + 1) % s.save_every == 0 and it + 1 < last:
             snapshot(it + 1)

@@ -1,9 +1,9 @@
 """Train Mask R-CNN on a COCO JSON of pseudo masks with MMEngine's Runner; resumable, weights-only output.
 
 The work folder holds the generated config (`mask_rcnn.py`), MMEngine's logs and its full checkpoints
-(`iter_N.pth` with optimizer state, `last_checkpoint`). A run whose config text (settings, paths and the
-training JSON's digest) equals the one in the folder resumes from the last checkpoint; any other run starts
-afresh and removes the stale checkpoints. The result is `latest.pth`: the model weights and metadata only.
+(`epoch_N.pth` or `iter_N.pth` with optimizer state, `last_checkpoint`). A run whose config text (settings,
+paths and the training JSON's digest) equals the one in the folder resumes from the last checkpoint; any other
+run starts afresh and removes the stale checkpoints. The result is `latest.pth`: the model weights and metadata only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from .mmdet_config import CONFIG_NAME, RetrainSettings, build_config, config_tex
 
 
 def _stale_checkpoints(work_dir: Path) -> list[Path]:
-    return sorted(work_dir.glob("iter_*.pth")) + [p for p in [work_dir / "last_checkpoint"] if p.exists()]
+    saved = sorted([*work_dir.glob("iter_*.pth"), *work_dir.glob("epoch_*.pth")])
+    return saved + [p for p in [work_dir / "last_checkpoint"] if p.exists()]
 
 
 def can_resume(work_dir: Path, text: str) -> bool:
