@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from pseudomask.cli import build_parser
-from pseudomask.config import (DOCS_INDEX, README_FILE, SCHEMA_FILE, docs_stage_index, SECTIONS, complete_config, resources_class,
-                                      default_config, generated_files, gpu_rules, readme_with_table, stage_settings,
+from pseudomask.config import (DOCS_INDEX, README_FILE, SCHEMA_FILE, docs_stage_index, SECTIONS, complete_config,
+                                      resources_class, default_config, generated_files, gpu_rules, readme_with_table, stage_settings,
                                       stage_table, workflow_rules)
 from pseudomask.settings import SettingsError, defaults, option
 from pseudomask.registry import STAGES, mask_stages

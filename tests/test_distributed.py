@@ -146,7 +146,7 @@ BOX = ("--backbone", "resnet18_w16", "--batch-size", 8, "--crop-size", 64, "--sa
 @pytest.mark.mmdet
 def test_training_stages_on_two_cpu_processes(demo, tmp_path):
     """Each training stage on 2 processes (gloo): equal weights on both ranks (digests of every parameter, after
-    the last step), one checkpoint written by rank 0, no launch files left. BoxCaseg's loss curve against one
+    the last step; retrain_hybrid: of both branches), one checkpoint written by rank 0, no launch files left. BoxCaseg's loss curve against one
     process at the same total batch (8): both draw the same items with the same augmentation, so the two ranks'
     halves make up one process's batch; what differs is BatchNorm, which normalises each half by its own
     statistics (SyncBN needs CUDA). The first loss (equal weights) agrees within 2 %, the mean of the first 20
@@ -184,6 +184,16 @@ def test_training_stages_on_two_cpu_processes(demo, tmp_path):
     assert err.count("Saving checkpoint at 2 iterations") == 1 and "Distributed launcher: pytorch" in err
     assert sorted(p.name for p in (tmp_path / "rt/work").glob("*.pth")) == ["iter_2.pth"]
     assert (tmp_path / "rt/latest.pth").is_file() and (tmp_path / "rt/mask_rcnn.py").is_file()
+    # the hybrid recipe: both branches in one process group, one after the other (all boxes train both here)
+    hy, _ = _run("retrain-hybrid", "--large", demo / "annotations.json", "--small", demo / "annotations.json",
+                 "--images", demo / "images", "--large-checkpoint", tmp_path / "hy/large/latest.pth",
+                 "--large-config", tmp_path / "hy/large/mask_rcnn.py", "--small-checkpoint",
+                 tmp_path / "hy/small/latest.pth", "--small-config", tmp_path / "hy/small/faster_rcnn.py",
+                 "--schedule", "iters", "--max-iters", 2, "--scale", 128, "--threads", 1, "--gpus", 2)
+    for branch in ("large", "small"):
+        assert hy[branch]["processes"] == 2 and len(set(hy[branch]["replica_digests"])) == 1, branch
+        assert [p.name for p in (tmp_path / "hy" / branch / "work").glob("*.pth")] == ["iter_2.pth"]
+        assert (tmp_path / "hy" / branch / "latest.pth").is_file()
 
     # killed mid-run, then run again: it resumes from the last resume state and finishes
     args = (*box, "--model", tmp_path / "k/model.pt", "--losses", tmp_path / "k/losses.csv", "--iters", 200,

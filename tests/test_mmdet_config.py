@@ -129,3 +129,14 @@ def test_bad_settings_and_inputs_are_named(demo, tmp_path):
         build_config(bad, demo / "images", tmp_path)
     with pytest.raises(RetrainError, match="nothere: image folder not found"):
         build_config(demo / "annotations.json", tmp_path / "nothere", tmp_path)
+
+
+def test_several_processes_scale_the_lr_to_the_total_batch_and_may_sync_batchnorm(demo, tmp_path):
+    def cfg(world, **kw):
+        return build_config(demo / "annotations.json", demo / "images", tmp_path, RetrainSettings(**kw),
+                            device="cuda", world=world)
+
+    assert cfg(4)["optim_wrapper"]["optimizer"]["lr"] == 0.01  # 0.02 at 16, 4 processes x 2 images
+    assert cfg(8, batch_size=4)["optim_wrapper"]["optimizer"]["lr"] == 0.04
+    assert cfg(2, sync_bn=True)["sync_bn"] == "torch"
+    assert "sync_bn" not in cfg(1, sync_bn=True) and "sync_bn" not in cfg(2)

@@ -136,7 +136,8 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
                         strong=strong)
     # several processes: every rank draws the same batches (items carry their augmentation seeds) and trains
     # on its part of each, so that together they train on one process's batches
-    loader = torch.utils.data.DataLoader(data, batch_sampler=RankBatches(sampler) if world > 1 else sampler, collate_fn=collate,
+    loader = torch.utils.data.DataLoader(data, batch_sampler=RankBatches(sampler) if world > 1 else sampler,
+                                         collate_fn=collate,
                                          num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
     batches = iter(loader)
     model.train()

@@ -168,6 +168,7 @@ class RetrainHybridSettings(Settings):
     max_per_img: int = _like("max_per_img")
     neck: str = _like("neck", "pafpn", "neck of the large-object branch: pafpn (the paper's Enhanced-FPN, see "
                                        "docs/stages/retrain.md) | fpn; the small branch has an FPN")
+    sync_bn: bool = _like("sync_bn")
     amp: bool = _like("amp")
     cpu: dict = cpu_profile(CPU_PROFILE)
 

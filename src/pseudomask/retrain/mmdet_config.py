@@ -84,6 +84,8 @@ class RetrainSettings(Settings):
     workers: int = setting(0, "data loader processes (0: in the training process)", minimum=0)
     checkpoint_interval: int = setting(0, "save a resumable checkpoint every N iterations; 0 = after every epoch "
                                           "(1x, 2x) or at the end only (iters)", minimum=0)
+    sync_bn: bool = setting(False, "with several processes, BatchNorm statistics over the whole batch (MMEngine's "
+                                   "sync_bn \"torch\"; CUDA only); off: each process normalises its own images")
     amp: bool = setting(True, "mixed precision on CUDA (MMEngine's AmpOptimWrapper, dynamic loss scale); the CPU "
                               "trains in full precision")
     log_interval: int = setting(10, "iterations between log lines", minimum=1)
@@ -344,6 +346,8 @@ def build_config(train_json: str | os.PathLike, images: str | os.PathLike, work_
         resume=False,
         auto_scale_lr=dict(enable=False, base_batch_size=int(s.lr_batch or BASE_BATCH)),  # lr already scaled
     )
+    if s.sync_bn and world > 1:
+        cfg["sync_bn"] = "torch"  # the Runner converts the model's BatchNorm layers
     if val_json:
         if not val_images:
             raise RetrainError(f"{val_json}: validation annotations need --val-images")
