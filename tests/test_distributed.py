@@ -138,6 +138,17 @@ def _group(pgid: int) -> list[int]:
     return pids
 
 
+def test_a_failing_worker_fails_the_stage_naming_it(tmp_path):
+    """Both workers of a 2-process cam-train fail on a missing shard: the stage stops with a message naming the
+    rank, and leaves no launch folder behind."""
+    p = _cli("cam-train", "--shards", tmp_path / "missing.h5", "--model", tmp_path / "m/model.pt", "--device", "cpu",
+             "--gpus", 2)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode != 0 and re.search(r"rank [01] of 2 exited with 1; the others were stopped", err), err[-3000:]
+    assert re.search(r"cam-train \(rank [01]\): error: .*missing.h5: no such artifact", err) and "Traceback" not in err
+    assert list((tmp_path / "m").iterdir()) == []
+
+
 BOX = ("--backbone", "resnet18_w16", "--batch-size", 8, "--crop-size", 64, "--salient-resize", 72, "--optimizer",
        "adam", "--lr", 0.003, "--log-every", 1000, "--workers", 0, "--device", "cpu", "--threads", 1)
 

@@ -200,7 +200,8 @@ def _stop(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """A worker: join the process group, run the stage of the spec, rank 0 writes its summary."""
+    """A worker: join the process group, run the stage of the spec, rank 0 writes its summary; a stage's error
+    is one line naming the rank."""
     from . import distributed  # lazy: torch, needed in the workers only
     from .registry import get  # lazy: the registry imports this module
 
@@ -210,9 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     where = place()
     if where.rank > 0:
         os.environ["PSEUDOMASK_NO_PROGRESS"] = "1"  # one progress bar per run, rank 0's
-    with distributed.process_group(where, pick_device(getattr(settings, "device", "auto"))):
-        with thread_limit(spec["threads"]):
-            summary = stage.function()(settings, threads=spec["threads"], **spec["ports"])
+    try:
+        with distributed.process_group(where, pick_device(getattr(settings, "device", "auto"))):
+            with thread_limit(spec["threads"]):
+                summary = stage.function()(settings, threads=spec["threads"], **spec["ports"])
+    except PseudomaskError as e:  # a message, as the CLI prints it, not a traceback per rank
+        print(f"pseudomask {stage.command} (rank {where.rank}): error: {e}", file=sys.stderr)
+        return 1
     if where.rank == 0:
         write_text_atomic(json.dumps(summary, default=str), spec["summary"])
     return 0
