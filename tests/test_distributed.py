@@ -164,7 +164,8 @@ def test_training_stages_on_two_cpu_processes(demo, tmp_path):
     within 10 % (measured: 0.7 % and 1.4 %). CAM's first loss within 10 % (measured 4 %: BatchNorm over 4
     images of 64 px instead of 8). Mask R-CNN's first loss, 2 x 2 images against 1 x 4, within 10 % (measured
     4.3 %): BatchNorm, and each rank draws its own flips and RPN / RoI samples. Then a 2-process run killed
-    mid-way (SIGKILL to its process group) leaves no process behind and resumes from its last resume state."""
+    mid-way (SIGKILL to its process group) leaves no process behind and resumes from its last resume state
+    (BoxCaseg's, which CAM shares; retrain's MMEngine checkpoint)."""
     box = ("boxcaseg-train", "--shards", demo / "annotations.json", "--images", demo / "images",
            "--salient", demo / "salient", *BOX)
     one, _ = _run(*box, "--model", tmp_path / "b1/model.pt", "--losses", tmp_path / "b1/losses.csv", "--iters", 20)
@@ -188,10 +189,10 @@ def test_training_stages_on_two_cpu_processes(demo, tmp_path):
           "--max-iters", 2, "--scale", 128, "--threads", 1)
     rt1, _ = _run(*rt, "--checkpoint", tmp_path / "rt1/latest.pth", "--mmdet-config", tmp_path / "rt1/mask_rcnn.py",
                   "--batch-size", 4)
-    rt, err = _run(*rt, "--checkpoint", tmp_path / "rt/latest.pth", "--mmdet-config", tmp_path / "rt/mask_rcnn.py",
-                   "--batch-size", 2, "--gpus", 2)
-    assert rt["processes"] == 2 and len(set(rt["replica_digests"])) == 1 and rt["iters"] == 2
-    assert abs(rt["first_loss"] - rt1["first_loss"]) < 0.1 * rt1["first_loss"], (rt1, rt)
+    rt2, err = _run(*rt, "--checkpoint", tmp_path / "rt/latest.pth", "--mmdet-config", tmp_path / "rt/mask_rcnn.py",
+                    "--batch-size", 2, "--gpus", 2)
+    assert rt2["processes"] == 2 and len(set(rt2["replica_digests"])) == 1 and rt2["iters"] == 2
+    assert abs(rt2["first_loss"] - rt1["first_loss"]) < 0.1 * rt1["first_loss"], (rt1, rt2)
     assert err.count("Saving checkpoint at 2 iterations") == 1 and "Distributed launcher: pytorch" in err
     assert sorted(p.name for p in (tmp_path / "rt/work").glob("*.pth")) == ["iter_2.pth"]
     assert (tmp_path / "rt/latest.pth").is_file() and (tmp_path / "rt/mask_rcnn.py").is_file()
@@ -209,19 +210,33 @@ def test_training_stages_on_two_cpu_processes(demo, tmp_path):
     # killed mid-run, then run again: it resumes from the last resume state and finishes
     args = (*box, "--model", tmp_path / "k/model.pt", "--losses", tmp_path / "k/losses.csv", "--iters", 200,
             "--checkpoint-every", 5, "--gpus", 2)
-    p = _cli(*args, start_new_session=True)
-    state = tmp_path / "k/model.pt.resume.pt"
-    deadline = time.monotonic() + 120
-    while not state.exists() and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert state.exists() and p.poll() is None, p.communicate()[1][-3000:]
-    assert len(_group(p.pid)) == 3  # the stage's process and its two workers
-    os.killpg(p.pid, signal.SIGKILL)
-    p.communicate()
-    time.sleep(0.5)
-    assert _group(p.pid) == [] and not (tmp_path / "k/model.pt").exists()
+    _kill_once_written(args, tmp_path / "k/model.pt.resume.pt")
+    assert not (tmp_path / "k/model.pt").exists()
     resumed, err = _run(*args)
     assert 0 < resumed["resumed_from"] < 200 and resumed["resumed_from"] % 5 == 0, resumed
     assert err.count("resuming from") == 2  # both ranks load rank 0's resume state
     assert len(set(resumed["replica_digests"])) == 1
     assert len(_losses(tmp_path / "k/losses.csv")) == 200 and (tmp_path / "k/model.pt").is_file()
+    # retrain resumes from MMEngine's checkpoints in its work folder (not a declared output)
+    args = (*rt, "--checkpoint", tmp_path / "rk/latest.pth", "--mmdet-config", tmp_path / "rk/mask_rcnn.py",
+            "--max-iters", 6, "--checkpoint-interval", 2, "--batch-size", 2, "--gpus", 2)
+    _kill_once_written(args, tmp_path / "rk/work/last_checkpoint")
+    assert not (tmp_path / "rk/latest.pth").exists()
+    resumed, log = _run(*args)
+    assert resumed["resumed"] and resumed["iters"] == 6 and len(set(resumed["replica_digests"])) == 1, resumed
+    assert re.search(r"resumed epoch: 0, iter: [24]", log), log[-3000:]
+    assert (tmp_path / "rk/latest.pth").is_file()
+
+
+def _kill_once_written(args: tuple, path: Path) -> None:
+    """Start a 2-process stage, SIGKILL its process group once `path` exists, and check no process is left."""
+    p = _cli(*args, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not path.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists() and p.poll() is None, p.communicate()[1][-3000:]
+    assert len(_group(p.pid)) == 3  # the stage's process and its two workers
+    os.killpg(p.pid, signal.SIGKILL)
+    p.communicate()
+    time.sleep(0.5)
+    assert _group(p.pid) == []
