@@ -62,7 +62,8 @@ def speed(work: Path, args) -> None:
     if not ann.exists():
         print(f"   {data} not found (set PSEUDOMASK_COCO_DEV): speed part skipped")
         return
-    s = RetrainSettings(max_iters=args.speed_iters, batch_size=2, scale=320, warmup_iters=1, log_interval=1)
+    s = RetrainSettings(schedule="iters", max_iters=args.speed_iters, batch_size=2, lr=0.01, lr_batch=None, scale=320,
+                        warmup_iters=1, log_interval=1)
     print(f"   coco-dev: {ann} ({load()} before)")
     cpu0 = time.process_time()
     t = quietly(train, ann, data / "images", work / "speed", s, threads=args.threads, log=work / "speed.log")
@@ -120,8 +121,8 @@ def quality(work: Path, args) -> None:
     n_ign = sum(a["mask_ignore"] for a in pseudo["annotations"])
     print(f"   pseudo masks: ellipses in the GT boxes, mean IoU with the true masks "
           f"{mask_iou_to_truth(pseudo, gt):.3f}; {n_ign} of {len(pseudo['annotations'])} mask-ignored")
-    s = RetrainSettings(max_iters=args.iters, batch_size=2, scale=args.scale, lr=args.lr,
-                        warmup_iters=min(50, args.iters // 5 or 1), log_interval=10)
+    s = RetrainSettings(schedule="iters", max_iters=args.iters, batch_size=2, scale=args.scale, lr=args.lr,
+                        lr_batch=None, warmup_iters=min(50, args.iters // 5 or 1), log_interval=10)
     rows = {}
     for name, ann in (("true masks", train_dir / "annotations.json"), ("pseudo masks", work / "pseudo.json")):
         t0 = time.perf_counter()

@@ -23,12 +23,13 @@ def stage_params(stage):
 
 
 def stage_threads(stage):
-    """A rule's threads: its stage's resources.threads."""
+    """A rule's threads: its stage's resources.threads (x resources.gpus for a training stage: per node)."""
     return rule_resources(config, stage)["threads"]
 
 
 def stage_resources(stage):
-    """A rule's resources: its stage's mem_mb and runtime, and gpu=1 for a GPU stage of the registry."""
+    """A rule's resources: its stage's mem_mb and runtime, and gpu=1 for a GPU stage of the registry; for a
+    training stage with gpus or nodes > 1 the GPUs, tasks and nodes Slurm gives the job (docs/slurm.md)."""
     return {k: v for k, v in rule_resources(config, stage).items() if k != "threads"}
 
 

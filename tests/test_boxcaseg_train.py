@@ -105,6 +105,21 @@ def test_resume_extends_a_finished_run(trained, salient, demo_dataset, tmp_path)
     assert fresh["resumed_from"] == 0
 
 
+def test_mixed_precision_leaves_the_cpu_path_unchanged(salient, demo_dataset, demo, tmp_path):
+    """`amp` is for CUDA: on the CPU training (losses, weights) and inference are bit-identical with it on or off."""
+    from pseudomask.boxcaseg.infer import predict_images_quality
+
+    runs = [train([demo_dataset], salient, tmp_path / f"{amp}/model.pt", {**TINY, "iters": 3, "amp": amp})
+            for amp in (True, False)]
+    assert [{**r, "seconds": 0} for r in _log(runs[0])] == [{**r, "seconds": 0} for r in _log(runs[1])]
+    a, b = (load_model(r["checkpoint"]) for r in runs)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    im = demo_dataset.images[0]
+    item = [(read_image(demo / "images" / im["file_name"]), [r["bbox"] for r in demo_dataset.instances_of(im["id"])])]
+    on, off = (predict_images_quality(a, item, 64, amp=amp) for amp in (True, False))
+    assert all(np.array_equal(x, y) for x, y in zip(on[0][0], off[0][0])) and on[0][1] == off[0][1]
+
+
 @pytest.mark.slow
 def test_cli_infer_writes_the_artifact(trained, demo_shard, tmp_path, capsys):
     from pseudomask.cli import main

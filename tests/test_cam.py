@@ -76,6 +76,23 @@ def test_training_resumes_from_its_snapshot(demo_dataset, tmp_path):
     assert len(other["history"]) == 2
 
 
+def test_mixed_precision_leaves_the_cpu_path_unchanged(demo, demo_dataset, tmp_path):
+    """`amp` is for CUDA: on the CPU training (losses, weights) and the extraction's features are bit-identical
+    with it on or off."""
+    from pseudomask.cam.extract import image_features
+    from pseudomask.images import read_image
+
+    s = CamTrainSettings(iters=2, save_every=100, **{**FAST, "input_size": 64})
+    runs = [train_classifier(demo_dataset, tmp_path / f"{amp}.pt", s.replace(amp=amp)) for amp in (True, False)]
+    assert runs[0]["history"] == runs[1]["history"]
+    a, b = (read_checkpoint(tmp_path / f"{amp}.pt")["state"] for amp in (True, False))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    model, config = load_classifier(tmp_path / "True.pt")
+    rgbs = [read_image(demo / "images" / im["file_name"]) for im in demo_dataset.images[:2]]
+    on, off = (image_features(model, rgbs, 64, torch.device("cpu"), amp=amp) for amp in (True, False))
+    assert on.dtype == torch.float32 and torch.equal(on, off)
+
+
 def test_extraction_end_to_end(trained, demo_dataset, proposals_file, tmp_path):
     ckpt, _ = trained
     out = extract_peaks(demo_dataset, ckpt, tmp_path / "cam.h5", proposals_file, CamSettings(seed=3))

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from pseudomask.cli import build_parser
-from pseudomask.config import (DOCS_INDEX, README_FILE, SCHEMA_FILE, docs_stage_index, SECTIONS, Resources, complete_config,
-                                      default_config, generated_files, gpu_rules, readme_with_table, stage_settings,
+from pseudomask.config import (DOCS_INDEX, README_FILE, SCHEMA_FILE, docs_stage_index, SECTIONS, complete_config,
+                                      resources_class, default_config, generated_files, gpu_rules, readme_with_table, stage_settings,
                                       stage_table, workflow_rules)
 from pseudomask.settings import SettingsError, defaults, option
 from pseudomask.registry import STAGES, mask_stages
@@ -45,7 +45,7 @@ def test_every_dataclass_default_is_the_schema_default():
             assert section["properties"][key]["description"], f"{name}.{key} has no help"
         if name in STAGES:
             res = section["properties"]["resources"]["properties"]
-            want = {**defaults(Resources), **STAGES[name].resources}
+            want = {**defaults(resources_class(STAGES[name])), **STAGES[name].resources}
             assert {k: v["default"] for k, v in res.items()} == want, name
 
 

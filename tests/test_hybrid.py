@@ -170,7 +170,7 @@ def test_branch_configs(demo, tmp_path):
     from pseudomask.retrain.mmdet_config import build_config, build_faster_rcnn_config, config_text
 
     large, small, _ = _split_demo(demo, tmp_path)
-    s = RetrainHybridSettings(lr=0.004)
+    s = RetrainHybridSettings(lr=0.004, lr_batch=None)
     lc = build_config(large, demo / "images", tmp_path / "wl", s.branch("large"))
     sc = build_faster_rcnn_config(small, demo / "images", tmp_path / "ws", s.branch("small"))
     assert lc["model"]["type"] == "MaskRCNN" and lc["model"]["neck"]["type"] == "PAFPN"

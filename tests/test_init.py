@@ -8,7 +8,9 @@ import yaml
 from pseudomask.cli import main
 from pseudomask.config import complete_config, default_config
 from pseudomask.dataset import DatasetError
-from pseudomask.dataset_config import InitError, choose_shard_size, init_config
+from pseudomask.dataset_config import ONE_X_FROM, InitError, choose_schedule, choose_shard_size, init_config
+from pseudomask.retrain.hybrid import RetrainHybridSettings
+from pseudomask.retrain.mmdet_config import RetrainSettings, build_config
 
 
 def _read(path):
@@ -18,6 +20,28 @@ def _read(path):
 @pytest.mark.parametrize("n,size", [(0, 1), (1, 1), (3, 1), (8, 2), (100, 25), (1000, 250), (100_000, 300)])
 def test_shard_size_rule(n, size):
     assert choose_shard_size(n) == size
+
+
+@pytest.mark.parametrize("n,schedule", [(1, "2x"), (ONE_X_FROM - 1, "2x"), (ONE_X_FROM, "1x"), (118_287, "1x")])
+def test_schedule_rule(n, schedule):
+    assert choose_schedule(n) == schedule
+
+
+def test_init_config_trains_by_epochs_with_amp_on_cuda_and_the_short_run_on_the_cpu(demo, tmp_path):
+    init_config(demo / "annotations.json", demo / "images", tmp_path / "config.yaml")
+    section = {k: v for k, v in _read(tmp_path / "config.yaml")["retrain"].items() if k != "resources"}
+    gpu = RetrainSettings.from_mapping(section).for_device("cuda")
+    cfg = build_config(demo / "annotations.json", demo / "images", tmp_path / "run", gpu, device="cuda")
+    assert cfg["train_cfg"]["type"] == "EpochBasedTrainLoop" and cfg["train_cfg"]["max_epochs"] == 24
+    assert cfg["optim_wrapper"]["type"] == "AmpOptimWrapper"
+    assert cfg["default_hooks"]["checkpoint"]["by_epoch"] and cfg["default_hooks"]["checkpoint"]["interval"] == 1
+    assert cfg["train_pipeline"][2]["scale"] == (1333, 800)
+    cpu = RetrainSettings.from_mapping(section).for_device("cpu")
+    cfg = build_config(demo / "annotations.json", demo / "images", tmp_path / "run", cpu, device="cpu")
+    assert cfg["train_cfg"] == {"type": "IterBasedTrainLoop", "max_iters": 20, "val_interval": 21}
+    assert cfg["optim_wrapper"]["type"] == "OptimWrapper" and cfg["train_pipeline"][2]["scale"] == (320, 320)
+    hybrid = {k: v for k, v in _read(tmp_path / "config.yaml")["retrain_hybrid"].items() if k != "resources"}
+    assert RetrainHybridSettings.from_mapping(hybrid).for_device("cuda").branch("large").schedule == "2x"
 
 
 def test_demo_config_is_complete_valid_and_commented(demo, tmp_path):
@@ -30,8 +54,10 @@ def test_demo_config_is_complete_valid_and_commented(demo, tmp_path):
                               "ground_truth": "", "salient": "", "strong": ""}
     assert cfg["ingest"]["shard_size"] == 2 and cfg["workflow"]["boxcaseg"] is False
     default = default_config()
-    assert {k: v for k, v in cfg.items() if k not in ("dataset", "ingest", "workflow")} == \
-        {k: v for k, v in default.items() if k not in ("dataset", "ingest", "workflow")}
+    assert cfg["retrain"] == {**default["retrain"], "schedule": "2x"}  # 8 images: the small dataset's schedule
+    assert cfg["retrain_hybrid"] == {**default["retrain_hybrid"], "schedule": "2x"}
+    ours = ("dataset", "ingest", "workflow", "retrain", "retrain_hybrid")
+    assert {k: v for k, v in cfg.items() if k not in ours} == {k: v for k, v in default.items() if k not in ours}
     assert {**cfg["workflow"], "boxcaseg": True} == default["workflow"]
     keys = [line for line in out.read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert all(" # " in line for line in keys)  # every key with its help

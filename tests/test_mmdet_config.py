@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from pseudomask.retrain.mmdet_config import (RetrainError, RetrainSettings, build_config, resolve_schedule, scale_pair,
-                                       write_config)
+from pseudomask.registry import STAGES
+from pseudomask.retrain.mmdet_config import (CPU_PROFILE, RetrainError, RetrainSettings, build_config, resolve_schedule,
+                                             scale_pair, scaled_lr, write_config)
 from pseudomask.settings import SettingsError
 
 
@@ -16,7 +17,8 @@ def test_written_config_reads_back_in_mmengine(demo, tmp_path):
     from mmengine.config import Config
 
     cfg = build_config(demo / "annotations.json", demo / "images", tmp_path / "run",
-                       RetrainSettings(arch="r101", max_iters=40, batch_size=3, scale=[800, 1333], lr=0.005))
+                       RetrainSettings(arch="r101", schedule="iters", max_iters=40, batch_size=3, scale=[800, 1333],
+                                       lr=0.005, lr_batch=None))
     path = write_config(cfg, tmp_path / "run" / "mask_rcnn.py")
     text = path.read_text()
     assert text.startswith("# MMDetection Mask R-CNN r101-FPN config")
@@ -39,7 +41,63 @@ def test_epoch_schedules_follow_the_dataset():
     s = RetrainSettings(schedule="1x", batch_size=4)
     assert resolve_schedule(s, 10) == (36, [24, 33], 36)  # 3 iterations an epoch, warm-up capped at the run
     assert resolve_schedule(RetrainSettings(schedule="2x", batch_size=2), 2000) == (24000, [16000, 22000], 500)
-    assert resolve_schedule(RetrainSettings(max_iters=4, lr_steps=(0.5, 0.9), warmup_iters=10), 99) == (4, [2, 4], 4)
+    iters = RetrainSettings(schedule="iters", max_iters=4, lr_steps=(0.5, 0.9), warmup_iters=10)
+    assert resolve_schedule(iters, 99) == (4, [2, 4], 4)
+
+
+def test_the_learning_rate_scales_with_the_total_batch():
+    assert scaled_lr(0.02, 16) == 0.02 and scaled_lr(0.02, 2) == 0.0025 and scaled_lr(0.02, 64) == 0.08
+    assert scaled_lr(0.01, 2, None) == 0.01 and scaled_lr(0.01, 8, base_batch=4) == 0.02
+
+
+def test_gpu_defaults_and_the_cpu_profile_only_on_the_cpu():
+    s = RetrainSettings()
+    assert (s.schedule, s.lr, s.lr_batch, scale_pair(s.scale), s.warmup_iters, s.amp) == \
+        ("1x", 0.02, 16, (1333, 800), 500, True)
+    assert s.for_device("cuda") == s and s.for_device("cuda:1") == s
+    cpu = s.for_device("cpu")
+    assert {k: getattr(cpu, k) for k in CPU_PROFILE} == CPU_PROFILE and cpu.cpu == {}
+    stage = STAGES["retrain"]
+    assert stage.resolve({}, device="cuda") == s
+    assert stage.resolve({}, device="cpu") == cpu
+    # options given by the user win over the profile; a section's own `cpu` replaces it
+    assert stage.resolve({}, {"max_iters": 5, "scale": 128}, device="cpu").max_iters == 5
+    assert stage.resolve({"cpu": {}}, device="cpu").to_dict() == {**s.to_dict(), "cpu": {}}
+    assert stage.resolve({"cpu": {"scale": 256}}, device="cpu").scale == 256
+    assert stage.resolve({"cpu": {"scale": 256}}, device="cpu").schedule == "1x"
+    assert stage.resolve({"amp": False}, {"schedule": "2x"}, device="cuda").schedule == "2x"
+    hybrid = STAGES["retrain_hybrid"]
+    assert hybrid.resolve({}, device="cuda").branch("small").schedule == "1x"
+    small = hybrid.resolve({}, device="cpu").branch("small")
+    assert (small.schedule, small.max_iters, small.lr, small.scale) == ("iters", 20, 0.015, 320)
+
+
+def test_cuda_config_trains_by_epochs_with_amp_and_checkpoints_every_epoch(demo, tmp_path):
+    from mmengine.config import Config
+
+    cfg = build_config(demo / "annotations.json", demo / "images", tmp_path, RetrainSettings(), device="cuda")
+    back = Config.fromfile(str(write_config(cfg, tmp_path / "mask_rcnn.py")))
+    assert back.train_cfg.type == "EpochBasedTrainLoop" and back.train_cfg.max_epochs == 12
+    warm, steps = back.param_scheduler
+    assert (warm.type, warm.by_epoch, warm.end) == ("LinearLR", False, 48)  # 500 capped at 12 epochs of 4 iterations
+    assert (steps.type, steps.by_epoch, steps.milestones) == ("MultiStepLR", True, [8, 11])
+    assert back.optim_wrapper.type == "AmpOptimWrapper" and back.optim_wrapper.loss_scale == "dynamic"
+    assert back.optim_wrapper.optimizer.lr == 0.0025  # 0.02 at 16, scaled to a total batch of 2
+    ckpt = back.default_hooks.checkpoint
+    assert (ckpt.by_epoch, ckpt.interval) == (True, 1)
+    assert back.train_dataloader.sampler.type == "DefaultSampler" and back.log_processor.by_epoch
+    assert tuple(back.train_pipeline[2].scale) == (1333, 800) and tuple(back.test_pipeline[1].scale) == (1333, 800)
+    off = build_config(demo / "annotations.json", demo / "images", tmp_path,
+                       RetrainSettings(amp=False, checkpoint_interval=100), device="cuda")
+    assert off["optim_wrapper"]["type"] == "OptimWrapper" and "loss_scale" not in off["optim_wrapper"]
+    assert (off["default_hooks"]["checkpoint"]["by_epoch"], off["default_hooks"]["checkpoint"]["interval"]) == (False, 100)
+    # the CPU never gets AMP (MMEngine's AmpOptimWrapper needs CUDA); its profile is an iteration loop
+    assert build_config(demo / "annotations.json", demo / "images", tmp_path, RetrainSettings(),
+                        device="cpu")["optim_wrapper"]["type"] == "OptimWrapper"
+    cpu = build_config(demo / "annotations.json", demo / "images", tmp_path, RetrainSettings().for_device("cpu"),
+                       device="cpu")
+    assert cpu["train_cfg"] == {"type": "IterBasedTrainLoop", "max_iters": 20, "val_interval": 21}
+    assert cpu["optim_wrapper"]["optimizer"]["lr"] == 0.01 and cpu["train_dataloader"]["sampler"]["type"] == "InfiniteSampler"
 
 
 def test_init_checkpoints_become_backbone_init_or_load_from(demo, tmp_path):
@@ -71,3 +129,14 @@ def test_bad_settings_and_inputs_are_named(demo, tmp_path):
         build_config(bad, demo / "images", tmp_path)
     with pytest.raises(RetrainError, match="nothere: image folder not found"):
         build_config(demo / "annotations.json", tmp_path / "nothere", tmp_path)
+
+
+def test_several_processes_scale_the_lr_to_the_total_batch_and_may_sync_batchnorm(demo, tmp_path):
+    def cfg(world, **kw):
+        return build_config(demo / "annotations.json", demo / "images", tmp_path, RetrainSettings(**kw),
+                            device="cuda", world=world)
+
+    assert cfg(4)["optim_wrapper"]["optimizer"]["lr"] == 0.01  # 0.02 at 16, 4 processes x 2 images
+    assert cfg(8, batch_size=4)["optim_wrapper"]["optimizer"]["lr"] == 0.04
+    assert cfg(2, sync_bn=True)["sync_bn"] == "torch"
+    assert "sync_bn" not in cfg(1, sync_bn=True) and "sync_bn" not in cfg(2)

@@ -12,6 +12,7 @@ import yaml
 
 from pseudomask.config import deep_update
 from pseudomask.masks import box_mask, box_pixels, rle_encode
+from pseudomask.retrain.mmdet_config import CPU_PROFILE
 from pseudomask.rounds import (RefineRoundSettings, RoundsError, match_detections, outside_box, round_dir,
                                round_figures, run_refine_round)
 from pseudomask.settings import SettingsError
@@ -218,7 +219,7 @@ def test_two_rounds_on_demo_data(tmp_path):
     """The smallest real run: 4 images in 2 shards, 2 rounds of 2 CPU iterations at 128 px; then a change of a
     round-2 setting replans round 2 only, and a third round replans nothing of rounds 1 and 2."""
     wd = tmp_path / "wf"
-    small = {"workflow": {"retrain": True}, "retrain": {"max_iters": 2, "scale": 128, "rounds": 2},
+    small = {"workflow": {"retrain": True}, "retrain": {"cpu": {**CPU_PROFILE, "max_iters": 2, "scale": 128}, "rounds": 2},
              "predict": {"score_thr": 0.0}, "refine_round": {"min_score": 0.0, "match_iou": 0.1}}
     write_config(wd, small)
     snakemake(wd, "--cores", "2", timeout=1800)

@@ -17,6 +17,7 @@ import yaml
 from pseudomask.cli import main
 from pseudomask.config import default_config, deep_update
 from pseudomask.registry import STAGES
+from pseudomask.retrain.mmdet_config import CPU_PROFILE
 from workflow_run import digest, outputs, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.mmdet]
@@ -121,7 +122,7 @@ def test_the_tag_stages_through_their_rules_and_their_clis_write_equal_outputs(t
 def test_the_hybrid_stages_through_their_rules_and_their_clis_write_equal_outputs(tmp_path, monkeypatch):
     """retrain.recipe hybrid (a strict validity so that the demo has invalid masks, two training iterations);
     the CLI door starts from the rule door's export and validity artifacts."""
-    short = {"max_iters": 2, "scale": 192}
+    short = {"cpu": {**CPU_PROFILE, "max_iters": 2, "scale": 192}}  # the CPU profile, shorter
     over = {"workflow": {"boxcaseg": False}, "validity": {"min_iou": 0.95}, "retrain": {"recipe": "hybrid"},
             "retrain_hybrid": short}
     cfg = deep_update(default_config(), deep_update({"demo_data": {"scenes": SCENES}}, over))
@@ -197,7 +198,7 @@ def test_the_crf_and_round_stages_through_their_rules_and_their_clis_write_equal
     """workflow.crf_source grabcut and retrain.rounds 2 (two training iterations per round); the CLI door makes
     its own round-1 artifacts (an artifact records its absolute image folder) and takes the rule door's
     round-1 model and predictions."""
-    short = {"max_iters": 2, "scale": 128}
+    short = {"cpu": {**CPU_PROFILE, "max_iters": 2, "scale": 128}}  # the CPU profile, shorter
     over = {"workflow": {"boxcaseg": False, "crf_source": "grabcut"}, "retrain": {"rounds": 2, **short}}
     cfg = deep_update(default_config(), deep_update({"demo_data": {"scenes": SCENES}}, over))
     (tmp_path / "rule").mkdir()

@@ -34,7 +34,14 @@ def add_stage_parser(sub, stage: Stage) -> None:
     p.add_argument("--config", metavar="YAML", help=f"take the settings of section `{stage.name}` of this config "
                                                     "file (options given here override them)")
     p.add_argument("--threads", type=int, default=stage.resources.get("threads", 1),
-                   help=f"CPU threads (default: the rule's, {stage.resources.get('threads', 1)})")
+                   help=f"CPU threads (default: the rule's, {stage.resources.get('threads', 1)})"
+                   + (" of each process" if stage.distributed else ""))
+    if stage.distributed:
+        g = p.add_argument_group("processes (data parallelism; docs/slurm.md)")
+        g.add_argument("--gpus", type=int, default=1, metavar="N", help="processes on this node, one per GPU "
+                       "(with --device cpu: CPU processes, gloo); > 1 starts them here (default: 1)")
+        g.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes: > 1 starts --gpus tasks per node "
+                       "with srun, inside a Slurm job of that many nodes (default: 1)")
     add_arguments(p, stage.settings_class())
     p.set_defaults(func=lambda args: run_stage_command(stage, args))
 
@@ -45,7 +52,8 @@ def run_stage_command(stage: Stage, args: argparse.Namespace) -> int:
         section = complete_config(_read_yaml(args.config))[stage.name]
     settings = stage.resolve(section, given_arguments(args))
     ports = {k[2:]: v for k, v in vars(args).items() if k.startswith("p_")}
-    summary = stage(settings, threads=args.threads, **ports)
+    summary = stage(settings, threads=args.threads, gpus=getattr(args, "gpus", 1), nodes=getattr(args, "nodes", 1),
+                    **ports)
     print(json.dumps(summary, default=str))
     return 0
 

@@ -2,8 +2,8 @@
 
 Layout: the folders (`results`, `logs`, `resources`), `dataset` (what to read), `workflow` (which stages run
 and how they are wired), then one section per stage named after it, holding the stage's settings and a
-`resources` subsection (threads, mem_mb, runtime) for the cluster, which is not a parameter and never reruns
-a stage.
+`resources` subsection (threads, mem_mb, runtime; for a training stage also gpus and nodes) for the cluster,
+which is not a parameter and never reruns a stage.
 
 From here come `complete_config` (what the Snakefile and the CLI check a config with: unknown keys named with
 the closest valid key, values checked, defaults filled), the JSON schema (`schemas/config.schema.yaml`), the
@@ -115,13 +115,27 @@ class Resources(Settings):
     runtime: int = setting(30, "wall time per job (minutes; Slurm's time limit)", minimum=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingResources(Resources):
+    """A training stage's resources: also how many processes train it (torch.distributed, docs/slurm.md)."""
+
+    gpus: int = setting(1, "processes per node, one per GPU (with device cpu: CPU processes); > 1 trains with "
+                           "data parallelism; threads and mem_mb are per process", minimum=1)
+    nodes: int = setting(1, "nodes of the job (> 1: one task per GPU under srun)", minimum=1)
+
+
+def resources_class(stage: Stage) -> type:
+    """The resources a stage's config section takes: a training stage also has gpus and nodes."""
+    return TrainingResources if stage.distributed else Resources
+
+
 SECTIONS: dict[str, type] = {"dataset": DatasetSettings, "workflow": WorkflowSettings}
 # the default run's departures from the defaults: small shards, so that the demo shows sharding
 DEMO = {"ingest": {"shard_size": 8}}
 
 
 def _stage_defaults(stage: Stage) -> dict[str, Any]:
-    return {**defaults(stage.settings_class()), "resources": {**defaults(Resources), **stage.resources}}
+    return {**defaults(stage.settings_class()), "resources": {**defaults(resources_class(stage)), **stage.resources}}
 
 
 def default_config() -> dict[str, Any]:
@@ -165,7 +179,7 @@ def complete_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         if not isinstance(res, Mapping):
             raise SettingsError(f"{name}.resources: must be a mapping of threads, mem_mb, runtime; got {res!r}")
         stage.settings_class().from_mapping(given, name)
-        Resources.from_mapping(res, f"{name}.resources")
+        resources_class(stage).from_mapping(res, f"{name}.resources")
     return out
 
 
@@ -181,11 +195,29 @@ def rule_params(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
     return {"stage": name, "settings": stage_settings(cfg, name)}
 
 
-def rule_resources(cfg: Mapping[str, Any], name: str) -> dict[str, int]:
+def rule_resources(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
     """A stage's rule threads and resources: its section's `resources` (threads, mem_mb, runtime), and gpu=1
-    where the registry marks the stage as a GPU stage."""
+    where the registry marks the stage as a GPU stage; for a training stage with gpus or nodes > 1, what
+    Snakemake's Slurm executor needs for it (`distributed_resources`)."""
     res = {k: int(v) for k, v in cfg[name]["resources"].items()}
+    gpus, nodes = res.pop("gpus", 1), res.pop("nodes", 1)
+    if gpus * nodes > 1:
+        return {**res, **distributed_resources(res["threads"], res["mem_mb"], gpus, nodes)}
     return {**res, "gpu": 1} if STAGES[name].gpu else res
+
+
+def distributed_resources(threads: int, mem_mb: int, gpus: int, nodes: int) -> dict[str, Any]:
+    """The rule resources of a job of `gpus` processes per node on `nodes` nodes, `threads` CPUs and `mem_mb`
+    each, for Snakemake's Slurm executor: threads and memory per node (x gpus); `gpu` (--gpus, the job's
+    total); `tasks_per_gpu=0` (no --ntasks-per-gpu: one task that starts its processes itself); `cpus_per_gpu`;
+    across nodes `tasks` (one per GPU) and `mpi="srun"` (the job runs once, on the first node, and starts its
+    tasks with srun) with --ntasks-per-node. `nproc_per_node` and `nodes` tell the stage what to start
+    (registry.run_rule)."""
+    res: dict[str, Any] = {"threads": threads * gpus, "mem_mb": mem_mb * gpus, "gpu": gpus * nodes,
+                           "tasks_per_gpu": 0, "cpus_per_gpu": threads, "nproc_per_node": gpus, "nodes": nodes}
+    if nodes > 1:
+        res.update(tasks=gpus * nodes, mpi="srun", slurm_extra=f"--ntasks-per-node={gpus}")
+    return res
 
 
 def config_schema() -> dict[str, Any]:
@@ -194,7 +226,7 @@ def config_schema() -> dict[str, Any]:
                              for f in dataclasses.fields(Folders)}
     props.update({name: section_schema(cls) for name, cls in SECTIONS.items()})
     for name, st in STAGES.items():
-        res = section_schema(Resources)
+        res = section_schema(resources_class(st))
         for k, v in st.resources.items():
             res["properties"][k]["default"] = v
         props[name] = section_schema(st.settings_class(), {"resources": res})
@@ -234,7 +266,7 @@ def render_config(cfg: Mapping[str, Any], header: str = HEADER) -> str:
             lines.append(_line("  ", f.name, cfg[name][f.name], f.metadata["help"]))
         if name in STAGES:
             lines.append(_line("  ", "resources", cfg[name]["resources"], "rule threads, memory (MB), wall time "
-                                                                           "(min)"))
+                               "(min)" + (", processes per node, nodes" if STAGES[name].distributed else "")))
     return "\n".join(lines) + "\n"
 
 
@@ -274,7 +306,8 @@ def config_docs() -> str:
         out += _table(st.settings_class(), cfg[name])
         res = cfg[name]["resources"]
         out += ["", f"`{name}.resources`: " + ", ".join(f"`{k}` {v}" for k, v in res.items())
-                + " (threads, MB, minutes)."]
+                + (" (threads and MB per process, minutes, processes per node, nodes; see "
+                   "[slurm.md](slurm.md#several-gpus))." if st.distributed else " (threads, MB, minutes).")]
     return "\n".join(out) + "\n"
 
 

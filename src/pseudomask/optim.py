@@ -21,3 +21,12 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, 
     if name == "adam":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise SettingsError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, scaler: torch.amp.GradScaler) -> None:
+    """One update from `loss` through the loss scaler of mixed precision (devices.grad_scaler; a disabled
+    scaler makes this the plain zero_grad, backward, step)."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()

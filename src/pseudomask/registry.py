@@ -6,7 +6,8 @@ and outputs, whether it runs once per shard, whether it wants a GPU, and its def
 The CLI (`pseudomask.cli`), the workflow's generic script (`scripts/run_stage.py`), the config schema and the
 configuration docs (`pseudomask.config`) are derived from it, so the two doors run the same code with
 the same defaults. A rule names its stage in its params, and takes its threads and resources (with gpu=1
-for a GPU stage) from it and the config (rules/common.smk).
+for a GPU stage) from it and the config (rules/common.smk). A training stage (`distributed`) runs as
+resources.gpus processes on each of resources.nodes nodes when either is above 1 (pseudomask.launch).
 
 Every stage function has the signature `fn(settings, *, threads, **ports) -> dict`: the settings object, the
 number of CPU threads it may use, and one path (or list of paths, or None) per declared port; it returns a
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .launch import launch
 from .logs import redirect_output
 from .settings import SettingsError, suggest
 from .workers import thread_limit
@@ -47,6 +49,7 @@ class Stage:
     per_shard: bool = False
     gpu: bool = False
     masks: bool = False         # writes an artifact with one mask per instance (a mask source)
+    distributed: bool = False   # trains on resources.gpus x resources.nodes processes (pseudomask.launch)
     resources: Mapping[str, int] = field(default_factory=lambda: {"threads": 1, "mem_mb": 2000, "runtime": 30})
 
     @property
@@ -65,24 +68,36 @@ class Stage:
         mod, fn = self.run.split(":")
         return getattr(importlib.import_module(f"pseudomask.{mod}"), fn)
 
-    def resolve(self, section: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None):
+    def resolve(self, section: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None,
+                device: str | None = None):
         """The settings this stage runs with: its config section (without `resources`) over the defaults,
-        then the device profile (e.g. BoxCaseg's short CPU training), then options given explicitly."""
+        then the profile of the device (`device`, default: the settings' own; e.g. BoxCaseg's short CPU
+        training), then options given explicitly."""
         values = {k: v for k, v in (section or {}).items() if k != "resources"}
-        s = self.settings_class().from_mapping(values, self.name).for_device()
+        s = self.settings_class().from_mapping(values, self.name).for_device(device)
         return s.replace(**given) if given else s
 
-    def __call__(self, settings, *, threads: int = 1, **ports: Any) -> dict:
+    def __call__(self, settings, *, threads: int = 1, gpus: int = 1, nodes: int = 1, **ports: Any) -> dict:
+        """Run the stage; a training stage with `gpus` x `nodes` > 1 runs as that many processes (`threads`
+        each), started here (pseudomask.launch)."""
         names = {p.name for p in self.inputs + self.outputs}
         unknown = set(ports) - names
         if unknown:
             raise TypeError(f"stage {self.name}: unknown port(s) {sorted(unknown)}; ports: {sorted(names)}")
+        if gpus * nodes > 1 and not self.distributed:
+            raise SettingsError(f"stage {self.name} runs as one process; gpus and nodes are for the training "
+                                f"stages ({', '.join(s.name for s in STAGES.values() if s.distributed)})")
         for p in self.outputs:  # as Snakemake does for a rule's outputs
             for path in ([] if ports.get(p.name) is None else
                          ports[p.name] if isinstance(ports[p.name], list) else [ports[p.name]]):
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+        ports = {n: ports.get(n) for n in names}
+        if gpus * nodes > 1:
+            first = ports[self.outputs[0].name]
+            return launch(self.name, settings, threads=threads, ports=ports, gpus=gpus, nodes=nodes,
+                          where=Path(first[0] if isinstance(first, list) else first).parent)
         with thread_limit(threads):  # the job's cores, as its rule's `threads:` says
-            return self.function()(settings, threads=threads, **{n: ports.get(n) for n in names})
+            return self.function()(settings, threads=threads, **ports)
 
 
 def _p(name: str, help: str, **kw: Any) -> Port:
@@ -153,14 +168,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "boxcaseg.train:run_stage", "boxcaseg.settings:BoxcasegTrainSettings",
           inputs=(SHARDS, IMAGES, _p("salient", "salient-object folder with images/ and masks/")),
           outputs=(_p("model", "checkpoint to write (.pt)"), _p("losses", "loss log to write (.csv)")),
-          gpu=True, resources={**GPU_RESOURCES, "runtime": 1440}),
+          gpu=True, distributed=True, resources={**GPU_RESOURCES, "runtime": 1440}),
     Stage("boxcaseg", "BoxCaseg mask in every box with a trained checkpoint",
           "boxcaseg.infer:run_stage", "boxcaseg.settings:BoxcasegSettings",
           inputs=(DATASET, IMAGES, _p("model", "checkpoint written by boxcaseg-train")), outputs=(OUT,),
           per_shard=True, gpu=True, masks=True, resources=GPU_RESOURCES),
     Stage("cam_train", "train the tag classifier (CAM + peak stimulation) on image-level tags",
           "cam.train:run_stage", "cam.settings:CamTrainSettings", inputs=(SHARDS, IMAGES),
-          outputs=(_p("model", "checkpoint to write (.pt)"),), gpu=True,
+          outputs=(_p("model", "checkpoint to write (.pt)"),), gpu=True, distributed=True,
           resources={**GPU_RESOURCES, "threads": 2, "runtime": 240}),
     Stage("cam", "CAM peaks of the tagged classes pick proposal masks (WISE); Grad-CAM for stuff",
           "cam.extract:run_stage", "cam.settings:CamSettings",
@@ -200,7 +215,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   _p("val_images", "image folder of --val", optional=True)),
           outputs=(_p("checkpoint", "weights to write (.pth); MMEngine's run folder is work/ beside it"),
                    _p("mmdet_config", "MMDetection config to write (.py)")),
-          gpu=True, resources=GPU_HOUR),
+          gpu=True, distributed=True, resources=GPU_HOUR),
     detector_predictions("predict", "COCO results (RLE masks, boxes, scores) of a trained Mask R-CNN",
                          "retrain.predict:run_stage", "retrain.predict:PredictSettings",
                          (_p("checkpoint", "weights written by retrain"),
@@ -225,7 +240,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                    _p("large_config", "its MMDetection config to write (.py)"),
                    _p("small_checkpoint", "Faster R-CNN weights to write (.pth); its run folder is work/ beside it"),
                    _p("small_config", "its MMDetection config to write (.py)")),
-          gpu=True, resources={"threads": 2, "mem_mb": 8000, "runtime": 120}),
+          gpu=True, distributed=True, resources={"threads": 2, "mem_mb": 8000, "runtime": 120}),
     detector_predictions("predict_hybrid", "hybrid networks: both branches, size fusion at 64x64 px, GrabCut of the "
                          "small detections", "retrain.hybrid:run_predict", "retrain.hybrid:PredictHybridSettings",
                          (_p("large_checkpoint", "Mask R-CNN weights written by retrain-hybrid"),
@@ -296,8 +311,10 @@ def run_rule(smk: Any) -> dict:
         elif value is not None and not isinstance(value, str):
             value = str(value[0]) if len(value) else None
         ports[p.name] = value or None
+    gpus, nodes = int(smk.resources.get("nproc_per_node", 1)), int(smk.resources.get("nodes", 1))
     with redirect_output(smk.log[0] if smk.log else None):
-        summary = stage(stage.resolve(smk.params.settings), threads=smk.threads, **ports)
+        summary = stage(stage.resolve(smk.params.settings), threads=max(1, smk.threads // gpus), gpus=gpus,
+                        nodes=nodes, **ports)
         print(json.dumps(summary, default=str))
     return summary
 

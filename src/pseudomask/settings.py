@@ -130,13 +130,14 @@ class Settings:
                 values[k] = tuple(v)
         return cls(**values)
 
-    def for_device(self):
-        """These settings for the device they run on: a `cpu` field's overrides (a stage's CPU profile,
-        e.g. BoxCaseg's short training) replace the other fields when `device` resolves to the CPU."""
+    def for_device(self, device: str | None = None):
+        """These settings for the device they run on (`device`, default: the `device` field, else auto): a `cpu`
+        field's overrides (a stage's CPU profile, e.g. BoxCaseg's short training) replace the other fields when
+        it resolves to the CPU."""
         profile = getattr(self, "cpu", None)
         if not profile:
             return self
-        if pick_device(getattr(self, "device", "auto")).type != "cpu":
+        if pick_device(device or getattr(self, "device", "auto")).type != "cpu":
             return self
         return self.replace(**{**profile, "cpu": {}})
 

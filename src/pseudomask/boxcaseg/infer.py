@@ -26,7 +26,7 @@ from ..masks import box_pixels
 from ..loops import ImageResult, Provenance, run_mask_stage
 from ..store import Artifact
 from .model import HEADS, IOU_PREDICTOR, BoxCasegError, BoxCasegNet, load_model
-from ..devices import pick_device
+from ..devices import autocast, pick_device
 from .settings import BoxcasegSettings
 
 
@@ -56,10 +56,11 @@ def predict_boxes_quality(model: BoxCasegNet, rgb: np.ndarray, boxes: Sequence[S
 
 def predict_images_quality(model: BoxCasegNet, items: Sequence[tuple[np.ndarray, Sequence[Sequence[float]]]],
                            size: int = 320, batch_size: int = 16, device: str | torch.device = "cpu",
-                           head: str = "fused", iou: bool = True
+                           head: str = "fused", iou: bool = True, amp: bool = False
                            ) -> list[tuple[list[np.ndarray | None], list[float]]]:
     """`predict_boxes_quality` of several (image, boxes): the crops of all images go through the network
-    `batch_size` at a time, so that crops of consecutive images share a forward pass."""
+    `batch_size` at a time, so that crops of consecutive images share a forward pass (in mixed precision on
+    CUDA with `amp`)."""
     device = torch.device(device)
     spans, todo, out = [], [], []
     for n, (rgb, boxes) in enumerate(items):
@@ -72,7 +73,7 @@ def predict_images_quality(model: BoxCasegNet, items: Sequence[tuple[np.ndarray,
         crops = np.stack([cv2.resize(items[n][0][y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_LINEAR)
                           for n, (x0, y0, x1, y1) in ((n, spans[n][i]) for n, i in chunk)])
         x = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float() / 255.0
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, amp):
             if iou:
                 probs, q = model.predict_quality(x, head)
                 for (n, i), v in zip(chunk, q.float().cpu().tolist()):
@@ -97,7 +98,8 @@ def make_predict(model: BoxCasegNet, size: int = 320, batch_size: int = 16, thre
 
 
 def make_predict_batch(model: BoxCasegNet, size: int = 320, batch_size: int = 16, threshold: float = 0.5,
-                       keep_probabilities: bool = False, device: str | torch.device = "cpu", head: str = "fused"):
+                       keep_probabilities: bool = False, device: str | torch.device = "cpu", head: str = "fused",
+                       amp: bool = False):
     """The function `run_mask_stage` calls on a group of images (its `predict_batch`): per image, masks, status
     and score per instance (+ maps). With a trained IoU head each instance also gets `iou_head` and, as its `quality`,
     the same predicted IoU (the stage loop keeps a method's own quality)."""
@@ -129,7 +131,7 @@ def make_predict_batch(model: BoxCasegNet, size: int = 320, batch_size: int = 16
 
     def predict_batch(jobs: list[tuple[np.ndarray, list[dict]]]):
         preds = predict_images_quality(model, [(rgb, [r["bbox"] for r in recs]) for rgb, recs in jobs], size,
-                                       batch_size, device, head, iou=iou)
+                                       batch_size, device, head, iou=iou, amp=amp)
         return [image_results(rgb, recs, probs, q) for (rgb, recs), (probs, q) in zip(jobs, preds)]
 
     return predict_batch
@@ -138,10 +140,10 @@ def make_predict_batch(model: BoxCasegNet, size: int = 320, batch_size: int = 16
 def infer(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.PathLike, size: int | str = "auto",
           batch_size: int = 16, threshold: float = 0.5, keep_probabilities: bool = False,
           device: str = "auto", head: str = "fused", inputs: Sequence[str | os.PathLike] = (),
-          loader_workers: int = 0) -> Path:
+          loader_workers: int = 0, amp: bool = True) -> Path:
     """Write the BoxCaseg artifact (stage "boxcaseg") of a dataset or shard with a trained checkpoint: the box
     crops of consecutive images fill forward passes of `batch_size` crops, `loader_workers` threads reading
-    the images ahead."""
+    the images ahead; mixed precision on CUDA with `amp`."""
     dev = pick_device(device)
     model = load_model(checkpoint, dev)
     size = infer_size(model, size)
@@ -151,7 +153,7 @@ def infer(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.PathLike, si
                               "size": size, "batch_size": batch_size, "threshold": threshold, "head": head,
                               "keep_probabilities": keep_probabilities,
                               "iou_predictor": IOU_PREDICTOR if model.iou_head_trained else "none"}
-    predict_batch = make_predict_batch(model, size, batch_size, threshold, keep_probabilities, dev, head)
+    predict_batch = make_predict_batch(model, size, batch_size, threshold, keep_probabilities, dev, head, amp)
     provenance = Provenance("boxcaseg", "boxcaseg", params, [*inputs, checkpoint],
                             attrs={"quality_predictor": IOU_PREDICTOR} if model.iou_head_trained else {})
     return run_mask_stage(ds, out, provenance, predict_batch=predict_batch, batch_size=batch_size, weight=len,
@@ -163,6 +165,6 @@ def run_stage(s: BoxcasegSettings, *, shard: str, images: str | None, model: str
     torch.set_num_threads(threads)
     infer(load_dataset(shard, images), model, out, size=s.size, batch_size=s.batch_size, threshold=s.threshold,
           keep_probabilities=s.keep_probabilities, device=s.device, head=s.head, inputs=[shard],
-          loader_workers=s.loader_workers)
+          loader_workers=s.loader_workers, amp=s.amp)
     with Artifact(out) as a:
         return {"out": out, "images": len(a.image_ids), "status": a.status_counts()}

@@ -50,6 +50,7 @@ class BoxcasegTrainSettings(Settings):
     workers: int = setting(4, "data-loading processes", minimum=0)
     log_every: int = setting(10, "iterations between loss lines in the log", minimum=1)
     seed: int = setting(0, "seed of weights, sampling and jitter")
+    amp: bool = setting(True, "mixed precision (float16 autocast, loss scaling) on CUDA; nothing on the CPU")
     device: str = device_setting()
     cpu: dict = cpu_profile(CPU_PROFILE)
 
@@ -62,7 +63,7 @@ class BoxcasegTrainSettings(Settings):
     def resume_key(self) -> dict[str, Any]:
         """Settings a resume state must share with this run (everything but the length and logistics)."""
         d = self.to_dict()
-        for k in ("iters", "checkpoint_every", "device", "workers", "log_every", "cpu"):
+        for k in ("iters", "checkpoint_every", "device", "workers", "log_every", "cpu", "amp"):
             d.pop(k)
         return d
 
@@ -78,6 +79,7 @@ class BoxcasegSettings(Settings):
     threshold: float = setting(0.5, "foreground probability threshold", minimum=0, maximum=1)
     head: str = setting("fused", "fused (the paper) | weak | salient | transferred (ablation)", choices=HEADS)
     keep_probabilities: bool = setting(False, "also store per-instance probability maps (map \"probability\")")
+    amp: bool = setting(True, "mixed precision (float16 autocast) on CUDA; nothing on the CPU")
     device: str = device_setting()
 
     def check(self) -> None:

@@ -32,9 +32,10 @@ import torch
 
 from ..checkpoints import load_resume, resume_path, save_resume
 from ..dataset import Dataset, load_dataset
-from ..devices import pick_device
+from ..devices import autocast, grad_scaler, pick_device
+from ..distributed import RankBatches, data_parallel, is_main, mean_over_ranks, rank_and_world, replica_digests
 from ..files import atomic_path
-from ..optim import build_optimizer
+from ..optim import build_optimizer, optimizer_step
 from ..loops import progress
 from .data import (BoxCasegDataError, JointDataset, RatioBatchSampler, SalientFolder, box_items, collate,
                    strong_items)
@@ -110,7 +111,10 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
         raise BoxCasegDataError(f"no usable box to train BoxCaseg on (status kept and positive size) in {sources}")
     sampler_seed = cfg.seed
     model = build_model(cfg.backbone, cfg.backbone_checkpoint or None, alpha=cfg.alpha).to(device)
+    world = rank_and_world()[1]
+    net = data_parallel(model, find_unused=True)  # the IoU head trains from iou_start on only
     opt = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    scaler = grad_scaler(device, cfg.amp)  # mixed precision on CUDA; a pass-through on the CPU
     rows: list[dict] = []
     start = 0
 
@@ -130,13 +134,18 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
                                 seed=sampler_seed)
     data = JointDataset(boxes, folder, cfg.crop_size, cfg.salient_resize, cfg.jitter_shift, cfg.jitter_scale,
                         strong=strong)
-    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
+    # several processes: every rank draws the same batches (items carry their augmentation seeds) and trains
+    # on its part of each, so that together they train on one process's batches
+    loader = torch.utils.data.DataLoader(data, batch_sampler=RankBatches(sampler) if world > 1 else sampler,
+                                         collate_fn=collate,
                                          num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
     batches = iter(loader)
     model.train()
     t0 = time.time() - (rows[-1]["seconds"] if rows else 0.0)
 
     def save_state(it: int) -> None:
+        if not is_main():  # rank 0 writes; every rank resumes from it
+            return
         save_resume(out, stage=STAGE, settings=cfg.to_dict(), state=model.state_dict(), optimizer=opt.state_dict(),
                     iteration=it, resume_key=key, log=rows, arch=architecture(model))
         write_log(loss_log, rows)
@@ -145,13 +154,12 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
         lr = poly_lr(cfg.lr, it, cfg.iters, cfg.poly_power)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, parts = train_step(model, next(batches), cfg, device, iou=iou_on(it, cfg))
+        with autocast(device, cfg.amp):
+            loss, parts = train_step(net, next(batches), cfg, device, iou=iou_on(it, cfg))
         if not torch.isfinite(loss):
             raise BoxCasegError(f"BoxCaseg loss became {float(loss)} at iteration {it + 1}; lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        rows.append({"iteration": it + 1, **parts, "lr": lr, "seconds": time.time() - t0})
+        optimizer_step(opt, loss, scaler)
+        rows.append({"iteration": it + 1, **mean_over_ranks(parts), "lr": lr, "seconds": time.time() - t0})
         if cfg.log_every and (it + 1) % cfg.log_every == 0:
             print(" ".join(f"{k}={rows[-1][k]:.4g}" for k in LOG_COLUMNS), file=sys.stderr)
         if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iters:
@@ -159,18 +167,27 @@ def train(datasets: Sequence[Dataset], salient: str | os.PathLike, out: str | os
 
     if start < cfg.iters:
         save_state(cfg.iters)
+    data = {"box_instances": len(boxes), "salient_images": len(folder), "strong_instances": len(strong)}
+    return finish(model, cfg, out, loss_log, rows, {**data, "salient": str(salient)},
+                  {"resumed_from": start, **data, "device": str(device)})
+
+
+def finish(model, cfg: BoxcasegTrainSettings, out: Path, loss_log: Path, rows: list[dict], data: dict,
+           summary: dict) -> dict[str, Any]:
+    """Write the trained model's checkpoint and the loss log (rank 0) and return the run's summary."""
     model.eval()
     model.iou_head_trained = iou_on(cfg.iters - 1, cfg)
-    save_checkpoint(out, model, cfg.to_dict(), iteration=cfg.iters,
-                    data={"box_instances": len(boxes), "salient_images": len(folder),
-                          "strong_instances": len(strong), "salient": str(salient)})
-    write_log(loss_log, rows)
+    if is_main():
+        save_checkpoint(out, model, cfg.to_dict(), iteration=cfg.iters, data=data)
+        write_log(loss_log, rows)
     first = float(np.mean([r["loss"] for r in rows[:10]])) if rows else float("nan")
     last = float(np.mean([r["loss"] for r in rows[-10:]])) if rows else float("nan")
-    return {"checkpoint": str(out), "loss_log": str(loss_log), "iterations": cfg.iters, "resumed_from": start,
-            "box_instances": len(boxes), "salient_images": len(folder), "strong_instances": len(strong),
-            "loss_first10": first, "loss_last10": last,
-            "seconds": rows[-1]["seconds"] if rows else 0.0, "device": str(device)}
+    summary = {"checkpoint": str(out), "loss_log": str(loss_log), "iterations": cfg.iters, **summary,
+               "loss_first10": first, "loss_last10": last, "seconds": rows[-1]["seconds"] if rows else 0.0}
+    world = rank_and_world()[1]
+    if world > 1:
+        summary.update(processes=world, replica_digests=replica_digests(model))
+    return summary
 
 
 def run_stage(s: BoxcasegTrainSettings, *, shards: list[str], images: str | None, salient: str, model: str, losses: str,

@@ -30,7 +30,7 @@ from ..masks import mask_box
 from ..proposals import Proposals, read_proposals
 from ..loops import progress, quality_attrs, read_ahead
 from ..store import Artifact, ArtifactWriter
-from ..devices import pick_device
+from ..devices import autocast, pick_device
 from .model import CamError, load_classifier, prepare
 from .peaks import find_peaks, peak_stimulation
 from .sampling import MODES, ProposalPicker
@@ -60,11 +60,13 @@ def refine_peak(up: np.ndarray, i: int, j: int, h: int, w: int) -> tuple[int, in
     return y0 + int(dy), x0 + int(dx)
 
 
-def image_features(model, rgbs: Sequence[np.ndarray], input_size: int, device: torch.device) -> torch.Tensor:
-    """(N, K, h, w) backbone features of several images in one forward pass (each squashed to input_size)."""
+def image_features(model, rgbs: Sequence[np.ndarray], input_size: int, device: torch.device,
+                   amp: bool = False) -> torch.Tensor:
+    """(N, K, h, w) float32 backbone features of several images in one forward pass (each squashed to
+    input_size; in mixed precision on CUDA with `amp`: the class maps and their gradients stay float32)."""
     x = torch.from_numpy(np.stack([prepare(rgb, input_size) for rgb in rgbs])).to(device)
-    with torch.no_grad():
-        return model.features(x)
+    with torch.no_grad(), autocast(device, amp):
+        return model.features(x).float()
 
 
 def image_maps(model, rgb: np.ndarray, input_size: int, device: torch.device, win: int,
@@ -208,7 +210,7 @@ def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.Path
                     need = [k for k, (im, tags, rgb) in enumerate(group) if isinstance(rgb, np.ndarray)
                             and rgb.shape[:2] == (int(im["height"]), int(im["width"])) and known & set(tags)]
                     feats = image_features(model, [group[k][2] for k in need], config["input_size"],
-                                           device) if need else None
+                                           device, s.amp) if need else None
                     by_k = {k: feats[n:n + 1] for n, k in enumerate(need)}
                     for k, (im, tags, rgb) in enumerate(group):
                         if not tags:

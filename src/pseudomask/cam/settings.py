@@ -37,6 +37,7 @@ class CamTrainSettings(Settings):
                               minimum=1)
     workers: int = setting(0, "image-loading processes", minimum=0)
     cache_mb: int = setting(1024, "decoded images kept in memory (per loading process)", minimum=0)
+    amp: bool = setting(True, "mixed precision (float16 autocast, loss scaling) on CUDA; nothing on the CPU")
     device: str = device_setting()
     cpu: dict = cpu_profile(CPU_PROFILE)
 
@@ -63,4 +64,5 @@ class CamSettings(Settings):
     mcg: dict = setting({}, "mcg settings of on-the-fly proposals when no proposal artifact is given")
     batch_size: int = setting(8, "images per forward pass of the backbone", minimum=1)
     loader_workers: int = setting(2, "threads reading images ahead of the network (0: read in turn)", minimum=0)
+    amp: bool = setting(True, "mixed precision (float16 autocast) on CUDA; nothing on the CPU")
     device: str = device_setting()

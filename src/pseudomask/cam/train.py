@@ -21,9 +21,10 @@ import torch
 
 from ..checkpoints import load_resume, resume_path, save_resume
 from ..dataset import Dataset, load_dataset
-from ..devices import pick_device
+from ..devices import autocast, grad_scaler, pick_device
+from ..distributed import data_parallel, is_main, mean_over_ranks, rank_and_world, replica_digests
 from ..images import ImageError, read_image
-from ..optim import build_optimizer
+from ..optim import build_optimizer, optimizer_step
 from ..loops import progress
 from .model import STAGE, CamError, build_classifier, loss_fn, prepare, resolve_backbone_name, save_checkpoint
 from .settings import CamTrainSettings
@@ -47,6 +48,7 @@ class _Batches(torch.utils.data.Dataset):
         self._cache: dict[int, np.ndarray] = {}
         per_image = 3 * s.input_size ** 2 * 4
         self._cache_limit = int(s.cache_mb * 2 ** 20 // per_image)
+        self.rank, self.world = rank_and_world()
 
     def _image(self, j: int) -> np.ndarray:
         """Decoded and resized image j; kept in memory up to cache_mb (a small dataset is decoded once)."""
@@ -66,7 +68,8 @@ class _Batches(torch.utils.data.Dataset):
         idx = rng.choice(len(self.paths), size=min(self.s.batch_size, len(self.paths)), replace=False)
         flips = rng.random(len(idx)) < 0.5
         xs, ys, bad = [], [], []
-        for j, flip in zip(idx, flips):
+        # several processes: every rank draws the same batch and takes its part of it
+        for j, flip in list(zip(idx, flips))[self.rank::self.world]:
             try:
                 x = self._image(j)
             except ImageError as e:
@@ -118,7 +121,9 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
               "class_names": [c["name"] for c in categories], "window": s.window, "levels": list(s.levels),
               "input_size": s.input_size}
     model = build_classifier(config, s.backbone_checkpoint or None).to(device)
+    net = data_parallel(model)
     opt = build_optimizer(model.parameters(), s.optimizer, s.lr, weight_decay=s.weight_decay)
+    scaler = grad_scaler(device, s.amp)  # mixed precision on CUDA; a pass-through on the CPU
     run_key = {**config, **{k: getattr(s, k) for k in ("iters", "batch_size", "lr", "optimizer", "weight_decay",
                                                           "seed", "backbone_checkpoint")},
                "images": hashlib.sha256("\n".join(f"{p}:{im.get('tags')}" for p, im in pairs).encode()).hexdigest()}
@@ -136,6 +141,8 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
     model.train()
 
     def snapshot(it: int) -> None:
+        if not is_main():  # rank 0 writes; every rank resumes from it
+            return
         save_resume(out, stage=STAGE, settings=s.to_dict(), state=model.state_dict(), optimizer=opt.state_dict(),
                     iteration=it, resume_key=run_key, log=history, config=config)
 
@@ -147,21 +154,29 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
         if x is not None:
             for g in opt.param_groups:
                 g["lr"] = _lr(s, it)
-            out_ = model(x.to(device))
-            loss = loss_fn(out_["scores"], y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
+            with autocast(device, s.amp):
+                loss = loss_fn(net(x.to(device))["scores"], y.to(device))
+            optimizer_step(opt, loss, scaler)
+            history.append(mean_over_ranks({"loss": float(loss.detach())})["loss"])
         if (it + 1) % s.save_every == 0 and it + 1 < last:
             snapshot(it + 1)
     if start < last:
         snapshot(last)
     if last < s.iters:
         return {"config": config, "history": history, "checkpoint": str(resume_path(out))}
+    return finish(model, out, config, s, history)
+
+
+def finish(model, out: Path, config: dict, s: CamTrainSettings, history: list[float]) -> dict:
+    """Write the trained classifier (rank 0); its config, the loss history and the path written (and with
+    several processes every rank's weight digest)."""
     model.eval()
-    save_checkpoint(out, model, config, s.to_dict(), iteration=s.iters, history=history)
-    return {"config": config, "history": history, "checkpoint": str(out)}
+    if is_main():
+        save_checkpoint(out, model, config, s.to_dict(), iteration=s.iters, history=history)
+    result = {"config": config, "history": history, "checkpoint": str(out)}
+    if rank_and_world()[1] > 1:
+        result["replica_digests"] = replica_digests(model)
+    return result
 
 
 def run_stage(s: CamTrainSettings, *, shards: list[str], images: str | None, model: str, threads: int = 1) -> dict:
@@ -170,5 +185,8 @@ def run_stage(s: CamTrainSettings, *, shards: list[str], images: str | None, mod
     r = train_classifier([load_dataset(p, images) for p in shards], model, s)
     h = r["history"]
     k = max(1, len(h) // 10)
-    return {"checkpoint": r["checkpoint"], "backbone": r["config"]["backbone"], "iterations": len(h),
-            "loss_first": sum(h[:k]) / k if h else None, "loss_last": sum(h[-k:]) / k if h else None}
+    summary = {"checkpoint": r["checkpoint"], "backbone": r["config"]["backbone"], "iterations": len(h),
+               "loss_first": sum(h[:k]) / k if h else None, "loss_last": sum(h[-k:]) / k if h else None}
+    if "replica_digests" in r:
+        summary.update(processes=len(r["replica_digests"]), replica_digests=r["replica_digests"])
+    return summary

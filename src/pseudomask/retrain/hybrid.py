@@ -33,9 +33,10 @@ from ..grabcut import GrabCutSettings, grabcut_image
 from ..images import ImageError, read_image
 from ..loops import progress
 from ..masks import box_areas, box_ious, is_small, rle_encode
-from ..settings import Settings, device_setting, field_default, setting
+from ..settings import Settings, cpu_profile, device_setting, field_default, setting
 from ..store import Artifact
-from .mmdet_config import RetrainError, RetrainSettings, build_config, build_faster_rcnn_config, list_scale
+from .mmdet_config import (CPU_PROFILE, RetrainError, RetrainSettings, build_config, build_faster_rcnn_config,
+                           list_scale)
 from .predict import image_list, predict
 from .train import train
 
@@ -150,7 +151,9 @@ class RetrainHybridSettings(Settings):
     init_checkpoint: str = _like("init_checkpoint")
     max_iters: int = _like("max_iters")
     batch_size: int = _like("batch_size")
-    lr: float = _like("lr", help="SGD learning rate of the large-object branch (the paper: 0.005 at batch 6)")
+    lr: float = _like("lr", help="SGD learning rate of the large-object branch at a total batch of lr_batch (the "
+                                 "paper: 0.005 at 6)")
+    lr_batch: int | None = _like("lr_batch")
     small_lr: float | None = setting(None, f"learning rate of the small-object branch; null = {SMALL_LR_FACTOR:g} x "
                                            "lr (the paper's 0.0075 against 0.005)", exclusive_minimum=0)
     clip_grad: float | None = _like("clip_grad")
@@ -165,6 +168,9 @@ class RetrainHybridSettings(Settings):
     max_per_img: int = _like("max_per_img")
     neck: str = _like("neck", "pafpn", "neck of the large-object branch: pafpn (the paper's Enhanced-FPN, see "
                                        "docs/stages/retrain.md) | fpn; the small branch has an FPN")
+    sync_bn: bool = _like("sync_bn")
+    amp: bool = _like("amp")
+    cpu: dict = cpu_profile(CPU_PROFILE)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None, where: str | None = None) -> "RetrainHybridSettings":

@@ -18,13 +18,18 @@ from typing import Any, ClassVar, Mapping
 from .. import __version__
 from ..errors import read_json
 from ..files import write_text_atomic
-from ..settings import Settings, SettingsError, setting
+from ..devices import pick_device
+from ..settings import Settings, SettingsError, cpu_profile, setting
 from ..store import file_digest
 from .weights import checkpoint_kind
 
 ARCHS = {"r50": 50, "r101": 101}
 # MMDetection's epoch schedules: (epochs, lr steps at these epochs)
 SCHEDULES = {"iters": None, "1x": (12, (8, 11)), "2x": (24, (16, 22))}
+BASE_BATCH = 16  # the total batch of MMDetection's lr 0.02 (8 GPUs x 2 images)
+# the CPU's short run (the demo's): a fixed number of iterations at a small scale, lr as given
+CPU_PROFILE = {"schedule": "iters", "max_iters": 20, "batch_size": 2, "lr": 0.01, "lr_batch": None,
+               "warmup_iters": 10, "scale": 320, "checkpoint_interval": 0}
 CUSTOM_MODULE = "pseudomask.retrain.modules"
 CONFIG_NAME = "mask_rcnn.py"
 NECKS = ("fpn", "pafpn")
@@ -56,25 +61,33 @@ class RetrainSettings(Settings):
 
     SECTION = "retrain"
     arch: str = setting("r50", "ResNet depth of the Mask R-CNN FPN backbone", choices=tuple(ARCHS))
-    schedule: str = setting("iters", "iters: max_iters / lr_steps / warmup_iters below; 1x | 2x: 12 | 24 epochs, "
-                                     "lr steps at 8,11 | 16,22, warm-up 500", choices=tuple(SCHEDULES))
+    schedule: str = setting("1x", "1x | 2x: MMDetection's 12 | 24 epochs, lr x 0.1 after epochs 8,11 | 16,22; "
+                                  "iters: max_iters iterations, lr steps at lr_steps", choices=tuple(SCHEDULES))
     init_checkpoint: str = setting("", "local .pth: ImageNet ResNet (backbone) or a whole MMDetection model; "
                                        "\"\" = random init")
-    max_iters: int = setting(20, "training iterations (demo: a few CPU iterations; COCO 1x is 90000 at batch 16)",
+    max_iters: int = setting(20, "training iterations of schedule iters (COCO's 1x is 90000 at batch 16)",
                              minimum=1)
-    batch_size: int = setting(2, "images per iteration", minimum=1)
-    lr: float = setting(0.01, "SGD learning rate, momentum 0.9, weight decay 1e-4 (MMDetection: 0.02 at batch 16)",
-                        exclusive_minimum=0)
+    batch_size: int = setting(2, "images per iteration (on each GPU)", minimum=1)
+    lr: float = setting(0.02, "SGD learning rate at a total batch of lr_batch, momentum 0.9, weight decay 1e-4 "
+                              "(MMDetection: 0.02 at 16)", exclusive_minimum=0)
+    lr_batch: int | None = setting(BASE_BATCH, "the total batch lr is for: the run's lr is lr x total batch / "
+                                               "lr_batch, the total batch being batch_size x GPUs (MMEngine's "
+                                               "auto_scale_lr); null = lr as given", minimum=1)
     clip_grad: float | None = setting(35.0, "gradient L2-norm clip (random init diverges without); null = off",
                                       exclusive_minimum=0)
-    warmup_iters: int = setting(10, "linear warm-up from lr/1000", minimum=0)
+    warmup_iters: int = setting(500, "linear warm-up from lr/1000 over these iterations (at most the run)",
+                                minimum=0)
     lr_steps: tuple[float, ...] = setting([0.67, 0.92], "lr x 0.1 at these fractions of max_iters")
-    scale: Any = setting(320, "longest image side (int), or [long, short] as MMDetection's (1333, 800)",
+    scale: Any = setting([1333, 800], "longest image side (int), or [long, short] as MMDetection's (1333, 800)",
                          schema=SCALE_SCHEMA)
     flip: float = setting(0.5, "horizontal flip probability", minimum=0, maximum=1)
     workers: int = setting(0, "data loader processes (0: in the training process)", minimum=0)
-    checkpoint_interval: int = setting(0, "save a resumable checkpoint every N iterations; 0 = only at the end",
-                                       minimum=0)
+    checkpoint_interval: int = setting(0, "save a resumable checkpoint every N iterations; 0 = after every epoch "
+                                          "(1x, 2x) or at the end only (iters)", minimum=0)
+    sync_bn: bool = setting(False, "with several processes, BatchNorm statistics over the whole batch (MMEngine's "
+                                   "sync_bn \"torch\"; CUDA only); off: each process normalises its own images")
+    amp: bool = setting(True, "mixed precision on CUDA (MMEngine's AmpOptimWrapper, dynamic loss scale); the CPU "
+                              "trains in full precision")
     log_interval: int = setting(10, "iterations between log lines", minimum=1)
     seed: int = setting(0, "seed of weights and data order")
     max_per_img: int = setting(100, "most detections per image (the model's test config)", minimum=1)
@@ -86,6 +99,7 @@ class RetrainSettings(Settings):
     rounds: int = setting(1, "workflow: rounds of iterative ground truth (Li et al.); round k >= 2 trains on round "
                              "k-1's detections on the training images (refine_round), under results/round<k>/; "
                              "wiring only, not a parameter of one training run", minimum=1)
+    cpu: dict = cpu_profile(CPU_PROFILE)
     WIRING: ClassVar[tuple[str, ...]] = ("rounds", "recipe")  # keys left out of the rule's params (stage_settings)
 
     @classmethod
@@ -120,9 +134,52 @@ def resolve_schedule(s: RetrainSettings, n_images: int) -> tuple[int, list[int],
     else:
         epochs, at = SCHEDULES[s.schedule]
         per_epoch = max(1, math.ceil(n_images / int(s.batch_size)))
-        max_iters, steps, warmup = epochs * per_epoch, [e * per_epoch for e in at], 500
+        max_iters, steps, warmup = epochs * per_epoch, [e * per_epoch for e in at], int(s.warmup_iters)
     steps = sorted({min(max(1, i), max_iters) for i in steps})
     return max_iters, steps, max(1, min(warmup, max_iters))
+
+
+def scaled_lr(lr: float, total_batch: int, base_batch: int | None = BASE_BATCH) -> float:
+    """The learning rate for `total_batch` images per step (all GPUs) of one given for `base_batch`: linear
+    scaling, as MMEngine's auto_scale_lr; `base_batch` None: `lr` as given."""
+    return float(lr) if not base_batch else float(lr) * int(total_batch) / int(base_batch)
+
+
+def training_loop(s: RetrainSettings, n_images: int, validate: bool) -> dict[str, Any]:
+    """The loop, sampler, lr schedule and checkpoint hook of the schedule: an epoch loop for 1x / 2x (lr steps
+    and checkpoints by epoch, unless checkpoint_interval sets iterations), an iteration loop for iters."""
+    max_iters, lr_steps, warmup = resolve_schedule(s, n_images)
+    warm = dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup)
+    every = int(s.checkpoint_interval)
+    if SCHEDULES[s.schedule] is None:
+        return dict(
+            by_epoch=False, sampler=dict(type="InfiniteSampler", shuffle=True),  # no epoch restarts
+            train_cfg=dict(type="IterBasedTrainLoop", max_iters=max_iters,
+                           val_interval=max_iters if validate else max_iters + 1),
+            param_scheduler=[warm, dict(type="MultiStepLR", begin=0, end=max_iters, by_epoch=False,
+                                        milestones=lr_steps, gamma=0.1)],
+            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=every or max_iters, max_keep_ckpts=2,
+                            save_last=True))
+    epochs, at = SCHEDULES[s.schedule]
+    return dict(
+        by_epoch=True, sampler=dict(type="DefaultSampler", shuffle=True),
+        train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=epochs if validate else epochs + 1),
+        param_scheduler=[warm, dict(type="MultiStepLR", begin=0, end=epochs, by_epoch=True, milestones=list(at),
+                                    gamma=0.1)],
+        checkpoint=dict(type="CheckpointHook", by_epoch=not every, interval=every or 1, max_keep_ckpts=2,
+                        save_last=True))
+
+
+def optim_wrapper(s: RetrainSettings, total_batch: int, device: str) -> dict[str, Any]:
+    """SGD at the lr scaled to the total batch; MMEngine's AmpOptimWrapper (mixed precision) on CUDA with `amp`."""
+    amp = bool(s.amp) and device == "cuda"
+    out: dict[str, Any] = dict(type="AmpOptimWrapper" if amp else "OptimWrapper",
+                               optimizer=dict(type="SGD", lr=scaled_lr(s.lr, total_batch, s.lr_batch), momentum=0.9,
+                                              weight_decay=0.0001),
+                               clip_grad=dict(max_norm=float(s.clip_grad), norm_type=2) if s.clip_grad else None)
+    if amp:
+        out["loss_scale"] = "dynamic"
+    return out
 
 
 def read_training_json(coco_json: str | os.PathLike) -> dict:
@@ -234,9 +291,12 @@ def pipelines(s: RetrainSettings) -> tuple[list, list]:
 
 def build_config(train_json: str | os.PathLike, images: str | os.PathLike, work_dir: str | os.PathLike,
                  settings: RetrainSettings | None = None, val_json: str | os.PathLike | None = None,
-                 val_images: str | os.PathLike | None = None) -> dict:
-    """The whole MMDetection config (a dict) of one training run."""
+                 val_images: str | os.PathLike | None = None, device: str | None = None, world: int = 1) -> dict:
+    """The whole MMDetection config (a dict) of one training run on `device` (default: the one MMEngine's
+    Runner picks, CUDA when available; it decides mixed precision) by `world` processes of batch_size images
+    each (the learning rate is scaled to the total batch)."""
     s = settings or RetrainSettings()
+    device = str(device or pick_device("auto")).split(":")[0]
     s.check()
     images = Path(images)
     if not images.is_dir():
@@ -248,8 +308,7 @@ def build_config(train_json: str | os.PathLike, images: str | os.PathLike, work_
     init_kind = checkpoint_kind(s.init_checkpoint) if s.init_checkpoint else None
     train_pipeline, test_pipeline = pipelines(s)
     classes = tuple(names)
-    max_iters, lr_steps, warmup = resolve_schedule(s, n_images)
-    ckpt_every = int(s.checkpoint_interval) or max_iters
+    loop = training_loop(s, n_images, bool(val_json))
     cfg: dict[str, Any] = dict(
         default_scope="mmdet",
         custom_imports=dict(imports=[CUSTOM_MODULE], allow_failed_imports=False),
@@ -262,36 +321,33 @@ def build_config(train_json: str | os.PathLike, images: str | os.PathLike, work_
         test_pipeline=test_pipeline,
         train_dataloader=dict(
             batch_size=int(s.batch_size), num_workers=int(s.workers), persistent_workers=int(s.workers) > 0,
-            sampler=dict(type="InfiniteSampler", shuffle=True),  # iteration-based loop: no epoch restarts
+            sampler=loop["sampler"],
             batch_sampler=dict(type="AspectRatioBatchSampler"),
             dataset=dict(type="PseudoCocoDataset", data_root="", ann_file=str(Path(train_json).resolve()),
                          data_prefix=dict(img=str(images.resolve()) + os.sep), metainfo=dict(classes=classes),
                          filter_cfg=dict(filter_empty_gt=True, min_size=0), pipeline=train_pipeline)),
-        train_cfg=dict(type="IterBasedTrainLoop", max_iters=max_iters,
-                       val_interval=max_iters if val_json else max_iters + 1),
-        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=float(s.lr), momentum=0.9,
-                                                                weight_decay=0.0001),
-                           clip_grad=dict(max_norm=float(s.clip_grad), norm_type=2) if s.clip_grad else None),
-        param_scheduler=[
-            dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup),
-            dict(type="MultiStepLR", begin=0, end=max_iters, by_epoch=False, milestones=lr_steps, gamma=0.1)],
+        train_cfg=loop["train_cfg"],
+        optim_wrapper=optim_wrapper(s, int(s.batch_size) * int(world), device),
+        param_scheduler=loop["param_scheduler"],
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=int(s.log_interval)),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=ckpt_every, max_keep_ckpts=2,
-                            save_last=True),
+            checkpoint=loop["checkpoint"],
             sampler_seed=dict(type="DistSamplerSeedHook")),
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                      dist_cfg=dict(backend="nccl")),
         visualizer=dict(type="DetLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")], name="visualizer"),
-        log_processor=dict(type="LogProcessor", window_size=max(1, min(50, int(s.log_interval))), by_epoch=False),
+        log_processor=dict(type="LogProcessor", window_size=max(1, min(50, int(s.log_interval))),
+                           by_epoch=loop["by_epoch"]),
         log_level="INFO",
         randomness=dict(seed=int(s.seed)),
         load_from=str(Path(s.init_checkpoint).resolve()) if init_kind == "detector" else None,
         resume=False,
-        auto_scale_lr=dict(enable=False, base_batch_size=16),
+        auto_scale_lr=dict(enable=False, base_batch_size=int(s.lr_batch or BASE_BATCH)),  # lr already scaled
     )
+    if s.sync_bn and world > 1:
+        cfg["sync_bn"] = "torch"  # the Runner converts the model's BatchNorm layers
     if val_json:
         if not val_images:
             raise RetrainError(f"{val_json}: validation annotations need --val-images")
@@ -321,10 +377,12 @@ def without_masks(model: dict) -> dict:
 
 def build_faster_rcnn_config(train_json: str | os.PathLike, images: str | os.PathLike, work_dir: str | os.PathLike,
                              settings: RetrainSettings | None = None, val_json: str | os.PathLike | None = None,
-                             val_images: str | os.PathLike | None = None) -> dict:
+                             val_images: str | os.PathLike | None = None, device: str | None = None,
+                             world: int = 1) -> dict:
     """The MMDetection config of a Faster R-CNN run (boxes only; the hybrid recipe's small-object branch):
     `build_config`'s run with the mask head, the mask loading and the mask metric taken out."""
-    cfg = build_config(train_json, images, work_dir, settings, val_json=val_json, val_images=val_images)
+    cfg = build_config(train_json, images, work_dir, settings, val_json=val_json, val_images=val_images,
+                       device=device, world=world)
     cfg["model"] = without_masks(cfg["model"])
     scale = scale_pair((settings or RetrainSettings()).scale)
     flip = float((settings or RetrainSettings()).flip)
