@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import PseudomaskError, read_json
-from .images import ImageError, image_size
+from .images import ImageError, choose_orientation, probe_image
 from .masks import mask_box, rle_decode, rle_encode, segmentation_mask
 from .store import Artifact, ArtifactWriter
 
@@ -104,28 +104,40 @@ def check_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, s
     return [x, y, w, h], ""
 
 
-def _resolve_images(images: list[dict], image_root: Path, source: str, check_files: bool) -> set[int]:
-    """Fill missing sizes from files; return ids of images whose file is missing or unreadable."""
+def _resolve_images(images: list[dict], image_root: Path, source: str, check_files: bool,
+                    partial_images: bool = False) -> set[int]:
+    """Fill missing sizes from files and set each image's `orientation` (`images.choose_orientation`); return
+    ids of images whose file is missing, unreadable or (unless `partial_images`) decodes only partly."""
     bad: set[int] = set()
     for im in images:
+        im.setdefault("orientation", "stored")
         if not check_files and im.get("width") and im.get("height"):
             continue
+        path = image_root / im["file_name"]
         try:
-            w, h = image_size(image_root / im["file_name"])
+            probe = probe_image(path, decode=True)
         except ImageError as e:
             im["error"] = str(e)
             im.setdefault("width", 0)
             im.setdefault("height", 0)
             bad.add(im["id"])
             continue
-        if im.get("width") and im.get("height") and (im["width"], im["height"]) != (w, h):
-            raise DatasetError(f"{source}: image {im['id']} ({im['file_name']}) is {w}x{h} on disk but "
-                               f"{im['width']}x{im['height']} in the annotations")
-        im["width"], im["height"] = w, h
+        try:
+            im["orientation"] = choose_orientation(path, probe, (im.get("width"), im.get("height")))
+        except ImageError as e:
+            raise DatasetError(f"{source}: image {im['id']}: {e}") from None
+        im["width"], im["height"] = (probe.width, probe.height) if im["orientation"] == "stored" \
+            else probe.displayed_size()
+        if probe.damage:
+            im["damaged"] = probe.damage
+            if not partial_images:
+                im["error"] = probe.damage
+                bad.add(im["id"])
     return bad
 
 
-def load_coco(path: str | os.PathLike, image_root: str | os.PathLike, check_files: bool = True) -> Dataset:
+def load_coco(path: str | os.PathLike, image_root: str | os.PathLike, check_files: bool = True,
+              partial_images: bool = False) -> Dataset:
     """Read a COCO instances JSON; annotations without bbox make it a tag-only dataset."""
     path = Path(path)
     data = read_json(path, DatasetError, "annotation file")
@@ -147,7 +159,7 @@ def load_coco(path: str | os.PathLike, image_root: str | os.PathLike, check_file
     anns = data.get("annotations", [])
     _unique([a.get("id") for a in anns], path, "annotation id")
     root = Path(image_root)
-    bad = _resolve_images(images, root, str(path), check_files)
+    bad = _resolve_images(images, root, str(path), check_files, partial_images)
     by_id = {im["id"]: im for im in images}
     cat_ids = {c["id"] for c in categories}
     has_boxes = any("bbox" in a for a in anns)
@@ -187,7 +199,7 @@ def load_coco(path: str | os.PathLike, image_root: str | os.PathLike, check_file
     return Dataset(categories, images, instances, root, str(path))
 
 
-def load_voc(folder: str | os.PathLike) -> Dataset:
+def load_voc(folder: str | os.PathLike, partial_images: bool = False) -> Dataset:
     """Read a Pascal VOC folder (Annotations/*.xml, JPEGImages/); boxes become 0-based COCO xywh."""
     folder = Path(folder)
     ann_dir = folder / "Annotations"
@@ -228,7 +240,7 @@ def load_voc(folder: str | os.PathLike) -> Dataset:
     images = [{"id": i + 1, "file_name": fn, "width": w, "height": h, "tags": []}
               for i, (fn, w, h, _) in enumerate(parsed)]
     root_dir = folder / "JPEGImages"
-    bad = _resolve_images(images, root_dir, str(ann_dir), check_files=True)
+    bad = _resolve_images(images, root_dir, str(ann_dir), True, partial_images)
     instances = []
     next_id = 1
     for im, (_, _, _, objs) in zip(images, parsed):
@@ -250,7 +262,7 @@ def load_voc(folder: str | os.PathLike) -> Dataset:
     return Dataset(categories, images, instances, root_dir, str(ann_dir))
 
 
-def load_tags_csv(path: str | os.PathLike, image_root: str | os.PathLike) -> Dataset:
+def load_tags_csv(path: str | os.PathLike, image_root: str | os.PathLike, partial_images: bool = False) -> Dataset:
     """Read a CSV of `image,tag` rows (tag = category name); a header row is optional."""
     path = Path(path)
     try:
@@ -275,7 +287,7 @@ def load_tags_csv(path: str | os.PathLike, image_root: str | os.PathLike) -> Dat
         if cat_of[tag] not in im["tags"]:
             im["tags"].append(cat_of[tag])
     image_list = list(images.values())
-    bad = _resolve_images(image_list, Path(image_root), str(path), check_files=True)
+    bad = _resolve_images(image_list, Path(image_root), str(path), True, partial_images)
     if bad:
         first = next(im for im in image_list if im["id"] in bad)
         raise DatasetError(f"{path}: {len(bad)} tagged image(s) cannot be read, first: {first['error']}")
@@ -294,8 +306,9 @@ FORMATS = ("auto", "coco", "voc", "tags-csv")
 
 
 def load_dataset(annotations: str | os.PathLike, images: str | os.PathLike | None = None,
-                 fmt: str = "auto") -> Dataset:
-    """Load any supported input: COCO JSON, VOC folder, tags CSV, or an ingested shard (.h5)."""
+                 fmt: str = "auto", partial_images: bool = False) -> Dataset:
+    """Load any supported input: COCO JSON, VOC folder, tags CSV, or an ingested shard (.h5); images that
+    decode only partly fail their instances unless `partial_images`."""
     p = Path(annotations)
     if fmt == "auto":
         fmt = {".json": "coco", ".csv": "tags-csv", ".h5": "shard"}.get(p.suffix.lower(), "voc" if p.is_dir() else "")
@@ -303,13 +316,13 @@ def load_dataset(annotations: str | os.PathLike, images: str | os.PathLike | Non
         ds = read_shard(p)
         return replace(ds, image_root=Path(images)) if images else ds
     if fmt == "voc":
-        return load_voc(p)
+        return load_voc(p, partial_images)
     if images is None:
         raise DatasetError(f"{p}: an image folder is needed for {fmt or 'this'} annotations")
     if fmt == "coco":
-        return load_coco(p, images)
+        return load_coco(p, images, partial_images=partial_images)
     if fmt == "tags-csv":
-        return load_tags_csv(p, images)
+        return load_tags_csv(p, images, partial_images)
     raise DatasetError(f"{p}: unknown dataset format (expected .json, .csv, .h5 or a VOC folder)")
 
 

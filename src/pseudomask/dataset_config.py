@@ -51,6 +51,11 @@ def missing_images(ds: Dataset) -> list[str]:
     return [im["file_name"] for im in ds.images if not ds.image_path(im).is_file()]
 
 
+def damaged_images(ds: Dataset) -> list[str]:
+    """File names of the dataset's images whose pixels decode only partly (a truncated file), in order."""
+    return [im["file_name"] for im in ds.images if im.get("damaged")]
+
+
 def check_images(ds: Dataset, images: str | os.PathLike) -> list[str]:
     """The missing image files; InitError when none of the dataset's images exists."""
     if not ds.images:
@@ -141,7 +146,8 @@ def init_config(annotations: str | os.PathLike, images: str | os.PathLike, out: 
     facts = {"out": str(out), "annotations": str(annotations), "images": len(ds.images),
              "instances": len(ds.instances), "categories": len(ds.categories),
              "shards": math.ceil(len(ds.images) / size), "shard_size": size, "supervision": supervision,
-             "missing": len(missing), "missing_first": missing[:SHOW_MISSING], "strong": n_strong, "config": cfg}
+             "missing": len(missing), "missing_first": missing[:SHOW_MISSING], "strong": n_strong, "config": cfg,
+             "damaged": damaged_images(ds), "turned": sum(im.get("orientation") == "exif" for im in ds.images)}
     text = render_config(cfg, header(facts))
     complete_config(yaml.safe_load(text))  # the workflow's check, before anything is written
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +166,12 @@ def format_facts(facts: dict[str, Any]) -> str:
              f"  strong      {facts['strong']} instances with true masks",
              f"  missing     {facts['missing']} image files"
              + (f", first: {', '.join(facts['missing_first'])} (their instances will be failed)"
-                if facts["missing"] else "")]
+                if facts["missing"] else ""),
+             f"  damaged     {len(facts['damaged'])} image files that decode only partly"
+             + (f", first: {', '.join(facts['damaged'][:SHOW_MISSING])} (their instances will be failed unless "
+                "ingest.partial_images)" if facts["damaged"] else ""),
+             f"  turned      {facts['turned']} images read turned by their EXIF orientation (the annotations' "
+             "sizes are the turned ones)"]
     if not facts["config"]["workflow"]["boxcaseg"] and facts["supervision"] == "boxes":
         lines.append("  BoxCaseg off: no salient-object folder given (--salient)")
     lines.append(f"run: snakemake --cores all --configfile {facts['out']}")

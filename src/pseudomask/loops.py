@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .crops import Crops
 from .dataset import Dataset
-from .images import ImageError, read_image
+from .images import ImageError, read_annotated_image
 from .masks import rle_decode
 from .quality import features
 from .quality.scorer import get_scorer
@@ -129,7 +129,7 @@ def read_artifact_image(artifact: Artifact | str | None, image: dict) -> np.ndar
     if not root:
         return None
     try:
-        return read_image(Path(root) / image["file_name"])
+        return read_annotated_image(Path(root) / image["file_name"], image)
     except (ImageError, OSError):
         return None
 
@@ -240,7 +240,7 @@ def mask_image(predict: Predict | ImageResult, image: dict, path: str, records: 
     own_quality, maps, notes, rgb = [], None, [], None
     if todo or every_image:
         try:
-            rgb = read_image(path) if image_rgb is None else image_rgb
+            rgb = read_annotated_image(path, image) if image_rgb is None else image_rgb
         except ImageError as e:
             for i in todo:
                 rows[i].update(status="failed", reason=str(e))
@@ -343,7 +343,7 @@ def _images_batched(ds: Dataset, one: Callable[..., ImageRows], predict_batch: P
         rgb = None
         if todo:
             try:
-                rgb = read_image(ds.image_path(im))
+                rgb = read_annotated_image(ds.image_path(im), im)
             except ImageError:
                 pass  # mask_image reads it again and fails its instances with the reason
         return im, recs, todo, rgb

@@ -5,7 +5,7 @@ Layout (documented for users in docs/hdf5.md):
     /                      attrs: schema, schema_version, stage, method, parameters (JSON),
                            package_version, inputs (JSON {path: sha256}), created
     /categories/{id,name,isthing}
-    /images/{id,file_name,width,height}
+    /images/{id,file_name,width,height,orientation}   orientation: stored | exif (pseudomask.images)
     /tags/{image_id,category_id}              image-level tags (tag-only datasets)
     /instances/{id,image_id,category_id,bbox,status,reason,...}   one row per input instance
     /masks/{data,start,offset,shape}   compact masks (schema version 2), one per instance row, in the
@@ -35,6 +35,7 @@ from .files import PendingFile
 
 SCHEMA = "pseudomask-artifact"
 SCHEMA_VERSION = 2
+IMAGE_COLUMNS = ("id", "file_name", "width", "height", "orientation")  # orientation: absent in older files
 READABLE_VERSIONS = (1, 2)  # version 1: full-frame masks/<image_id>
 MASK_CHUNK = 1 << 16  # bytes per chunk of masks/data (gzip level 6): one instance's read inflates one or two
 FLUSH_CHUNKS = 16  # masks/data is written in runs of this many whole chunks (1 MiB)
@@ -155,7 +156,8 @@ class ArtifactWriter:
         and extra maps."""
         image_id = int(image["id"])
         h, w = int(image["height"]), int(image["width"])
-        self._images.append({"id": image_id, "file_name": str(image["file_name"]), "width": w, "height": h})
+        self._images.append({"id": image_id, "file_name": str(image["file_name"]), "width": w, "height": h,
+                             "orientation": str(image.get("orientation") or "stored")})
         for r in instances:
             if r.get("status") not in STATUSES:
                 raise ArtifactError(f"{self.path}: instance {r.get('id')} has status {r.get('status')!r}; "
@@ -240,7 +242,7 @@ class ArtifactWriter:
             return self.path
         f = self._f
         try:
-            cols = {k: _column([im[k] for im in self._images], k) for k in ("id", "file_name", "width", "height")}
+            cols = {k: _column([im[k] for im in self._images], k) for k in IMAGE_COLUMNS}
             cols["width"] = cols["width"].astype(np.int64)
             cols["height"] = cols["height"].astype(np.int64)
             _write_table(f.create_group("images"), cols)

@@ -36,10 +36,12 @@ def artifact_summary(path: str | os.PathLike) -> dict[str, Any]:
         area = bbox[:, 2] * bbox[:, 3] if n else np.zeros(0)
         reasons = reason_counts(status, inst.get("reason", []))
         extra = sorted(set(inst) - {"id", "image_id", "category_id", "bbox", "status", "reason"})
+        turned = a.images.get("orientation", np.zeros(0, object))
         return {
             "path": str(path), "stage": a.stage, "method": a.method, "parameters": a.params,
             "package_version": a.version, "created": a.attrs.get("created"), "inputs": a.inputs,
-            "images": len(a.image_ids), "instances": n, "tags": sum(len(v) for v in a.tags.values()),
+            "images": len(a.image_ids), "turned_images": [str(f) for f, o in zip(a.images["file_name"], turned)
+                                                          if o == "exif"], "instances": n, "tags": sum(len(v) for v in a.tags.values()),
             "status": a.status_counts(),
             "categories": {k: dict(v) for k, v in sorted(by_cat.items())},
             "sizes": {"small (<32^2)": int(np.sum(area < 32 ** 2)),
@@ -60,6 +62,9 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  input {p}  sha256:{d[:16]}")
     lines.append(f"  {s['images']} images, {s['instances']} instances, {s['tags']} image tags; masks: "
                  f"{'yes' if s['has_masks'] else 'no'}; maps: {', '.join(s['maps']) or 'none'}")
+    if s["turned_images"]:
+        lines.append(f"  {len(s['turned_images'])} images read turned by their EXIF orientation (the annotations' "
+                     f"sizes are the turned ones): {', '.join(s['turned_images'][:5])}")
     lines.append("  status: " + ", ".join(f"{k} {v}" for k, v in s["status"].items()))
     for r, c in s["top_reasons"].items():
         lines.append(f"    {c:5d} x {r}")

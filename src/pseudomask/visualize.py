@@ -9,7 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .images import ImageError, read_image
+from .images import ImageError, read_annotated_image
 from .store import IGNORE, Artifact
 
 STATUS_COLOURS = {"kept": (40, 200, 60), "invalid": (230, 160, 20), "dropped": (220, 60, 200),
@@ -70,7 +70,7 @@ def render_artifact_image(artifact: Artifact, image_id: int, image_root: str | o
     im = artifact.image(image_id)
     root = Path(image_root or artifact.attrs.get("image_root", "."))
     try:
-        rgb = read_image(root / im["file_name"])
+        rgb = read_annotated_image(root / im["file_name"], im)
     except ImageError:
         rgb = np.full((im["height"], im["width"], 3), 40, np.uint8)  # still show the masks
     recs = artifact.records(image_id)

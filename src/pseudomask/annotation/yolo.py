@@ -27,7 +27,7 @@ import yaml
 
 from ..errors import PseudomaskError
 from ..files import write_text_atomic
-from ..images import image_size
+from ..images import image_size, probe_image, read_image, write_image
 from ..loops import progress
 from ..settings import Settings, setting
 from ..store import Artifact
@@ -53,11 +53,15 @@ def label_line(cls: int, poly: np.ndarray, width: int, height: int) -> str:
     return f"{cls} " + " ".join(f"{v:.6f}" for v in np.clip(xy, 0, 1).reshape(-1))
 
 
-def _place_image(src: Path, dst: Path, copy: bool) -> None:
+def _place_image(src: Path, dst: Path, copy: bool, image: dict) -> None:
+    """A link to (or copy of) the image; a file the labels do not describe as YOLO trainers read it (an EXIF
+    rotation tag where the annotations use the pixels as stored) is written anew, as the labels see it."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_symlink() or dst.exists():
         dst.unlink()
-    if copy:
+    if image.get("orientation", "stored") == "stored" and src.is_file() and probe_image(src).exif != 1:
+        write_image(dst, read_image(src))
+    elif copy:
         shutil.copy2(src, dst)
     else:
         os.symlink(os.path.abspath(src), dst)
@@ -88,7 +92,7 @@ def export_yolo(artifacts: Sequence[str | os.PathLike], out: str | os.PathLike, 
             for image_id in progress(a.image_ids, desc=f"yolo {a.path.name}", total=len(a.image_ids)):
                 im = a.image(image_id)
                 h, w, name = int(im["height"]), int(im["width"]), str(im["file_name"])
-                _place_image(root / name, out / "images" / name, copy)
+                _place_image(root / name, out / "images" / name, copy, im)
                 lines = []
                 masks = a.masks(image_id)
                 for k, r in enumerate(a.records(image_id)):

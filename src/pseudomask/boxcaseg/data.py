@@ -157,6 +157,7 @@ class BoxItem:
     bbox: tuple[float, float, float, float]  # COCO xywh
     instance_id: int
     mask: Any = None  # COCO RLE of the true mask of a strong instance (dataset.strong), else None
+    orientation: str = "stored"  # how its image is read (pseudomask.images)
 
 
 def strong_items(datasets: Sequence[Dataset]) -> list[BoxItem]:
@@ -166,8 +167,9 @@ def strong_items(datasets: Sequence[Dataset]) -> list[BoxItem]:
         images = {im["id"]: im for im in ds.images}
         for r in ds.instances:
             if r.get("source") == "gt" and int(r["id"]) in ds.strong:
-                items.append(BoxItem(ds.image_path(images[r["image_id"]]), tuple(float(v) for v in r["bbox"]),
-                                     int(r["id"]), ds.strong[int(r["id"])]))
+                im = images[r["image_id"]]
+                items.append(BoxItem(ds.image_path(im), tuple(float(v) for v in r["bbox"]), int(r["id"]),
+                                     ds.strong[int(r["id"])], im.get("orientation", "stored")))
     return items
 
 
@@ -180,7 +182,9 @@ def box_items(datasets: Sequence[Dataset], usable: Sequence[str] = ("kept", "inv
             b = r.get("bbox")
             if r.get("status") not in usable or b is None or not (float(b[2]) > 0 and float(b[3]) > 0):
                 continue
-            items.append(BoxItem(ds.image_path(images[r["image_id"]]), tuple(float(v) for v in b), int(r["id"])))
+            im = images[r["image_id"]]
+            items.append(BoxItem(ds.image_path(im), tuple(float(v) for v in b), int(r["id"]),
+                                 orientation=im.get("orientation", "stored")))
     return items
 
 
@@ -251,11 +255,12 @@ class JointDataset(torch.utils.data.Dataset):
         self.shift, self.scale = shift, tuple(scale)
         self._cache: dict[Path, np.ndarray] = {}
 
-    def _image(self, path: Path) -> np.ndarray:
+    def _image(self, item: BoxItem) -> np.ndarray:
+        path = item.image_path
         if path not in self._cache:
             if len(self._cache) > 64:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[path] = read_image(path)
+            self._cache[path] = read_image(path, item.orientation)
         return self._cache[path]
 
     def __len__(self) -> int:
@@ -266,12 +271,12 @@ class JointDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(seed)
         if kind == BOX:
             item = self.boxes[i]
-            img, box = box_crop(self._image(item.image_path), item.bbox, self.crop_size, rng,
+            img, box = box_crop(self._image(item), item.bbox, self.crop_size, rng,
                                 self.shift, self.scale)
             mask = np.zeros_like(box)
         elif i >= len(self.salient):
             item = self.strong[i - len(self.salient)]
-            img, box, (x0, y0, x1, y1) = box_crop_span(self._image(item.image_path), item.bbox, self.crop_size,
+            img, box, (x0, y0, x1, y1) = box_crop_span(self._image(item), item.bbox, self.crop_size,
                                                        rng, self.shift, self.scale)
             mask = cv2.resize(rle_decode(item.mask)[y0:y1, x0:x1], (self.crop_size, self.crop_size),
                               interpolation=cv2.INTER_NEAREST)

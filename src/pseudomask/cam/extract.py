@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dataset import Dataset, load_dataset
-from ..images import ImageError, read_image
+from ..images import ImageError, read_annotated_image
 from ..masks import mask_box
 from ..proposals import Proposals, read_proposals
 from ..loops import progress, quality_attrs, read_ahead
@@ -199,7 +199,7 @@ def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.Path
                 if not tags:
                     return im, tags, None
                 try:
-                    return im, tags, read_image(ds.image_path(im))
+                    return im, tags, read_annotated_image(ds.image_path(im), im)
                 except ImageError as e:
                     return im, tags, e
 

@@ -23,7 +23,7 @@ from ..checkpoints import load_resume, resume_path, save_resume
 from ..dataset import Dataset, load_dataset
 from ..devices import autocast, grad_scaler, pick_device
 from ..distributed import data_parallel, is_main, mean_over_ranks, rank_and_world, replica_digests
-from ..images import ImageError, read_image
+from ..images import ImageError, read_annotated_image
 from ..optim import build_optimizer, optimizer_step
 from ..loops import progress
 from .model import STAGE, CamError, build_classifier, loss_fn, prepare, resolve_backbone_name, save_checkpoint
@@ -43,8 +43,8 @@ def tag_targets(images: Sequence[dict], class_ids: Sequence[int]) -> np.ndarray:
 class _Batches(torch.utils.data.Dataset):
     """Item i = the batch of iteration i: indices drawn from (seed, i), random horizontal flips."""
 
-    def __init__(self, paths: list[Path], targets: np.ndarray, first: int, last: int, s: CamTrainSettings):
-        self.paths, self.targets, self.first, self.last, self.s = paths, targets, first, last, s
+    def __init__(self, images: list[tuple[Path, dict]], targets: np.ndarray, first: int, last: int, s: CamTrainSettings):
+        self.images, self.targets, self.first, self.last, self.s = images, targets, first, last, s
         self._cache: dict[int, np.ndarray] = {}
         per_image = 3 * s.input_size ** 2 * 4
         self._cache_limit = int(s.cache_mb * 2 ** 20 // per_image)
@@ -54,7 +54,7 @@ class _Batches(torch.utils.data.Dataset):
         """Decoded and resized image j; kept in memory up to cache_mb (a small dataset is decoded once)."""
         x = self._cache.get(j)
         if x is None:
-            x = prepare(read_image(self.paths[j]), self.s.input_size)
+            x = prepare(read_annotated_image(*self.images[j]), self.s.input_size)
             if len(self._cache) < self._cache_limit:
                 self._cache[j] = x
         return x
@@ -65,7 +65,7 @@ class _Batches(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         it = self.first + i
         rng = np.random.default_rng([self.s.seed, it])
-        idx = rng.choice(len(self.paths), size=min(self.s.batch_size, len(self.paths)), replace=False)
+        idx = rng.choice(len(self.images), size=min(self.s.batch_size, len(self.images)), replace=False)
         flips = rng.random(len(idx)) < 0.5
         xs, ys, bad = [], [], []
         # several processes: every rank draws the same batch and takes its part of it
@@ -135,7 +135,7 @@ def train_classifier(ds: Dataset | Sequence[Dataset], out: str | os.PathLike, se
         start, history = int(ck["iteration"]), list(ck["log"])
     targets = tag_targets(images, class_ids)
     last = s.iters if stop_at is None else max(start, min(int(stop_at), s.iters))
-    batches = _Batches([p for p, _ in pairs], targets, start, last, s)
+    batches = _Batches(pairs, targets, start, last, s)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=s.workers)
     warned = set()
     model.train()

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..dataset import Dataset, load_dataset
-from ..images import ImageError, read_image
+from ..images import ImageError, read_annotated_image
 from ..masks import box_pixels
 from ..loops import ImageResult, Provenance, run_mask_stage
 from ..store import Artifact
@@ -58,7 +58,7 @@ def image_pool(rgb: np.ndarray | None, image: dict, params: dict, mat_dir: str |
                                f", image {image['id']} is {image['width']}x{image['height']}")
         return ProposalPool.from_proposals(props)
     if rgb is None:
-        rgb = read_image(image["path"])
+        rgb = read_annotated_image(image["path"], image)
     return proposal_pool(rgb, **params)
 
 

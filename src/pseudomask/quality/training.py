@@ -26,7 +26,7 @@ from ..dataset import load_dataset, strong_instances_coco
 from ..errors import PseudomaskError
 from ..files import write_json
 from ..grabcut import run_grabcut
-from ..images import read_image
+from ..images import read_annotated_image
 from ..mask_metrics import GroundTruth
 from ..masks import box_agreement, mask_iou
 from ..mcg.boxes import run_mcg
@@ -74,7 +74,7 @@ def collect(annotations: str | os.PathLike, images: str | os.PathLike, work: str
         for image_id in first.image_ids:
             image = first.image(image_id)
             h, w = int(image["height"]), int(image["width"])
-            rgb = read_image(Path(first.attrs["image_root"]) / image["file_name"])
+            rgb = read_annotated_image(Path(first.attrs["image_root"]) / image["file_name"], image)
             recs = {s: a.records(image_id) for s, a in arts.items()}
             masks = {s: a.masks(image_id) for s, a in arts.items()}
             for k, r in enumerate(recs["grabcut"]):

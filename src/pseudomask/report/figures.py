@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import PseudomaskError
-from ..images import ImageError, read_image
+from ..images import ImageError, read_annotated_image
 from ..merge_drop import is_dropped
 from ..store import Artifact
 from ..visualize import STATUS_COLOURS, overlay
@@ -135,7 +135,7 @@ def artifact_rgb(artifact: Artifact, image_id: int) -> np.ndarray:
     """One image of an artifact read from its image_root; dark grey of the image's size if unreadable."""
     im = artifact.image(image_id)
     try:
-        return read_image(Path(artifact.attrs.get("image_root", ".")) / im["file_name"])
+        return read_annotated_image(Path(artifact.attrs.get("image_root", ".")) / im["file_name"], im)
     except ImageError:
         return np.full((im["height"], im["width"], 3), 40, np.uint8)
 

@@ -30,7 +30,7 @@ from ..devices import pick_device
 from ..errors import PseudomaskError, read_json
 from ..files import write_json
 from ..grabcut import GrabCutSettings, grabcut_image
-from ..images import ImageError, read_image
+from ..images import ImageError, read_annotated_image
 from ..loops import progress
 from ..masks import box_areas, box_ious, is_small, rle_encode
 from ..settings import Settings, cpu_profile, device_setting, field_default, setting
@@ -296,14 +296,14 @@ def fuse_results(large: Sequence[Mapping[str, Any]], small: Sequence[Mapping[str
     return out, counts
 
 
-def grabcut_small(results: list[dict], images: str | os.PathLike, files: Mapping[int, str], params) -> dict:
+def grabcut_small(results: list[dict], images: str | os.PathLike, records: Mapping[int, dict], params) -> dict:
     """Give every small-branch result its mask: the project's GrabCut in its box (ellipse fallback as
     configured), image by image. Sets `segmentation` (RLE) in place; returns counts."""
     todo = _by_index_per_image(results)
     fallbacks, unreadable = 0, []
     for image_id, idx in progress(list(todo.items()), desc="predict_hybrid grabcut"):
         try:
-            rgb = read_image(Path(images) / files[image_id])
+            rgb = read_annotated_image(Path(images) / records[image_id]["file_name"], records[image_id])
         except ImageError as e:
             unreadable.append(str(e))
             for k in idx:
@@ -359,7 +359,7 @@ def predict_hybrid(large_checkpoint: str | os.PathLike, small_checkpoint: str | 
     small, s_small = predict(small_checkpoint, images, coco=coco, config=small_config, device=device,
                              batch_size=s.batch_size, score_thr=s.score_thr)
     results, counts = fuse_results(large, small, [im["id"] for im in ims], s.small_size, s.nms_iou)
-    counts.update(grabcut_small(results, images, {im["id"]: im["file_name"] for im in ims}, s.grabcut_params()))
+    counts.update(grabcut_small(results, images, {im["id"]: im for im in ims}, s.grabcut_params()))
     results = [r for r in results if r.get("segmentation") is not None]
     summary = {"images": s_large["images"], "skipped": sorted(set(s_large["skipped"]) | set(s_small["skipped"])),
                "detections": len(results), **counts, "device": s_large["device"],

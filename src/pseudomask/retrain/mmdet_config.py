@@ -278,12 +278,12 @@ def model_config(num_classes: int, s: RetrainSettings, init_kind: str | None) ->
 
 def pipelines(s: RetrainSettings) -> tuple[list, list]:
     scale = scale_pair(s.scale)
-    train = [dict(type="LoadImageFromFile"),
+    train = [dict(type="LoadAnnotatedImage"),
              dict(type="LoadPseudoAnnotations", with_bbox=True, with_mask=True),
              dict(type="Resize", scale=scale, keep_ratio=True),
              dict(type="RandomFlip", prob=float(s.flip)),
              dict(type="PackPseudoDetInputs")]
-    test = [dict(type="LoadImageFromFile"),
+    test = [dict(type="LoadAnnotatedImage"),
             dict(type="Resize", scale=scale, keep_ratio=True),
             dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"))]
     return train, test
@@ -386,7 +386,7 @@ def build_faster_rcnn_config(train_json: str | os.PathLike, images: str | os.Pat
     cfg["model"] = without_masks(cfg["model"])
     scale = scale_pair((settings or RetrainSettings()).scale)
     flip = float((settings or RetrainSettings()).flip)
-    cfg["train_pipeline"] = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True),
+    cfg["train_pipeline"] = [dict(type="LoadAnnotatedImage"), dict(type="LoadAnnotations", with_bbox=True),
                              dict(type="Resize", scale=scale, keep_ratio=True), dict(type="RandomFlip", prob=flip),
                              dict(type="PackDetInputs")]
     cfg["train_dataloader"]["dataset"]["pipeline"] = cfg["train_pipeline"]

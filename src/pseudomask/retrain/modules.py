@@ -19,12 +19,14 @@ from typing import List
 
 import numpy as np
 import torch
-from mmcv.transforms import to_tensor
+from mmcv.transforms import BaseTransform, to_tensor
 from mmdet.datasets import CocoDataset
 from mmdet.datasets.transforms import LoadAnnotations, PackDetInputs
 from mmdet.models.roi_heads.mask_heads import FCNMaskHead
 from mmdet.registry import DATASETS, MODELS, TRANSFORMS
 from pycocotools import mask as mask_utils
+
+from ..images import read_annotated_image
 
 SKIPPED_STATUSES = ("failed",)
 
@@ -71,6 +73,19 @@ def _kept_by_coco(ann: dict, img: dict, cat_ids: list) -> bool:
     if inter_w * inter_h == 0 or ann["area"] <= 0 or w < 1 or h < 1:
         return False
     return ann["category_id"] in cat_ids
+
+
+@TRANSFORMS.register_module()
+class LoadAnnotatedImage(BaseTransform):
+    """MMDetection's LoadImageFromFile (BGR uint8), but with the pixels the way the mask stages read them:
+    turned by the EXIF orientation only where the annotation's width and height say so
+    (`pseudomask.images.read_annotated_image`); an unreadable image raises ImageError naming the file."""
+
+    def transform(self, results: dict) -> dict:
+        rgb = read_annotated_image(results["img_path"], results)
+        results["img"] = np.ascontiguousarray(rgb[..., ::-1])
+        results["img_shape"] = results["ori_shape"] = rgb.shape[:2]
+        return results
 
 
 @TRANSFORMS.register_module()

@@ -14,7 +14,7 @@ import numpy as np
 from ..devices import pick_device
 from ..errors import read_json
 from ..files import write_json
-from ..images import ImageError, read_image
+from ..images import ImageError, read_annotated_image
 from ..loops import progress, read_ahead
 from ..masks import rle_encode
 from ..settings import Settings, device_setting, setting
@@ -136,7 +136,7 @@ def predict(checkpoint: str | os.PathLike, images: str | os.PathLike, coco: str 
 
     def load(im: dict) -> tuple[dict, dict | None, str]:
         try:
-            rgb = read_image(root / im["file_name"])
+            rgb = read_annotated_image(root / im["file_name"], im)
         except ImageError as e:
             return im, None, str(e)
         return im, pipeline(dict(img=np.ascontiguousarray(rgb[..., ::-1]), img_id=im["id"])), ""

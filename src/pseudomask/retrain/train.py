@@ -48,7 +48,7 @@ def train(train_json: str | os.PathLike, images: str | os.PathLike, work_dir: st
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    from ..distributed import barrier, is_main, mean_over_ranks, rank_and_world, replica_digests
+    from ..distributed import barrier, is_main, mean_over_ranks, rank_and_world, replica_digests  # lazy: torch
 
     world = rank_and_world()[1]
     cfg = builder(train_json, images, work_dir, settings, val_json=val_json, val_images=val_images, world=world)
