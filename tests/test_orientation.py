@@ -18,6 +18,7 @@ from pseudomask.ingest import ingest
 from pseudomask.masks import mask_iou, rle_encode
 from pseudomask.retrain.mmdet_config import RetrainSettings, build_config, write_config
 from pseudomask.store import Artifact
+from pseudomask.summary import artifact_summary, format_summary
 
 W, H = 160, 100  # the photo as displayed (landscape); stored turned, with EXIF orientation 6
 BOX_D = (30, 20, 60, 50)  # the object's box in displayed coordinates (xywh)
@@ -90,7 +91,10 @@ def test_a_rotated_photo_is_read_the_way_its_annotation_describes_it_by_every_re
     ds = load_dataset(ann, images)
     assert {im["file_name"]: im["orientation"] for im in ds.images} == {"turned.jpg": "exif", "stored.jpg": "stored"}
     assert all(r["status"] == "kept" for r in ds.instances)
-    ds = read_shard(write_shard(ds, tmp_path / "s0.h5"))
+    shard = write_shard(ds, tmp_path / "s0.h5")
+    assert artifact_summary(shard)["turned_images"] == ["turned.jpg"]  # what `pseudomask inspect` shows
+    assert "1 images read turned by their EXIF orientation" in format_summary(artifact_summary(shard))
+    ds = read_shard(shard)
     assert {im["file_name"]: im["orientation"] for im in ds.images} == {"turned.jpg": "exif", "stored.jpg": "stored"}
 
     # grabcut: each mask on its object, in its annotation's frame
