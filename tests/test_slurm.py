@@ -16,7 +16,10 @@ import time
 import pytest
 import yte
 from slurm_cluster import SlurmCluster, unavailable_reason
-from workflow_run import REPO, SNAKEMAKE, cheapest_chain, digests, reference_run, rule_declarations, write_config
+from workflow_run import (CHAINS, REPO, SNAKEMAKE, cheapest_chain, digests, reference_run, rule_declarations, snakemake,
+                          write_config)
+
+from pseudomask.config import complete_config, rule_resources
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -56,6 +59,10 @@ def test_profile_takes_site_settings_from_the_environment():
     assert site["set-resources"]
     for rule, res in site["set-resources"].items():
         assert res == {"gpu_model": "a100", "slurm_partition": "gpu"}, rule
+    # a GPU partition without GPUs: the GPU rules ask for none (CPUs only), whatever the model says
+    cpu_only = _profile({**base, "PSEUDOMASK_SLURM_NO_GPUS": "1", "PSEUDOMASK_SLURM_GPU_MODEL": "a100"})
+    assert set(cpu_only["set-resources"]) == set(site["set-resources"])
+    assert all(res == {"gpu": 0} for res in cpu_only["set-resources"].values()), cpu_only["set-resources"]
 
 
 def test_profile_sends_every_rule_that_asks_for_a_gpu_to_the_gpu_partition():
@@ -149,3 +156,50 @@ def test_workflow_runs_through_the_slurm_profile(cluster, tmp_path):
         want = {f"logs/{rule}/{s}.log" for s in manifest["shards"]} if rule in chain.per_shard else {f"logs/{rule}.log"}
         assert want <= logs, (rule, sorted(logs))
     assert cluster.run("squeue", "--noheader", "--states=PENDING,RUNNING").strip() == ""
+
+
+def _jobs_of(cluster: SlurmCluster, rule: str) -> list[tuple[str, str]]:
+    """(job id, state) of every Slurm job the controller knows for `rule`."""
+    lines = cluster.run("squeue", "--states=all", "--noheader", "--format=%i|%k|%T").splitlines()
+    return [(i, state) for i, comment, state in (line.split("|") for line in lines) if comment == f"rule_{rule}"]
+
+
+def test_retrain_on_two_processes_through_the_slurm_profile(cluster, tmp_path):
+    """retrain with gpus: 2 on a partition without GPUs (PSEUDOMASK_SLURM_NO_GPUS: CPUs stand in, the stage runs
+    on the CPU): one Slurm job, whose two processes formed one process group (the stage's summary in its log:
+    2 processes, equal weights on both ranks), wrote the weights, and asked Slurm for the rule's resources.
+    The data stages before it run locally."""
+    chain = next(c for c in CHAINS if c.name == "grabcut-export")
+    wd = tmp_path / "wf"
+    cfg = write_config(wd, {**chain.overrides, "retrain": {
+        "cpu": {"max_iters": 2, "scale": 128, "warmup_iters": 1},
+        "resources": {"gpus": 2, "threads": 1, "mem_mb": 1500, "runtime": 15}}})
+    snakemake(wd, "--cores", "2", "results/export/pseudo.json")
+    env = {**cluster.env, "PSEUDOMASK_SLURM_GPU_PARTITION": cluster.partition, "PSEUDOMASK_SLURM_NO_GPUS": "1"}
+    out = snakemake(wd, "--profile", "slurm", *TEST_CLUSTER_ARGS, "--verbose", "results/retrain/latest.pth",
+                    env=env, timeout=600)
+    text = out.stdout + out.stderr
+
+    (jobid, state), = _jobs_of(cluster, "retrain")  # one job: no retry, no job per GPU
+    assert state == "COMPLETED", cluster.run("scontrol", "show", "job", jobid)
+    log = (wd / "logs/retrain.log").read_text()
+    assert "retrain: 2 processes (2 per node on 1 node(s)), 1 thread(s) each" in log, log[:3000]
+    summary = json.loads(log.strip().splitlines()[-1])
+    assert summary["processes"] == 2 and summary["iters"] == 2 and summary["device"] == "cpu", summary
+    assert len(summary["replica_digests"]) == 2 and len(set(summary["replica_digests"])) == 1, summary
+    assert (wd / "results/retrain/latest.pth").is_file() and (wd / "results/retrain/mask_rcnn.py").is_file()
+
+    # what the job asked for: the rule's resources (threads and memory of both processes), and no GPU
+    res = rule_resources(complete_config(cfg), "retrain")
+    assert (res["threads"], res["mem_mb"], res["nproc_per_node"]) == (2, 3000, 2)
+    sbatch, = [line.split("sbatch call: ", 1)[1].split(" --wrap=")[0] for line in text.splitlines()
+               if "sbatch call: " in line and "rule_retrain" in line]
+    for flag in ("--ntasks=1", f"--cpus-per-task={res['threads']}", f"--nodes={res['nodes']}",
+                 f"--mem {res['mem_mb']}", f"-t {res['runtime']}", f"-p {cluster.partition}"):
+        assert f" {flag} " in f" {sbatch} ", (flag, sbatch)
+    assert "--gpus" not in sbatch and "--gres" not in sbatch, sbatch
+    # and what Slurm gave it
+    job = dict(kv.split("=", 1) for kv in cluster.run("scontrol", "-o", "show", "job", jobid).split() if "=" in kv)
+    assert (job["NumTasks"], job["CPUs/Task"], job["MinMemoryNode"], job["TimeLimit"]) == \
+        ("1", str(res["threads"]), f"{res['mem_mb']}M", f"00:{res['runtime']:02d}:00"), job
+    assert "gpu" not in job["TRES"], job
