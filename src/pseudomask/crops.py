@@ -171,6 +171,16 @@ class MaskStack:
             c = Crop(c.y + y0, c.x + x0, np.ascontiguousarray(c.data[y0:y1, x0:x1], np.uint8))
         self.crops[int(k)] = c
 
+    def spans(self, value: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Tight end-exclusive spans (x0, y0, x1, y1) in the image of each mask's pixels equal to `value` (zeros
+        when it has none), and which masks have some."""
+        span, has = np.zeros((len(self), 4), np.int64), np.zeros(len(self), bool)
+        for k, c in enumerate(self.crops):
+            y0, x0, y1, x1 = tight_box(c.data == value) if c.data.size else (0, 0, 0, 0)
+            if y1 > y0:
+                span[k], has[k] = (c.x + x0, c.y + y0, c.x + x1, c.y + y1), True
+        return span, has
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """The dense (K, H, W) array: K x H x W bytes, for small images and tests."""
         c = self.to_crops()

@@ -48,8 +48,8 @@ class Provenance:
 @dataclass(frozen=True)
 class ImageResult:
     """What the method of `run_mask_stage` computes for one image: one result per usable record, in order
-    ({"mask": (H,W) uint8, "status": str, "reason": str, **numeric extras}; a "quality" of its own is kept),
-    the image's maps for the artifact (or None) and a line for the log ("": none)."""
+    ({"mask": (H,W) uint8 or its `Crop`, "status": str, "reason": str, **numeric extras}; a "quality" of its own
+    is kept), the image's maps for the artifact (or None) and a line for the log ("": none)."""
 
     results: Sequence[Mapping[str, Any]]
     maps: Mapping[str, Any] | None = None
