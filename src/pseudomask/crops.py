@@ -171,6 +171,20 @@ class MaskStack:
             c = Crop(c.y + y0, c.x + x0, np.ascontiguousarray(c.data[y0:y1, x0:x1], np.uint8))
         self.crops[int(k)] = c
 
+    def equal(self, value: int = 1) -> "MaskStack":
+        """The masks of each mask's pixels equal to `value` (1 there, 0 elsewhere)."""
+        out = MaskStack.zeros(len(self), self.height, self.width)
+        for k, c in enumerate(self.crops):
+            out[k] = Crop(c.y, c.x, (c.data == value).astype(np.uint8))
+        return out
+
+    def any_equal(self, value: int) -> np.ndarray:
+        """(H, W) bool: where some mask has `value`."""
+        out = np.zeros((self.height, self.width), bool)
+        for c in self.crops:
+            out[c.y:c.y + c.data.shape[0], c.x:c.x + c.data.shape[1]] |= c.data == value
+        return out
+
     def spans(self, value: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Tight end-exclusive spans (x0, y0, x1, y1) in the image of each mask's pixels equal to `value` (zeros
         when it has none), and which masks have some."""

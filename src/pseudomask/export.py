@@ -181,7 +181,7 @@ def export_coco(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | No
                 if panoptic is not None:
                     given = {c["id"] for c in cats if not c["isthing"]}
                     stuff_cats |= given | {int(r["category_id"]) for r in loaded[0] if is_stuff_row(r, given)}
-                    ids, segments = image_panoptic(*loaded, stuff_categories=given)  # whole-frame by nature
+                    ids, segments = image_panoptic(*loaded, stuff_categories=given)
                     name = png_name(str(im["file_name"]))
                     if name in pngs:
                         raise PseudomaskError(f"{path}: images {pngs[name]} and {image_id} would share the panoptic "
