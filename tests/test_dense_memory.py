@@ -13,9 +13,9 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# one process runs every stage by the CLI's entry point and prints its peak RSS (bytes)
+# one process runs every stage by the CLI's entry point
 CHAIN = """
-import json, resource, sys
+import sys
 from pseudomask.cli import main
 d = sys.argv[1]
 calls = [["ingest", "--annotations", f"{d}/ann.json", "--images", f"{d}/images", "--manifest", f"{d}/m.json",
@@ -28,7 +28,14 @@ for stage, ports in (("grabcut", ["--shard", shard]), ("mcg", ["--shard", shard]
 calls.append(["export", "--artifacts", f"{d}/merge-drop.h5", "--out", f"{d}/export.json"])
 for argv in calls:
     assert main(argv) == 0, argv
-print(json.dumps({"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+# a small fresh process runs CHAIN as its child and prints the child's peak RSS (bytes): a process forked from
+# pytest itself would start its peak at pytest's size
+WRAP = """
+import json, resource, subprocess, sys
+p = subprocess.run([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+print(json.dumps({"rc": p.returncode, "rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
 """
 
 
@@ -58,9 +65,10 @@ def test_dense_scene_and_large_image_in_bounded_memory(tmp_path, width, height, 
     in agree; about 2 GB in agree at 4000x3000): the whole chain must stay under `limit_gb`."""
     scene(tmp_path, width, height, boxes)
     env = {**os.environ, "PYTHONPATH": str(SRC), "PSEUDOMASK_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", CHAIN, str(tmp_path)], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rss = json.loads(out.stdout.strip().splitlines()[-1])["rss"]
+    out = subprocess.run([sys.executable, "-c", WRAP, CHAIN, str(tmp_path)], env=env, capture_output=True, text=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0 and got["rc"] == 0, out.stderr[-3000:]
+    rss = got["rss"]
     assert rss < limit_gb * 1e9, f"peak RSS {rss / 1e9:.2f} GB on {width}x{height} with {boxes} boxes"
     coco = json.loads((tmp_path / "export.json").read_text())
     assert len(coco["annotations"]) == boxes
