@@ -5,7 +5,9 @@ ignore) and the crop's offset in the image, so that bytes follow the mask's info
 255 ignore, 0 background), their (y, x) offsets and (h, w) shapes; `paste_crops` is its inverse. An empty
 mask has a (0, 0) crop. The artifact store keeps these arrays per shard (see `pseudomask.store`); `Crops`
 holds one image's, so that a worker process hands the writer its image's masks in this form (a few KiB)
-rather than as K full frames.
+rather than as K full frames. `MaskStack` is one image's masks as a list of `Crop`s, the form in which the
+stages hold and edit them (a crop is replaced, never written in place), so that memory follows the boxes'
+pixels, not K x H x W.
 """
 
 from __future__ import annotations
