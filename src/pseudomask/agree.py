@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .crops import Crop, MaskStack
 from .errors import PseudomaskError
 from .masks import box_pixels
 from .settings import Settings, setting
@@ -32,52 +33,90 @@ class AgreeSettings(Settings):
     rest_of_box: str = setting("background", "label of box pixels both call background", choices=REST_OF_BOX)
 
 
-def agree_masks(gc: np.ndarray, mcg: np.ndarray, boxes: Sequence[Sequence[float]], categories: Sequence[int],
-                rest_of_box: str = "background") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Agreement of (K,H,W) GrabCut and MCG masks of one image's boxes.
+def agree_masks(gc: MaskStack | np.ndarray, mcg: MaskStack | np.ndarray, boxes: Sequence[Sequence[float]],
+                categories: Sequence[int], rest_of_box: str = "background"
+                ) -> tuple[MaskStack, np.ndarray, np.ndarray]:
+    """Agreement of the GrabCut and MCG masks (stacks or (K,H,W) arrays) of one image's boxes, computed box by
+    box on the box's window, and on the intersection of two boxes for their overlap.
 
-    Returns per-instance masks (K,H,W) with 1/0/255, a semantic map (H,W) uint8 (category id, 0 background,
+    Returns per-instance masks (a `MaskStack`, 1/0/255), a semantic map (H,W) uint8 (category id, 0 background,
     255 ignore) and an instance map (H,W) int32 (index k+1, 0 background, -1 ignore).
     """
     if rest_of_box not in REST_OF_BOX:
         raise PseudomaskError(f"agree: rest_of_box must be one of {REST_OF_BOX}, got {rest_of_box!r}")
+    gc, mcg = MaskStack.from_masks(gc), MaskStack.from_masks(mcg)
     k, h, w = gc.shape
-    out = np.zeros((k, h, w), np.uint8)
-    if k == 0:
-        return out, np.zeros((h, w), np.uint8), np.zeros((h, w), np.int32)
-    inbox = np.zeros((k, h, w), bool)
-    for i, b in enumerate(boxes):
-        x0, y0, x1, y1 = box_pixels(b, h, w)
-        inbox[i, y0:y1, x0:x1] = True
-    g, m = gc == 1, mcg == 1
-    fg = g & m & inbox
-    out[inbox & (g != m)] = IGNORE
-    if rest_of_box == "ignore":
-        out[inbox & ~g & ~m] = IGNORE
-    out[fg] = 1
+    spans = [box_pixels(b, h, w) for b in boxes]
+    out, fg = [], []
+    for i, (x0, y0, x1, y1) in enumerate(spans):
+        g, m = gc.crop(i).window(y0, x0, y1, x1) == 1, mcg.crop(i).window(y0, x0, y1, x1) == 1
+        o = np.zeros(g.shape, np.uint8)
+        o[g != m] = IGNORE
+        if rest_of_box == "ignore":
+            o[~g & ~m] = IGNORE
+        o[g & m] = 1
+        out.append(o)
+        fg.append(g & m)
     cats = np.asarray(categories)
-    for i in range(k):  # same-class overlaps of foreground become ignore in both instances
-        for j in range(i + 1, k):
-            if cats[i] == cats[j]:
-                both = fg[i] & fg[j]
-                if both.any():
-                    out[i][both] = IGNORE
-                    out[j][both] = IGNORE
+    for i, j in same_class_overlaps(spans, cats):  # their overlapping foreground becomes ignore in both
+        (ax0, ay0, _, _), (bx0, by0, _, _) = spans[i], spans[j]
+        y0, x0, y1, x1 = _intersection(spans[i], spans[j])
+        both = fg[i][y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0] & fg[j][y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
+        out[i][y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0][both] = IGNORE
+        out[j][y0 - by0:y1 - by0, x0 - bx0:x1 - bx0][both] = IGNORE
+    stack = MaskStack.zeros(k, h, w)
+    for i, (x0, y0, _, _) in enumerate(spans):
+        stack[i] = Crop(y0, x0, out[i])
+    semantic, instance = agreement_maps(stack, cats)
+    return stack, semantic, instance
+
+
+def _intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) of two (x0, y0, x1, y1) pixel spans' intersection (empty when y1 <= y0 or x1 <= x0)."""
+    return max(a[1], b[1]), max(a[0], b[0]), min(a[3], b[3]), min(a[2], b[2])
+
+
+def same_class_overlaps(spans: Sequence[tuple[int, int, int, int]], cats: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs (i < j) of boxes of one class whose (x0, y0, x1, y1) pixel spans intersect."""
+    s = np.asarray(spans, np.int64).reshape(-1, 4)
+    hit = ((np.minimum(s[:, None, 2], s[None, :, 2]) > np.maximum(s[:, None, 0], s[None, :, 0]))
+           & (np.minimum(s[:, None, 3], s[None, :, 3]) > np.maximum(s[:, None, 1], s[None, :, 1]))
+           & (cats[:, None] == cats[None, :]))
+    i, j = np.nonzero(np.triu(hit, 1))
+    return list(zip(i.tolist(), j.tolist()))
+
+
+def agreement_maps(masks: MaskStack, cats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Semantic (H,W) uint8 and instance (H,W) int32 maps of agreed masks: a pixel one mask claims as foreground
+    takes its class and index k+1; one claimed by several, or ignore in some mask and claimed by none, is ignore
+    (255, -1)."""
+    _, h, w = masks.shape
+    claims = np.zeros((h, w), np.int32)
+    owner = np.zeros((h, w), np.int32)  # k+1 of the first mask claiming the pixel
+    ignored = np.zeros((h, w), bool)
+    for k, c in enumerate(masks.crops):
+        if not c.data.size:
+            continue
+        win = (slice(c.y, c.y + c.data.shape[0]), slice(c.x, c.x + c.data.shape[1]))
+        one = c.data == 1
+        claims[win] += one
+        o = owner[win]
+        o[one & (o == 0)] = k + 1
+        ignored[win] |= c.data == IGNORE
+    single = claims == 1
     semantic = np.zeros((h, w), np.uint8)
     instance = np.zeros((h, w), np.int32)
-    claims = (out == 1).sum(0)
-    owner = np.argmax(out == 1, axis=0)
-    single = claims == 1
-    semantic[single] = cats[owner[single]]
-    instance[single] = owner[single] + 1
-    ignore = (claims > 1) | ((out == IGNORE).any(0) & ~single)
+    if len(masks):
+        semantic[single] = cats[owner[single] - 1]
+    instance[single] = owner[single]
+    ignore = (claims > 1) | (ignored & ~single)
     semantic[ignore] = IGNORE
     instance[ignore] = -1
-    return out, semantic, instance
+    return semantic, instance
 
 
-def agree_rows(image: dict, records: list[list[dict]], masks: list[np.ndarray], rest_of_box: str = "background"
-               ) -> tuple[list[dict], np.ndarray, dict[str, np.ndarray]]:
+def agree_rows(image: dict, records: list[list[dict]], masks: list[MaskStack], rest_of_box: str = "background"
+               ) -> tuple[list[dict], MaskStack, dict[str, np.ndarray]]:
     """One image of `agree`: rows, masks and maps from the GrabCut and MCG records and masks of its boxes.
     An instance that either method failed or ignored passes through with that status and an empty mask."""
     ra, rb = records
@@ -87,15 +126,15 @@ def agree_rows(image: dict, records: list[list[dict]], masks: list[np.ndarray], 
     for k, (x, y) in enumerate(zip(ra, rb)):
         row = {key: x[key] for key in ("id", "category_id", "bbox")}
         bad = x if x["status"] in PASS_THROUGH else (y if y["status"] in PASS_THROUGH else None)
-        fg = int(np.count_nonzero(out[k] == 1))
+        fg = int(np.count_nonzero(out.crop(k).data == 1))
         if bad is not None:
-            out[k] = 0
+            out[k] = Crop(0, 0, np.zeros((0, 0), np.uint8))
             row.update(status=bad["status"], reason=bad["reason"])
         elif fg == 0:
             row.update(status="invalid", reason="GrabCut and MCG agree on no foreground pixel")
         else:
             row.update(status="kept", reason="")
-        ign = int(np.count_nonzero(out[k] == IGNORE))
+        ign = int(np.count_nonzero(out.crop(k).data == IGNORE))
         row["agreed_fraction"] = fg / max(fg + ign, 1)
         rows.append(row)
     return rows, out, {"semantic": sem, "instance": inst}

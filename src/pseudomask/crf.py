@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .crops import MaskStack
 from .errors import PseudomaskError
 from .masks import box_pixels
 from .settings import Settings, setting
@@ -130,13 +131,13 @@ def refine_mask(rgb: np.ndarray, mask: np.ndarray, bbox: Sequence[float], s: Crf
     return out
 
 
-def crf_rows(s: CrfSettings, image_root: str, image: dict, records: list[list[dict]], masks: list[np.ndarray]
-             ) -> tuple[list[dict], np.ndarray, None]:
+def crf_rows(s: CrfSettings, image_root: str, image: dict, records: list[list[dict]],
+             masks: list[MaskStack | np.ndarray]) -> tuple[list[dict], MaskStack, None]:
     """One image of `crf`: every instance with its refined mask; failed and ignored instances and true masks
     (source `gt`) pass through unchanged. Columns: `crf_applied` (1 when the CRF's mask is used) and
     `crf_changed` (fraction of the crop's pixels whose label changed)."""
     recs, src = records[0], masks[0]
-    out = np.array(src, np.uint8, copy=True)
+    out = MaskStack.from_masks(src)  # a copy, held as crops
     rows = []
     todo = [k for k, r in enumerate(recs) if r["status"] not in PASS_THROUGH and r.get("source") != "gt"]
     rgb = read_artifact_image(image_root, image) if todo else None

@@ -37,8 +37,9 @@ from . import __version__
 from .errors import PseudomaskError
 from .files import write_json
 from .loops import progress
-from .masks import box_agreement
-from .merge_drop import JUDGED, fg_boxes
+from .crops import MaskStack
+from .masks import crop_agreement
+from .merge_drop import JUDGED
 from .panoptic import default_panoptic_path, image_panoptic, is_stuff_row, png_name, write_panoptic
 from .settings import Settings, setting
 from .registry import mask_stages
@@ -61,12 +62,20 @@ def sparse_rle(mask: np.ndarray, span: Sequence[int] | None = None) -> dict:
     the result is byte-identical to pycocotools' encode."""
     h, w = mask.shape
     if span is None:
+        return crop_rle(np.zeros((0, 0), bool), 0, 0, h, w)
+    x0, y0, x1, y1 = (int(v) for v in span)
+    return crop_rle(mask[y0:y1, x0:x1], y0, x0, h, w)
+
+
+def crop_rle(crop: np.ndarray, y: int, x: int, height: int, width: int) -> dict:
+    """COCO compressed RLE of a height x width mask whose True pixels are those of the bool `crop` placed at
+    (y, x), made from the crop alone; byte-identical to pycocotools' encode of the whole mask."""
+    h, w, ch = height, width, crop.shape[0]
+    xi, yi = np.divmod(np.flatnonzero(crop.T), ch) if crop.size else (np.zeros(0, np.int64),) * 2
+    if not len(xi):
         return {"size": [h, w], "counts": mask_utils.frPyObjects({"size": [h, w], "counts": [h * w]}, h, w)[
             "counts"].decode("ascii")}
-    x0, y0, x1, y1 = (int(v) for v in span)
-    ch = y1 - y0
-    xi, yi = np.divmod(np.flatnonzero(mask[y0:y1, x0:x1].T), ch)  # column-major, as COCO counts
-    g = (xi + x0) * h + (yi + y0)
+    g = (xi + x) * h + (yi + y)  # column-major, as COCO counts
     brk = np.flatnonzero(np.diff(g) != 1) + 1
     starts = g[np.r_[0, brk]]
     ends = g[np.r_[brk - 1, len(g) - 1]] + 1
@@ -88,36 +97,35 @@ def _number(v: Any) -> float | None:
     return None if math.isnan(f) else round(f, 6)
 
 
-def rows_and_masks(artifact: Artifact, image_id: int) -> tuple[list[dict], np.ndarray]:
-    """One image's instance rows and (K, H, W) masks (zeros for an artifact without masks)."""
+def rows_and_masks(artifact: Artifact, image_id: int) -> tuple[list[dict], MaskStack]:
+    """One image's instance rows and masks as crops (empty for an artifact without masks)."""
     im = artifact.image(image_id)
     h, w = int(im["height"]), int(im["width"])
     rows = artifact.records(image_id)
-    masks = artifact.masks(image_id) if artifact.has_masks() else np.zeros((0, h, w), np.uint8)
+    masks = artifact.mask_stack(image_id) if artifact.has_masks() else MaskStack.zeros(0, h, w)
     if len(masks) != len(rows):
-        masks = np.zeros((len(rows), h, w), np.uint8)
+        masks = MaskStack.zeros(len(rows), h, w)
     return rows, masks
 
 
 def annotations_of(artifact: Artifact, image_id: int, source: str,
-                   loaded: tuple[list[dict], np.ndarray] | None = None) -> list[dict]:
-    """The COCO annotations of one image of an artifact (`loaded`: its rows_and_masks, if read already)."""
+                   loaded: tuple[list[dict], MaskStack] | None = None) -> list[dict]:
+    """The COCO annotations of one image of an artifact (`loaded`: its rows_and_masks, if read already), each
+    made from its mask's crop."""
     rows, masks = loaded or rows_and_masks(artifact, image_id)
-    fgm = masks == 1
-    span, has = fg_boxes(fgm)
-    fg = [sparse_rle(fgm[k], span[k] if has[k] else None) for k in range(len(masks))]
-    areas = [int(np.count_nonzero(fgm[k, y0:y1, x0:x1])) for k, (x0, y0, x1, y1) in enumerate(span)]
-    ign = {}
-    for k in np.flatnonzero(masks.max(axis=(1, 2)) == IGNORE) if len(masks) else []:
-        m = masks[k] == IGNORE
-        (s,), _ = fg_boxes(m[None])
-        ign[int(k)] = sparse_rle(m, s)
+    _, h, w = masks.shape
+    fg, areas, ign = [], [], {}
+    for k, c in enumerate(masks.crops):
+        fg.append(crop_rle(c.data == 1, c.y, c.x, h, w))
+        areas.append(int(np.count_nonzero(c.data == 1)))
+        if c.data.size and c.data.max() == IGNORE:
+            ign[k] = crop_rle(c.data == IGNORE, c.y, c.x, h, w)
     out = []
     for k, r in enumerate(rows):
         status = str(r["status"])
         bbox = [float(v) for v in r["bbox"]]
         proxy = _number(r["proxy_box_iou"]) if "proxy_box_iou" in r else (
-            round(box_agreement(masks[k], bbox), 6) if status in JUDGED else None)
+            round(crop_agreement(masks.crop(k), bbox), 6) if status in JUDGED else None)
         area = float(areas[k])
         a = {
             "id": int(r["id"]), "image_id": int(image_id), "category_id": int(r["category_id"]), "bbox": bbox,

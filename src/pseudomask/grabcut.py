@@ -34,6 +34,7 @@ import numpy as np
 from .dataset import Dataset, load_dataset
 from .loops import ImageResult, Provenance, run_mask_stage
 from .settings import Settings, SettingsError, setting
+from .crops import Crop
 from .masks import box_agreement, box_mask, box_pixels, ellipse_mask
 from .summary import artifact_summary
 
@@ -221,13 +222,19 @@ def _degenerate(why: str, bbox: Sequence[float], h: int, w: int, params: GrabCut
 
 
 def grabcut_image(rgb: np.ndarray, boxes: Sequence[Sequence[float]], params: GrabCutSettings = GrabCutSettings(),
-                  workers: int = 1) -> list[dict]:
-    """GrabCut results of all boxes of one RGB image, in box order, computed by `workers` threads."""
+                  workers: int = 1, crops: bool = False) -> list[dict]:
+    """GrabCut results of all boxes of one RGB image, in box order, computed by `workers` threads; with `crops`
+    each result's mask is its `Crop` (memory then follows the boxes, not boxes x image size)."""
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+    def one(b: Sequence[float]) -> dict:
+        res = grabcut_instance(bgr, b, params)
+        return {**res, "mask": Crop.of(res["mask"])} if crops else res
+
     if workers <= 1 or len(boxes) <= 1:
-        return [grabcut_instance(bgr, b, params) for b in boxes]
+        return [one(b) for b in boxes]
     with ThreadPoolExecutor(max_workers=min(workers, len(boxes))) as pool:
-        return list(pool.map(lambda b: grabcut_instance(bgr, b, params), boxes))
+        return list(pool.map(one, boxes))
 
 
 def default_workers() -> int:
@@ -240,7 +247,7 @@ def default_workers() -> int:
 
 def predict_image(params: GrabCutSettings, rgb: np.ndarray, records: list[dict]) -> ImageResult:
     """The per-image function of the stage (`pseudomask.loops.run_mask_stage`): one result per record."""
-    return ImageResult(grabcut_image(rgb, [r["bbox"] for r in records], params))
+    return ImageResult(grabcut_image(rgb, [r["bbox"] for r in records], params, crops=True))
 
 
 def run_grabcut(ds: Dataset, out: str | os.PathLike, params: GrabCutSettings | Mapping[str, Any] | None = None,

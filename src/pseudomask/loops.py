@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 import numpy as np
 from tqdm import tqdm
 
-from .crops import Crops
+from .crops import Crops, MaskStack
 from .dataset import Dataset
 from .images import ImageError, read_annotated_image
 from .masks import rle_decode
@@ -48,8 +48,8 @@ class Provenance:
 @dataclass(frozen=True)
 class ImageResult:
     """What the method of `run_mask_stage` computes for one image: one result per usable record, in order
-    ({"mask": (H,W) uint8, "status": str, "reason": str, **numeric extras}; a "quality" of its own is kept),
-    the image's maps for the artifact (or None) and a line for the log ("": none)."""
+    ({"mask": (H,W) uint8 or its `Crop`, "status": str, "reason": str, **numeric extras}; a "quality" of its own
+    is kept), the image's maps for the artifact (or None) and a line for the log ("": none)."""
 
     results: Sequence[Mapping[str, Any]]
     maps: Mapping[str, Any] | None = None
@@ -75,7 +75,7 @@ Predict = Callable[..., ImageResult]
 # several images in one call, so that a network takes their crops (or the images) in one forward pass.
 PredictBatch = Callable[[list[tuple[np.ndarray, list[dict]]]], Sequence[ImageResult]]
 
-# per_image(image, records per source, (K,H,W) masks per source) -> (rows, masks, maps or None): one image of
+# per_image(image, records per source, masks per source as `MaskStack`s) -> (rows, masks, maps or None): one image of
 # an artifact-to-artifact stage; rows hold every instance of the image, in the sources' order.
 PerImage = Callable[[dict, list[list[dict]], list[np.ndarray]], tuple[Sequence[Mapping[str, Any]], Any, Any]]
 
@@ -190,9 +190,9 @@ def strong_masks(ds: Dataset, records: Sequence[Mapping[str, Any]]) -> dict[int,
 
 def _true_masks(image: dict, records: list[dict], strong: Mapping[int, dict] | None, out: str
                 ) -> tuple[list[dict], np.ndarray]:
-    """The rows of an image's records and their (K,H,W) masks: the true ones of strong instances (status kept),
-    zeros elsewhere."""
-    masks = np.zeros((len(records), image["height"], image["width"]), np.uint8)
+    """The rows of an image's records and their masks (a `MaskStack`): the true ones of strong instances (status
+    kept), empty elsewhere."""
+    masks = MaskStack.zeros(len(records), image["height"], image["width"])
     rows = [dict(r) for r in records]
     for i, r in enumerate(records):
         if is_true_mask(r):
@@ -204,7 +204,7 @@ def _true_masks(image: dict, records: list[dict], strong: Mapping[int, dict] | N
     return rows, masks
 
 
-def _take_results(result: ImageResult, todo: list[int], records: list[dict], rows: list[dict], masks: np.ndarray,
+def _take_results(result: ImageResult, todo: list[int], records: list[dict], rows: list[dict], masks: MaskStack,
                   image: dict, stage: str, out: str) -> list[bool]:
     """Put a method's results for the records `todo` into `rows` and `masks`; which rows brought their own
     quality."""
@@ -254,7 +254,7 @@ def mask_image(predict: Predict | ImageResult, image: dict, path: str, records: 
             if result.note:
                 notes.append(f"{stage}: image {image['id']}: {result.note}")
     add_quality(quality_scorer(quality), rgb, rows, masks, stage, keep=own_quality)
-    return ImageRows(rows, Crops.from_masks(masks), maps, notes)
+    return ImageRows(rows, masks.to_crops(), maps, notes)
 
 
 def run_mask_stage(
@@ -417,11 +417,11 @@ class InputMasks:
         while self._open:
             self._open.pop().close()
 
-    def masks(self, image_id: int) -> list[np.ndarray]:
-        """The (K,H,W) masks of one image in each input."""
+    def masks(self, image_id: int) -> list[MaskStack]:
+        """The masks of one image in each input, as crops."""
         for p in self.paths[len(self._open):]:
             self._open.append(Artifact(p))
-        return [a.masks(image_id) for a in self._open]
+        return [a.mask_stack(image_id) for a in self._open]
 
 
 def artifact_image(per_image: PerImage, inputs: InputMasks, image: dict, records: list[list[dict]], *, out: str,
@@ -433,9 +433,11 @@ def artifact_image(per_image: PerImage, inputs: InputMasks, image: dict, records
     rows, out_masks, maps = per_image(image, records, masks)
     check_rows(rows, records[0], out, source, image["id"])
     rows = [dict(r) for r in rows]
-    out_masks = np.asarray(out_masks, np.uint8).reshape(len(rows), image["height"], image["width"])
+    out_masks = MaskStack.from_masks(out_masks)  # a copy: per_image may hand back its input's masks
+    if len(out_masks) != len(rows) or out_masks.shape[1:] != (image["height"], image["width"]):
+        raise ArtifactError(f"{out}: image {image['id']}: masks of shape {out_masks.shape} for {len(rows)} rows "
+                            f"of a {image['height']}x{image['width']} image")
     if any(is_true_mask(r) for r in records[0]):
-        out_masks = out_masks.copy()  # per_image may hand back its input's array
         pass_true_masks(rows, out_masks, records[0], masks[0])
     if rescore:
         scorer = quality_scorer(quality)
@@ -444,7 +446,7 @@ def artifact_image(per_image: PerImage, inputs: InputMasks, image: dict, records
         add_quality(scorer, rgb, feats, out_masks, quality_source)
         for r, f in zip(rows, feats):
             r["quality"] = f["quality"]
-    return ImageRows(rows, Crops.from_masks(out_masks), maps)
+    return ImageRows(rows, out_masks.to_crops(), maps)
 
 
 def run_artifact_stage(

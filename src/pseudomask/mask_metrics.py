@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from .crops import MaskStack
 from .detection_metrics import evaluate_detections
 from .errors import PseudomaskError, read_json
 from .export import rows_and_masks
@@ -161,7 +162,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 class PseudoMasks:
     """The instances of an artifact or a pseudo-mask COCO JSON, image by image: rows (id, category_id, bbox,
-    status, source, and cam_score / stuff where present) and (K, H, W) masks (1 foreground, 255 ignore)."""
+    status, source, and cam_score / stuff where present) and masks as crops (1 foreground, 255 ignore)."""
 
     def __init__(self, pred: str | os.PathLike | dict, gt: GroundTruth | None = None):
         self.name = "<pseudo masks>" if isinstance(pred, dict) else str(pred)
@@ -190,19 +191,22 @@ class PseudoMasks:
     def image_ids(self) -> list[int]:
         return sorted(self.images)
 
-    def image(self, image_id: int) -> tuple[list[dict], np.ndarray]:
+    def image(self, image_id: int) -> tuple[list[dict], MaskStack]:
+        """One image's rows and masks, as crops (each decoded mask is cropped before the next one)."""
         im = self.images[int(image_id)]
         h, w = int(im["height"]), int(im["width"])
         if self._artifact is not None:
             return rows_and_masks(self._artifact, image_id)
         anns = self._anns.get(int(image_id), [])
-        masks = np.zeros((len(anns), h, w), np.uint8)
+        masks = MaskStack.zeros(len(anns), h, w)
         rows = []
         for k, a in enumerate(anns):
+            m = np.zeros((h, w), np.uint8)
             if a.get("ignore_segmentation"):
-                masks[k][segmentation_mask(a["ignore_segmentation"], h, w) == 1] = 255
+                m[segmentation_mask(a["ignore_segmentation"], h, w) == 1] = 255
             if a.get("segmentation"):
-                masks[k][segmentation_mask(a["segmentation"], h, w) == 1] = 1
+                m[segmentation_mask(a["segmentation"], h, w) == 1] = 1
+            masks[k] = m
             rows.append({"id": int(a["id"]), "category_id": int(a["category_id"]), "bbox": a.get("bbox", [0, 0, 0, 0]),
                          "status": str(a.get("status", "ignored" if a.get("iscrowd", 0) else "kept")),
                          "source": str(a.get("source") or ""), "cam_score": a.get("cam_score"),
@@ -313,7 +317,9 @@ class _TruthPanoptic:
         anns = self._by_image.get(int(image_id), [])
         real = [a for a in anns if not a.get("iscrowd", 0)]
         crowd = [a for a in anns if a.get("iscrowd", 0) and a.get("segmentation")]
-        masks = [segmentation_mask(a["segmentation"], h, w) for a in real]
+        masks = MaskStack.zeros(len(real), h, w)  # as crops: K true masks, not K frames
+        for k, a in enumerate(real):
+            masks[k] = segmentation_mask(a["segmentation"], h, w)
         ids = segment_map(masks, [a["bbox"] for a in real], (h, w))
         void = np.zeros((h, w), bool)
         for k, a in enumerate(real):

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .crops import Crop
 from .store import IGNORE
 
 
@@ -99,6 +100,12 @@ def box_agreement(mask: np.ndarray, bbox: Sequence[float]) -> float:
     return box_iou(mask_box(mask), bbox)
 
 
+def crop_agreement(crop: Crop, bbox: Sequence[float]) -> float:
+    """`box_agreement` of a mask given as its crop, computed on the crop alone."""
+    b = mask_box(crop.data) if crop.data.size else None
+    return box_iou(None if b is None else [b[0] + crop.x, b[1] + crop.y, b[2], b[3]], bbox)
+
+
 def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     """IoU of the foregrounds (value 1) of two masks; ignore (255) counts as background."""
     p, g = pred == 1, gt == 1
@@ -162,6 +169,6 @@ def paste(crop_mask: np.ndarray, span: tuple[int, int, int, int], height: int, w
 
 __all__ = [
     "IGNORE", "box_pixels", "box_mask", "ellipse_mask", "mask_box", "box_iou", "box_ious", "box_areas",
-    "box_agreement", "mask_iou", "rle_encode", "rle_decode", "segmentation_mask", "mask_polygons", "size_bucket",
+    "box_agreement", "crop_agreement", "mask_iou", "rle_encode", "rle_decode", "segmentation_mask", "mask_polygons", "size_bucket",
     "is_small", "paste",
 ]

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .crops import Crop, MaskStack
 from .errors import PseudomaskError
 from .masks import box_iou
 from .settings import Settings, setting
@@ -38,60 +39,58 @@ METHODS = {"proxy_box_iou": METHOD, "quality": "smaller-box-merge+quality-drop",
 
 def fg_boxes(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Tight end-exclusive spans (x0, y0, x1, y1) of a (K,H,W) bool stack (zeros when empty), and which
-    ones are non-empty. Columns are scanned only within each mask's rows: cheap for small objects."""
-    k, h, w = fg.shape
-    rows = fg.any(axis=2)
-    has = rows.any(axis=1)
-    span = np.zeros((k, 4), np.int64)
-    for i in np.flatnonzero(has):
-        y0, y1 = int(rows[i].argmax()), h - int(rows[i, ::-1].argmax())
-        cols = fg[i, y0:y1].any(axis=0)
-        span[i] = cols.argmax(), y0, w - cols[::-1].argmax(), y1
-    return span, has
+    ones are non-empty."""
+    return MaskStack.from_masks(fg).spans()
 
 
-def merge_masks(masks: np.ndarray, boxes: np.ndarray, active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def merge_masks(masks: MaskStack | np.ndarray, boxes: np.ndarray, active: np.ndarray | None = None
+                ) -> tuple[MaskStack | np.ndarray, np.ndarray]:
     """Give every pixel claimed by several active masks to the one with the smallest box area.
 
-    masks (K,H,W) uint8, boxes (K,4) xywh, active (K,) bool (default all). Returns the merged masks and,
-    per instance, how many foreground pixels it lost. Ties in box area go to the earlier instance.
+    masks (a `MaskStack`, or (K,H,W) uint8: then the merged masks are too), boxes (K,4) xywh, active (K,) bool
+    (default all). Returns the merged masks and, per instance, how many foreground pixels it lost. Ties in box
+    area go to the earlier instance.
     """
-    merged, lost, _, _ = _merge(masks, boxes, active)
-    return merged, lost
+    merged, lost, _, _ = _merge(MaskStack.from_masks(masks), boxes, active)
+    return (merged if isinstance(masks, MaskStack) else np.asarray(merged)), lost
 
 
-def _merge(masks: np.ndarray, boxes: np.ndarray, active: np.ndarray | None):
-    """merge_masks, plus the foreground spans of the merged masks (see fg_boxes).
+def _merge(masks: MaskStack, boxes: np.ndarray, active: np.ndarray | None):
+    """merge_masks, plus the foreground spans of the merged masks (see `MaskStack.spans`).
 
-    Pairs are settled where their foregrounds' spans overlap: the smallest claimant of a pixel wins every
-    pair it is in and every other claimant loses to it, so this equals the per-pixel rule.
+    Pairs are settled on their crops where their foregrounds' spans overlap: the smallest claimant of a pixel wins
+    every pair it is in and every other claimant loses to it, so this equals the per-pixel rule.
     """
-    masks = np.asarray(masks, np.uint8)
-    out = masks.copy()
     k = len(masks)
     lost = np.zeros(k, np.int64)
-    span, has = fg_boxes(masks == 1)
-    idx = np.flatnonzero(np.ones(k, bool) if active is None else np.asarray(active, bool))
+    span, has = masks.spans()
+    act = np.ones(k, bool) if active is None else np.asarray(active, bool)
     area = np.asarray(boxes, np.float64).reshape(-1, 4)[:, 2:].prod(1)
-    for ia, a in enumerate(idx):
-        for b in idx[ia + 1:]:
-            if not (has[a] and has[b]):
-                continue
-            x0, y0 = max(span[a, 0], span[b, 0]), max(span[a, 1], span[b, 1])
-            x1, y1 = min(span[a, 2], span[b, 2]), min(span[a, 3], span[b, 3])
-            if x1 <= x0 or y1 <= y0:
-                continue
-            win, lose = (a, b) if area[a] <= area[b] else (b, a)  # a < b: a tie goes to a
-            region = out[lose, y0:y1, x0:x1]  # a view: edits land in `out`
-            taken = (region == 1) & (masks[win, y0:y1, x0:x1] == 1)
-            n = int(np.count_nonzero(taken))
-            if n:
-                region[taken] = 0
-                lost[lose] += n
+    s, ok = span, act & has
+    hit = ((np.minimum(s[:, None, 2], s[None, :, 2]) > np.maximum(s[:, None, 0], s[None, :, 0]))
+           & (np.minimum(s[:, None, 3], s[None, :, 3]) > np.maximum(s[:, None, 1], s[None, :, 1]))
+           & ok[:, None] & ok[None, :])
+    out = {}  # the crops of the masks that lose pixels, copied before they change
+    for a, b in zip(*np.nonzero(np.triu(hit, 1))):
+        win, lose = (a, b) if area[a] <= area[b] else (b, a)  # a < b: a tie goes to a
+        x0, y0 = max(span[a, 0], span[b, 0]), max(span[a, 1], span[b, 1])
+        x1, y1 = min(span[a, 2], span[b, 2]), min(span[a, 3], span[b, 3])
+        c = masks.crop(lose)
+        if lose not in out:
+            out[lose] = c.data.copy()
+        region = out[lose][y0 - c.y:y1 - c.y, x0 - c.x:x1 - c.x]  # a view: edits land in out[lose]
+        taken = (region == 1) & (masks.crop(win).window(y0, x0, y1, x1) == 1)
+        n = int(np.count_nonzero(taken))
+        if n:
+            region[taken] = 0
+            lost[lose] += n
+    merged = masks.copy()
+    for i, data in out.items():
+        merged[i] = Crop(masks.crop(i).y, masks.crop(i).x, data)
     changed = np.flatnonzero(lost)
     if len(changed):
-        span[changed], has[changed] = fg_boxes(out[changed] == 1)
-    return out, lost, span, has
+        span[changed], has[changed] = merged[changed].spans()
+    return merged, lost, span, has
 
 
 def is_dropped(proxy_iou: float | np.ndarray, threshold: float) -> bool | np.ndarray:
@@ -101,21 +100,22 @@ def is_dropped(proxy_iou: float | np.ndarray, threshold: float) -> bool | np.nda
     return bool(out) if out.ndim == 0 else out
 
 
-def merge_drop_image(masks: np.ndarray, rows: Sequence[Mapping[str, Any]], threshold: float,
+def merge_drop_image(masks: MaskStack | np.ndarray, rows: Sequence[Mapping[str, Any]], threshold: float,
                      source: str = "", criterion: str = "proxy_box_iou", quality_threshold: float = 0.7,
-                     quality: Callable[[list[dict], np.ndarray], np.ndarray] | None = None
-                     ) -> tuple[np.ndarray, list[dict]]:
+                     quality: Callable[[list[dict], MaskStack], np.ndarray] | None = None
+                     ) -> tuple[MaskStack | np.ndarray, list[dict]]:
     """Merge then drop one image's masks (a true mask, source gt, wins every overlap and is never dropped:
-    see `pseudomask.loops.pass_true_masks`); returns merged masks and rows with status, reason,
-    `proxy_box_iou` (NaN when not judged), `mask_ignore` (1/0), `merge_lost_px` and `source`.
+    see `pseudomask.loops.pass_true_masks`); returns merged masks (a stack for a stack, else an array) and
+    rows with status, reason, `proxy_box_iou` (NaN when not judged), `mask_ignore` (1/0), `merge_lost_px` and
+    `source`.
 
     `criterion` says what drops a mask: its proxy box IoU below `threshold`, its predicted quality below
     `quality_threshold` (`quality`), or either (`both`). `quality(rows, merged)` predicts the quality of the
     merged masks (NaN: none; a mask without one is dropped under the quality criteria); it sets `quality`."""
     rows = [dict(r) for r in rows]
-    masks = np.asarray(masks, np.uint8)
+    dense, masks = not isinstance(masks, MaskStack), MaskStack.from_masks(masks)
     if len(masks) != len(rows):
-        masks = np.zeros((len(rows),) + masks.shape[1:], np.uint8)
+        masks = MaskStack.zeros(len(rows), *masks.shape[1:])
     active = np.array([r["status"] in JUDGED for r in rows], bool)
     boxes = np.array([r["bbox"] for r in rows], np.float64).reshape(-1, 4)
     rank = boxes.copy()
@@ -136,7 +136,7 @@ def merge_drop_image(masks: np.ndarray, rows: Sequence[Mapping[str, Any]], thres
         prior = f"was {r['status']}: {r['reason']}" if r["status"] != "kept" else str(r.get("reason") or "")
         whys = []
         if not has[k]:
-            whys.append("empty mask after merge" if np.any(masks[k] == 1) else "empty mask")
+            whys.append("empty mask after merge" if np.any(masks.crop(k).data == 1) else "empty mask")
         elif iou <= 0:
             whys.append("mask box does not overlap the GT box")
         else:
@@ -153,7 +153,7 @@ def merge_drop_image(masks: np.ndarray, rows: Sequence[Mapping[str, Any]], thres
         else:
             r.update(status="kept", reason=prior, mask_ignore=0)
         r["proxy_box_iou"] = float(iou)
-    return merged, rows
+    return (np.asarray(merged) if dense else merged), rows
 
 
 @dataclass(frozen=True)
@@ -178,11 +178,11 @@ def _check_threshold(threshold: float) -> float:
 
 
 def _per_image(threshold: float, source: str, criterion: str, quality_threshold: float, model: str, qsource: str,
-               image_root: str, image: dict, records: list[list[dict]], masks: list[np.ndarray]):
+               image_root: str, image: dict, records: list[list[dict]], masks: list[MaskStack]):
     """One image of the stage (module-level, so that worker processes can run it)."""
     scorer = quality_scorer(model)
 
-    def quality(rows: list[dict], merged: np.ndarray) -> np.ndarray:
+    def quality(rows: list[dict], merged: MaskStack) -> np.ndarray:
         if scorer is None:
             return np.full(len(rows), np.nan)
         return scorer.score_image(read_artifact_image(image_root, image), rows, merged, qsource)

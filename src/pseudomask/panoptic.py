@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .crops import MaskStack
 from .errors import PseudomaskError, read_json
 from .files import write_json
 from .images import ImageError, read_image, write_image
@@ -135,14 +136,17 @@ def is_stuff_row(row: Mapping[str, Any], stuff_categories: Iterable[int]) -> boo
     return int(row["category_id"]) in set(stuff_categories) or (s is not None and s == s and float(s) == 1.0)
 
 
-def image_panoptic(rows: Sequence[Mapping[str, Any]], masks: np.ndarray, stuff_categories: Iterable[int] = (),
-                   given_void: bool = False) -> tuple[np.ndarray, list[dict]]:
-    """(H, W) int32 id map and segments_info of one image's instance rows and (K, H, W) masks (1 fg, 255 ignore).
+def image_panoptic(rows: Sequence[Mapping[str, Any]], masks: MaskStack | np.ndarray,
+                   stuff_categories: Iterable[int] = (), given_void: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """(H, W) int32 id map and segments_info of one image's instance rows and masks (a `MaskStack` or (K, H, W);
+    1 fg, 255 ignore), one (H, W) frame at a time besides the maps.
 
     Rows need id, category_id, bbox, status; optional source and stuff. See the module docstring for the rules.
     """
-    masks = np.asarray(masks, np.uint8)
-    if masks.ndim != 3 or len(masks) != len(rows):
+    if not isinstance(masks, MaskStack) and np.ndim(masks) != 3:
+        raise PanopticError(f"{len(rows)} rows but masks of shape {np.shape(masks)}")
+    masks = MaskStack.from_masks(masks)
+    if len(masks) != len(rows):
         raise PanopticError(f"{len(rows)} rows but masks of shape {masks.shape}")
     h, w = masks.shape[1:]
     stuff_cats = set(int(c) for c in stuff_categories)
@@ -169,12 +173,12 @@ def image_panoptic(rows: Sequence[Mapping[str, Any]], masks: np.ndarray, stuff_c
     if thing.any():
         boxes = np.array([r["bbox"] for r in rows], np.float64).reshape(-1, 4)
         boxes[[str(r.get("source") or "") == "gt" for r in rows], 2:] = 0  # a true mask wins, as in merge_drop
-        merged, _ = merge_masks(np.where(masks == 1, 1, 0).astype(np.uint8), boxes, thing)
+        merged, _ = merge_masks(masks.equal(1), boxes, thing)
         for k in np.flatnonzero(thing):
             add(merged[k] == 1, rows[k]["category_id"], 0, [int(rows[k]["id"])])
     for k in np.flatnonzero((status == "ignored") & ~stuff & ~given):
         add(masks[k] == 1, rows[k]["category_id"], 1, [int(rows[k]["id"])])
-    void = (masks == 255).any(0) if len(masks) else np.zeros((h, w), bool)
+    void = masks.any_equal(255)
     for k in np.flatnonzero(((status != "kept") & (status != "ignored")) | given):
         void |= masks[k] == 1
     void &= ~taken
@@ -191,15 +195,17 @@ def image_panoptic(rows: Sequence[Mapping[str, Any]], masks: np.ndarray, stuff_c
     return ids, segments
 
 
-def segment_map(masks: Sequence[np.ndarray], boxes: Sequence[Sequence[float]], shape: tuple[int, int]) -> np.ndarray:
+def segment_map(masks: Sequence[np.ndarray] | MaskStack, boxes: Sequence[Sequence[float]], shape: tuple[int, int]) -> np.ndarray:
     """Id map of true segments given as masks (segment k+1 = masks[k]). True instance masks overlap (COCO's
     often do: a tie inside its person); there the smaller box takes the pixels, as for pseudo masks, so that a
     contained object keeps its segment."""
     ids = np.zeros(shape, np.int32)
     if not len(masks):
         return ids
-    merged, _ = merge_masks(np.stack([np.asarray(m, np.uint8) == 1 for m in masks]).astype(np.uint8),
-                            np.asarray(boxes, np.float64).reshape(-1, 4))
+    stack = MaskStack.zeros(len(masks), *shape)
+    for k, m in enumerate(masks):
+        stack[k] = (np.asarray(m, np.uint8) == 1).astype(np.uint8)
+    merged, _ = merge_masks(stack, np.asarray(boxes, np.float64).reshape(-1, 4))
     for k in range(len(merged)):
         ids[merged[k] == 1] = k + 1
     return ids

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .crops import Crops, paste_crops
+from .crops import Crops, MaskStack, paste_crops
 from .errors import PseudomaskError
 from .files import PendingFile
 
@@ -152,7 +152,7 @@ class ArtifactWriter:
         maps: Mapping[str, np.ndarray | Mapping[str, np.ndarray]] | None = None,
         tags: Iterable[int] = (),
     ) -> None:
-        """Add an image, its instance rows, its masks aligned with the rows ((K,H,W) uint8, or their `Crops`),
+        """Add an image, its instance rows, its masks aligned with the rows ((K,H,W) uint8, a `MaskStack` or `Crops`),
         and extra maps."""
         image_id = int(image["id"])
         h, w = int(image["height"]), int(image["width"])
@@ -164,6 +164,8 @@ class ArtifactWriter:
                                     f"expected one of {STATUSES}")
             self._rows.append({**r, "image_id": image_id})
         self._tags.extend((image_id, int(t)) for t in tags)
+        if isinstance(masks, MaskStack):
+            masks = masks.to_crops()
         if masks is not None and not isinstance(masks, Crops):
             masks = np.asarray(masks, dtype=np.uint8)
             if masks.ndim != 3 or masks.shape[0] != len(instances) or masks.shape[1:] != (h, w):
@@ -370,21 +372,34 @@ class Artifact:
             self._crop_index = start, offset, shape
         return self._crop_index
 
+    def image_crops(self, image_id: int) -> Crops:
+        """One image's masks as `Crops`, aligned with `rows(image_id)` (schema version 2)."""
+        rows = self.rows(image_id)
+        if "masks" not in self._f or not len(rows):
+            k = len(rows)
+            return Crops(np.zeros(0, np.uint8), np.zeros((k, 2), np.int32), np.zeros((k, 2), np.int32))
+        start, offset, shape = self._crops()
+        data = self._f["masks/data"]
+        if np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):  # contiguous: one read
+            lo, hi = int(start[rows[0]]), int(start[rows[-1] + 1])
+            crops = data[lo:hi] if hi > lo else np.zeros(0, np.uint8)
+        else:
+            crops = np.concatenate([data[int(start[r]):int(start[r + 1])] for r in rows] or [np.zeros(0, np.uint8)])
+        return Crops(crops, offset[rows], shape[rows])
+
+    def mask_stack(self, image_id: int) -> MaskStack:
+        """One image's masks as a `MaskStack` (crops; memory follows the masks, not K x H x W)."""
+        im = self.image(image_id)
+        if self.schema_version >= 2:
+            return MaskStack.from_crops(self.image_crops(image_id), im["height"], im["width"])
+        return MaskStack.from_masks(self.masks(image_id))
+
     def masks(self, image_id: int) -> np.ndarray:
         """(K,H,W) uint8 masks of one image, aligned with `rows(image_id)`."""
         if self.schema_version >= 2:
             im = self.image(image_id)
-            rows = self.rows(image_id)
-            if "masks" not in self._f or not len(rows):
-                return np.zeros((len(rows), im["height"], im["width"]), np.uint8)
-            start, offset, shape = self._crops()
-            data = self._f["masks/data"]
-            if np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):  # contiguous: one read
-                lo, hi = int(start[rows[0]]), int(start[rows[-1] + 1])
-                crops = data[lo:hi] if hi > lo else np.zeros(0, np.uint8)
-            else:
-                crops = np.concatenate([data[int(start[r]):int(start[r + 1])] for r in rows] or [np.zeros(0, np.uint8)])
-            return paste_crops(crops, offset[rows], shape[rows], im["height"], im["width"])
+            c = self.image_crops(image_id)
+            return paste_crops(c.data, c.offsets, c.shapes, im["height"], im["width"])
         key = f"masks/{int(image_id)}"
         if key not in self._f:
             im = self.image(image_id)

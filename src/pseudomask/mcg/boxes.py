@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..crops import Crop
 from ..dataset import Dataset, load_dataset
 from ..images import ImageError, read_annotated_image
 from ..masks import box_pixels
@@ -64,10 +65,11 @@ def image_pool(rgb: np.ndarray | None, image: dict, params: dict, mat_dir: str |
 
 def image_result(rgb: np.ndarray | None, image: dict, records: list[dict], params: dict,
                  mat_dir: str | os.PathLike | None = None, clip: bool = True,
-                 pool: ProposalPool | None = None) -> tuple[list[dict], dict]:
+                 pool: ProposalPool | None = None, crops: bool = False) -> tuple[list[dict], dict]:
     """Per-record results ({mask, status, reason, proposal_id, proposal_iou}) and the image's maps.
 
-    `pool` (optional) is the image's candidate pool when the caller already has it.
+    `pool` (optional) is the image's candidate pool when the caller already has it; with `crops` each mask is its
+    `Crop` (memory then follows the boxes, not boxes x image size).
     """
     h, w = image["height"], image["width"]
     pool = image_pool(rgb, image, params, mat_dir) if pool is None else pool
@@ -84,7 +86,7 @@ def image_result(rgb: np.ndarray | None, image: dict, records: list[dict], param
     results = []
     for rec, pick in zip(records, picks):
         bw, bh = float(rec["bbox"][2]), float(rec["bbox"][3])
-        empty = np.zeros((h, w), np.uint8)
+        empty = Crop.of(np.zeros((0, 0), np.uint8)) if crops else np.zeros((h, w), np.uint8)
         if pick is None:
             results.append({"mask": empty, "status": "failed", "proposal_id": -1, "proposal_iou": 0.0,
                             "reason": f"box {bw:g}x{bh:g} px is smaller than {MIN_BOX:g} px: no proposal chosen"})
@@ -103,7 +105,7 @@ def image_result(rgb: np.ndarray | None, image: dict, records: list[dict], param
             m[y1:] = 0
             m[:, :x0] = 0
             m[:, x1:] = 0
-        results.append({"mask": m, "status": rec["status"], "reason": rec.get("reason", ""),
+        results.append({"mask": Crop.of(m) if crops else m, "status": rec["status"], "reason": rec.get("reason", ""),
                         "proposal_id": pid, "proposal_iou": float(iou)})
     return results, {"proposals": props.to_map()}
 
@@ -119,7 +121,7 @@ def predict_image(params: dict, mat_dir: str | None, clip: bool, rgb: np.ndarray
     """The per-image function of the stage (`pseudomask.loops.run_mask_stage`, every image): the records'
     results and the image's proposals; a failure fails the image's records (and is logged when it has none)."""
     try:
-        return ImageResult(*image_result(rgb, image, records, params, mat_dir, clip))
+        return ImageResult(*image_result(rgb, image, records, params, mat_dir, clip, crops=True))
     except Exception as e:  # noqa: BLE001 - OpenCV, scipy and bad files raise many types; the stage goes on
         why = _error(image, e)
     h, w = image["height"], image["width"]

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..crops import MaskStack
 from ..errors import PseudomaskError
 from ..masks import box_pixels, ellipse_mask
 from ..settings import Settings, setting
@@ -109,10 +110,10 @@ def run_select(sources: Sequence[str | os.PathLike], out: str | os.PathLike, ext
         if len(set(names)) != len(names):
             raise PseudomaskError(f"select: two sources of the same stage ({names}); give each stage once")
 
-        def per_image(image: dict, records: list[list[dict]], masks: list[np.ndarray]):
+        def per_image(image: dict, records: list[list[dict]], masks: list[MaskStack]):
             h, w = int(image["height"]), int(image["width"])
             rgb = read_artifact_image(arts[0], image)
-            rows, outm = [], np.zeros((len(records[0]), h, w), np.uint8)
+            rows, outm = [], MaskStack.zeros(len(records[0]), h, w)
             for k, first in enumerate(records[0]):
                 row = {key: first[key] for key in ("id", "category_id", "bbox", "status", "reason")}
                 row.update(selected="", quality=float("nan"), candidates=0.0)
