@@ -100,7 +100,7 @@ def _source(path, stage="grabcut", ids=(7, 8)):
 
 
 def _invert(image, records, masks):
-    return [{**r, "status": "invalid", "reason": "r"} for r in records[0]], 1 - masks[0], None
+    return [{**r, "status": "invalid", "reason": "r"} for r in records[0]], 1 - np.asarray(masks[0]), None
 
 
 def test_artifact_stage_writes_the_sources_images_tags_and_categories(tmp_path):

@@ -77,7 +77,7 @@ PredictBatch = Callable[[list[tuple[np.ndarray, list[dict]]]], Sequence[ImageRes
 
 # per_image(image, records per source, masks per source as `MaskStack`s) -> (rows, masks, maps or None): one image of
 # an artifact-to-artifact stage; rows hold every instance of the image, in the sources' order.
-PerImage = Callable[[dict, list[list[dict]], list[np.ndarray]], tuple[Sequence[Mapping[str, Any]], Any, Any]]
+PerImage = Callable[[dict, list[list[dict]], list[MaskStack]], tuple[Sequence[Mapping[str, Any]], Any, Any]]
 
 PASS_THROUGH = ("failed", "ignored")
 GT_REASON = "true mask (dataset.strong)"
@@ -462,7 +462,8 @@ def run_artifact_stage(
     rescore: bool = True,
     workers: int = 1,
 ) -> Path:
-    """Write artifact `out` from input artifacts, one `per_image` call per image of the first source.
+    """Write artifact `out` from input artifacts, one `per_image` call per image of the first source (with
+    each source's masks of the image as a `MaskStack`: crops, `np.asarray` gives the (K, H, W) frames).
 
     `sources` are paths (opened here, checked against `expect_stages`, one entry per source; none: any stage)
     or open Artifacts (for a stage whose parameters name the source's stage). The output takes the first
