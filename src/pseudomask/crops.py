@@ -104,6 +104,12 @@ class Crop(NamedTuple):
         y0, x0, y1, x1 = tight_box(mask)
         return cls(y0, x0, np.ascontiguousarray(mask[y0:y1, x0:x1], np.uint8))
 
+    @classmethod
+    def of_window(cls, mask: np.ndarray, y: int, x: int) -> "Crop":
+        """The tight crop of a mask given as the image window whose top-left corner is (y, x)."""
+        c = cls.of(mask)
+        return c if c.data.size == 0 else cls(c.y + int(y), c.x + int(x), c.data)
+
     def window(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         """The mask's pixels in the image window [y0:y1, x0:x1] (zeros outside the crop)."""
         out = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), np.uint8)

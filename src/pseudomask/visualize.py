@@ -9,6 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .crops import Crop, MaskStack
 from .images import ImageError, read_annotated_image
 from .store import IGNORE, Artifact
 
@@ -29,31 +30,49 @@ def hatch(height: int, width: int, period: int = 6) -> np.ndarray:
     return ((xx + yy) % period) < period // 2
 
 
-def overlay(rgb: np.ndarray, masks: np.ndarray | None = None, boxes: Sequence[Sequence[float]] | None = None,
-            labels: Sequence[str] | None = None, colours: np.ndarray | None = None, alpha: float = 0.5,
-            scale: int = 1) -> np.ndarray:
-    """Image with each mask filled in its colour, ignore pixels hatched grey, boxes and labels drawn.
+def scaled_crops(masks: np.ndarray | MaskStack, scale: int = 1) -> list[Crop]:
+    """Each mask's crop (of a (K, H, W) array or a MaskStack), enlarged `scale` times (nearest neighbour)."""
+    crops = list(masks.crops) if isinstance(masks, MaskStack) else [Crop.of(np.asarray(m)) for m in masks]
+    if scale == 1:
+        return crops
+    return [Crop(c.y * scale, c.x * scale, cv2.resize(c.data, None, fx=scale, fy=scale,
+                                                      interpolation=cv2.INTER_NEAREST) if c.data.size else c.data)
+            for c in crops]
+
+
+def paint_mask(out: np.ndarray, c: Crop, colour: np.ndarray, stripes: np.ndarray, alpha: float) -> None:
+    """Fill one mask (its crop) into the float image `out` in place: colour, hatched ignore, outline."""
+    if not c.data.size:
+        return
+    h, w = c.data.shape
+    win, fg = out[c.y:c.y + h, c.x:c.x + w], c.data == 1
+    win[fg] = (1 - alpha) * win[fg] + alpha * colour
+    ign = (c.data == IGNORE) & stripes[c.y:c.y + h, c.x:c.x + w]
+    win[ign] = 0.4 * win[ign] + 0.6 * 160
+    # a 1-pixel frame: the outline of a mask touching its crop's border is found as in the whole frame
+    contours, _ = cv2.findContours(np.pad(fg.astype(np.uint8), 1), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE,
+                                   offset=(c.x - 1, c.y - 1))
+    cv2.drawContours(out, contours, -1, tuple(int(v) for v in colour), 1)
+
+
+def overlay(rgb: np.ndarray, masks: np.ndarray | MaskStack | None = None,
+            boxes: Sequence[Sequence[float]] | None = None, labels: Sequence[str] | None = None,
+            colours: np.ndarray | None = None, alpha: float = 0.5, scale: int = 1) -> np.ndarray:
+    """Image with each mask ((K, H, W) or a MaskStack of crops) filled in its colour, ignore pixels hatched grey,
+    boxes and labels drawn.
 
     `scale` enlarges small images (nearest neighbour) so that labels stay legible.
     """
     if scale > 1:
         rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        if masks is not None and len(masks):
-            masks = np.stack([cv2.resize(m, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for m in masks])
         boxes = [[v * scale for v in b] for b in boxes] if boxes is not None else None
     out = rgb.astype(np.float32).copy()
     h, w = rgb.shape[:2]
     n = len(masks) if masks is not None else len(boxes or [])
     colours = palette(n) if colours is None else np.asarray(colours, np.uint8)
     stripes = hatch(h, w)
-    if masks is not None:
-        for k, m in enumerate(masks):
-            fg = m == 1
-            out[fg] = (1 - alpha) * out[fg] + alpha * colours[k]
-            ign = (m == IGNORE) & stripes
-            out[ign] = 0.4 * out[ign] + 0.6 * 160
-            contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(out, contours, -1, tuple(int(c) for c in colours[k]), 1)
+    for k, c in enumerate(scaled_crops(masks, scale) if masks is not None else []):
+        paint_mask(out, c, colours[k], stripes, alpha)
     out = np.clip(out, 0, 255).astype(np.uint8)
     for k, b in enumerate(boxes or []):
         x, y, bw, bh = (int(round(v)) for v in b)
@@ -76,5 +95,5 @@ def render_artifact_image(artifact: Artifact, image_id: int, image_root: str | o
     recs = artifact.records(image_id)
     names = {c["id"]: c["name"] for c in artifact.categories}
     labels = [f"{names.get(r['category_id'], r['category_id'])}:{r['status']}" for r in recs]
-    masks = artifact.masks(image_id) if artifact.has_masks() else None
+    masks = artifact.mask_stack(image_id) if artifact.has_masks() else None
     return overlay(rgb, masks, [r["bbox"] for r in recs], labels, scale=max(1, 640 // max(im["width"], 1)))

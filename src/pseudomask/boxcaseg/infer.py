@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..dataset import Dataset, load_dataset
+from ..crops import Crop
 from ..masks import box_pixels
 from ..loops import ImageResult, Provenance, run_mask_stage
 from ..store import Artifact
@@ -51,16 +52,26 @@ def predict_boxes_quality(model: BoxCasegNet, rgb: np.ndarray, boxes: Sequence[S
                           iou: bool = True) -> tuple[list[np.ndarray | None], list[float]]:
     """`predict_boxes` and, with `iou`, the IoU head's predicted IoU per box (NaN without one or for a box
     that covers no pixel)."""
-    return predict_images_quality(model, [(rgb, boxes)], size, batch_size, device, head, iou)[0]
+    windows, quality = predict_images_quality(model, [(rgb, boxes)], size, batch_size, device, head, iou)[0]
+    return [None if p is None else probability_frame(p, *rgb.shape[:2]) for p in windows], quality
+
+
+def probability_frame(window: Crop, height: int, width: int) -> np.ndarray:
+    """A box's probability window as a full (height, width) float32 frame (0 outside the box)."""
+    full = np.zeros((height, width), np.float32)
+    h, w = window.data.shape
+    full[window.y:window.y + h, window.x:window.x + w] = window.data
+    return full
 
 
 def predict_images_quality(model: BoxCasegNet, items: Sequence[tuple[np.ndarray, Sequence[Sequence[float]]]],
                            size: int = 320, batch_size: int = 16, device: str | torch.device = "cpu",
                            head: str = "fused", iou: bool = True, amp: bool = False
-                           ) -> list[tuple[list[np.ndarray | None], list[float]]]:
-    """`predict_boxes_quality` of several (image, boxes): the crops of all images go through the network
-    `batch_size` at a time, so that crops of consecutive images share a forward pass (in mixed precision on
-    CUDA with `amp`)."""
+                           ) -> list[tuple[list[Crop | None], list[float]]]:
+    """Per (image, boxes): each box's float32 foreground probability over its pixel window (a `Crop`: the
+    window's offset and values; None for a box that covers no pixel) and its predicted IoU. The crops of all
+    images go through the network `batch_size` at a time, so that crops of consecutive images share a
+    forward pass (in mixed precision on CUDA with `amp`)."""
     device = torch.device(device)
     spans, todo, out = [], [], []
     for n, (rgb, boxes) in enumerate(items):
@@ -82,11 +93,8 @@ def predict_images_quality(model: BoxCasegNet, items: Sequence[tuple[np.ndarray,
                 probs = model.predict(x, head)
         probs = probs.float().cpu().numpy()
         for (n, i), p in zip(chunk, probs):
-            h, w = items[n][0].shape[:2]
             x0, y0, x1, y1 = spans[n][i]
-            full = np.zeros((h, w), np.float32)
-            full[y0:y1, x0:x1] = cv2.resize(p, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-            out[n][0][i] = full
+            out[n][0][i] = Crop(y0, x0, cv2.resize(p, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR))
     return out
 
 
@@ -106,17 +114,18 @@ def make_predict_batch(model: BoxCasegNet, size: int = 320, batch_size: int = 16
 
     iou = bool(getattr(model, "iou_head_trained", False))
 
-    def image_results(rgb: np.ndarray, recs: list[dict], probs: list, quality: list) -> ImageResult:
+    def image_results(rgb: np.ndarray, recs: list[dict], probs: list[Crop | None], quality: list) -> ImageResult:
         h, w = rgb.shape[:2]
         results, kept = [], {}
-        for r, p, q in zip(recs, probs, quality):
-            if p is None:
-                results.append({"mask": np.zeros((h, w), np.uint8), "status": "failed",
+        for r, window, q in zip(recs, probs, quality):
+            if window is None:
+                results.append({"mask": Crop(0, 0, np.zeros((0, 0), np.uint8)), "status": "failed",
                                 "reason": f"box {list(r['bbox'])} covers no pixel", "score": 0.0,
                                 **({"iou_head": float("nan")} if iou else {})})
                 continue
-            mask = (p >= threshold).astype(np.uint8)
-            fg = mask.astype(bool)
+            p = window.data
+            mask = Crop.of_window((p >= threshold).astype(np.uint8), window.y, window.x)
+            fg = p >= threshold
             score = float(p[fg].mean()) if fg.any() else 0.0
             if fg.any():
                 results.append({"mask": mask, "status": "kept", "reason": "", "score": score})
@@ -126,7 +135,7 @@ def make_predict_batch(model: BoxCasegNet, size: int = 320, batch_size: int = 16
             if iou:
                 results[-1].update(iou_head=q, quality=q)
             if keep_probabilities:
-                kept[str(int(r["id"]))] = np.round(p * 255).astype(np.uint8)
+                kept[str(int(r["id"]))] = np.round(probability_frame(window, h, w) * 255).astype(np.uint8)
         return ImageResult(results, {"probability": kept} if keep_probabilities and kept else None)
 
     def predict_batch(jobs: list[tuple[np.ndarray, list[dict]]]):

@@ -76,7 +76,7 @@ class BoxcasegSettings(Settings):
                                                                       {"const": "auto"}]})
     batch_size: int = setting(16, "crops per forward pass (crops of consecutive images share one)", minimum=1)
     loader_workers: int = setting(2, "threads reading images ahead of the network (0: read in turn)", minimum=0)
-    threshold: float = setting(0.5, "foreground probability threshold", minimum=0, maximum=1)
+    threshold: float = setting(0.5, "foreground probability threshold", exclusive_minimum=0, maximum=1)
     head: str = setting("fused", "fused (the paper) | weak | salient | transferred (ablation)", choices=HEADS)
     keep_probabilities: bool = setting(False, "also store per-instance probability maps (map \"probability\")")
     amp: bool = setting(True, "mixed precision (float16 autocast) on CUDA; nothing on the CPU")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..dataset import Dataset, load_dataset
 from ..images import ImageError, read_annotated_image
+from ..crops import Crop, MaskStack
 from ..masks import mask_box
 from ..proposals import Proposals, read_proposals
 from ..loops import progress, quality_attrs, read_ahead
@@ -90,8 +91,8 @@ def _failed(iid: int, cat: int, reason: str, box=(0.0, 0.0, 0.0, 0.0)) -> dict:
 
 def extract_image(model, config: dict, im: dict, rgb: np.ndarray, proposals: Proposals | None, stuff: set[int],
                   s: CamSettings, device: torch.device, feats: torch.Tensor | None = None
-                  ) -> tuple[list[dict], np.ndarray, dict[str, np.ndarray]]:
-    """Rows, (K, H, W) masks and low-res CAMs of one image's tags (`feats`: its backbone features, when
+                  ) -> tuple[list[dict], MaskStack, dict[str, np.ndarray]]:
+    """Rows, their masks (as crops) and low-res CAMs of one image's tags (`feats`: its backbone features, when
     computed in a batch)."""
     H, W = rgb.shape[:2]
     col = {c: k for k, c in enumerate(config["class_ids"])}
@@ -99,21 +100,21 @@ def extract_image(model, config: dict, im: dict, rgb: np.ndarray, proposals: Pro
     tags = [int(t) for t in im.get("tags", [])]
     base = int(im["id"]) * ID_STRIDE
     rows: list[dict] = []
-    masks: list[np.ndarray] = []
+    masks: list[Crop] = []
 
     def add(row: dict, mask: np.ndarray | None) -> None:
         if len(rows) >= ID_STRIDE:
             raise CamError(f"image {im['id']} ({im['file_name']}): more than {ID_STRIDE} instances; lower max_peaks")
         row["id"] = base + len(rows)
         rows.append(row)
-        masks.append(np.zeros((H, W), np.uint8) if mask is None else mask.astype(np.uint8))
+        masks.append(Crop(0, 0, np.zeros((0, 0), np.uint8)) if mask is None else Crop.of(mask.astype(np.uint8)))
 
     known = [t for t in tags if t in col]
     for t in tags:
         if t not in col:
             add(_failed(0, t, f"category {t} is not a class of the CAM checkpoint"), None)
     if not known:
-        return rows, np.stack(masks) if masks else np.zeros((0, H, W), np.uint8), {}
+        return rows, MaskStack(masks, H, W), {}
     feats, cams, scores = image_maps(model, rgb, config["input_size"], device, win, feats)
     h, w = cams.shape[-2:]
     cams_np = cams.detach()[0].cpu().numpy()
@@ -163,7 +164,7 @@ def extract_image(model, config: dict, im: dict, rgb: np.ndarray, proposals: Pro
             else:
                 add({"category_id": t, "bbox": box, "status": "kept", "reason": "", **common}, reg)
     maps = {str(t): cams_np[col[t]].astype(np.float16) for t in known}
-    return rows, np.stack(masks), maps
+    return rows, MaskStack(masks, H, W), maps
 
 
 def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.PathLike,
@@ -214,7 +215,7 @@ def extract_peaks(ds: Dataset, checkpoint: str | os.PathLike, out: str | os.Path
                     by_k = {k: feats[n:n + 1] for n, k in enumerate(need)}
                     for k, (im, tags, rgb) in enumerate(group):
                         if not tags:
-                            yield im, tags, ([], np.zeros((0, int(im["height"]), int(im["width"])), np.uint8), {})
+                            yield im, tags, ([], MaskStack([], int(im["height"]), int(im["width"])), {})
                             continue
                         yield im, tags, _one_image(model, config, ds, im, tags, props_art, proposals_for_image,
                                                    stuff, s, device, rgb, by_k.get(k))

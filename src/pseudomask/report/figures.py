@@ -147,7 +147,7 @@ def render_by_status(artifact: Artifact, image_id: int) -> np.ndarray:
     names = {c["id"]: c["name"] for c in artifact.categories}
     colours = np.array([STATUS_COLOURS.get(r["status"], (255, 255, 0)) for r in recs], np.uint8).reshape(-1, 3)
     labels = [f"{names.get(r['category_id'], r['category_id'])}:{r['status']}" for r in recs]
-    return overlay(rgb, artifact.masks(image_id), [r["bbox"] for r in recs], labels, colours=colours)
+    return overlay(rgb, artifact.mask_stack(image_id), [r["bbox"] for r in recs], labels, colours=colours)
 
 
 def quality_crop(artifact: Artifact, instance_id: int, pad: float = 0.25, size: int = 96) -> np.ndarray:
