@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .crops import MaskStack
 from .errors import PseudomaskError, read_json
 from .masks import box_ious, box_pixels, segmentation_mask
 from .settings import Settings, SettingsError, setting
@@ -124,12 +125,12 @@ def outside_box(mask: np.ndarray, bbox: Sequence[float], background: bool = Fals
 
 
 def refine_round_rows(s: RefineRoundSettings, detections: Mapping[int, list[dict]], image_root: str, image: dict,
-                      records: list[list[dict]], masks: list[np.ndarray]) -> tuple[list[dict], np.ndarray, None]:
+                      records: list[list[dict]], masks: list[MaskStack]) -> tuple[list[dict], MaskStack, None]:
     """One image of `refine_round`: rows with `matched` (1/0), `match_box_iou`, `match_score`,
     `crf_applied`, and the new masks (see the module doc)."""
     recs, prev = records[0], masks[0]
     h, w = int(image["height"]), int(image["width"])
-    out = np.array(prev, np.uint8, copy=True)
+    out = MaskStack.from_masks(prev)  # crops: one full frame at a time below
     dets = detections.get(int(image["id"]), [])
     todo = [k for k, r in enumerate(recs) if r["status"] not in PASS_THROUGH and r.get("source") != "gt"]
     match = match_detections([recs[k]["bbox"] for k in todo], [recs[k]["category_id"] for k in todo], dets,
