@@ -3,7 +3,8 @@ side.
 
 Two generated scenes (textured background, filled ellipses and rectangles, their boxes in a COCO JSON):
 `dense`, 1280x960 with 600 boxes (a shelf), and `large`, 6000x4000 with 20 boxes (an aerial image). Each goes
-through ingest, grabcut, mcg, agree, validity, crf, select, merge-drop, export and evaluate-masks by the CLI
+through ingest, grabcut, mcg, agree, validity, crf, select, merge-drop, export, evaluate-masks and BoxCaseg's
+inference (a random-weight checkpoint of the small backbone, the same file for both trees) by the CLI
 (`python -m pseudomask STAGE`, its defaults, `--threads 1`), every stage in a fresh child process whose peak RSS is
 `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss` read by a wrapper process of its own. The base revision runs from a
 temporary `git worktree` with its `src` on PYTHONPATH. Prints wall seconds and peak RSS per stage, base and this
@@ -34,7 +35,7 @@ SCENES = {"dense": (1280, 960, 600), "large": (6000, 4000, 20)}
 TARGET_GB = {"dense": 1.0, "large": 1.5}
 AGREE_TARGET_S = 10.0
 STAGES = ("ingest", "grabcut", "mcg", "agree", "validity", "crf", "select", "merge_drop", "export",
-          "evaluate_masks")
+          "evaluate_masks", "boxcaseg")
 
 
 def make_scene(out: Path, width: int, height: int, boxes: int, seed: int = 0) -> Path:
@@ -87,7 +88,19 @@ def stage_ports(work: Path, scene: Path) -> dict[str, dict]:
             "merge_drop": {"masks": a["validity"], "out": a["merge_drop"]},
             "export": {"artifacts": [a["merge_drop"]], "out": work / "export.json"},
             "evaluate_masks": {"pseudo": work / "export.json", "ground_truth": scene / "annotations.json",
-                               "out": work / "metrics.json"}}
+                               "out": work / "metrics.json"},
+            "boxcaseg": {"shard": shard, "model": scene / "boxcaseg.pth", "out": a["boxcaseg"]}}
+
+
+def random_boxcaseg(path: Path) -> Path:
+    """A BoxCaseg checkpoint of random weights (the small ResNet-18 backbone): inference costs what a trained
+    one costs, and both trees read it."""
+    import torch
+
+    from pseudomask.boxcaseg.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(path, build_model("resnet18_w16"))
 
 
 def measured(cmd: list[str], env: dict) -> None:
@@ -151,6 +164,8 @@ def bench_scene(name: str, trees: dict[str, Path], stages: list[str], work: Path
     """Every stage of one scene in both trees: the table's lines."""
     w, h, k = SCENES[name]
     scene = make_scene(work / name / "scene", w, h, k)
+    if "boxcaseg" in stages:
+        random_boxcaseg(scene.parent / "boxcaseg.pth")
     runs: dict[str, dict[str, dict]] = {}
     for label, tree in trees.items():
         d = work / name / label
