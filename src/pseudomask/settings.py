@@ -46,9 +46,9 @@ def device_setting() -> Any:
     return setting("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
 
 
-def cpu_profile(profile: dict) -> Any:
+def cpu_profile(profile: dict, why: str = "a short run") -> Any:
     """The `cpu` field of a stage whose defaults are a GPU's: applied by Settings.for_device on a CPU."""
-    return setting(profile, "keys replacing the others when the device is the CPU (a short run)")
+    return setting(profile, f"keys replacing the others when the device is the CPU ({why})")
 
 
 def field_default(f: dataclasses.Field) -> Any:

@@ -81,6 +81,8 @@ class BoxcasegSettings(Settings):
     keep_probabilities: bool = setting(False, "also store per-instance probability maps (map \"probability\")")
     amp: bool = setting(True, "mixed precision (float16 autocast) on CUDA; nothing on the CPU")
     device: str = device_setting()
+    cpu: dict = cpu_profile({"batch_size": 8}, "8 crops per pass: as fast on 2 cores, 0.8 GB instead of 1.05 on "
+                                               "a 600-box image")
 
     def check(self) -> None:
         if self.size != "auto" and not (isinstance(self.size, int) and self.size >= 8):
