@@ -114,7 +114,7 @@ def test_sparse_rle_is_byte_identical_to_pycocotools():
     from pycocotools import mask as mask_utils
 
     from pseudomask.export import sparse_rle
-    from pseudomask.merge_drop import fg_boxes
+    from pseudomask.crops import MaskStack
 
     rng = np.random.default_rng(1)
     cases = [np.zeros((7, 5), bool), np.ones((7, 5), bool)]
@@ -125,7 +125,7 @@ def test_sparse_rle_is_byte_identical_to_pycocotools():
         m &= rng.random(m.shape) < rng.choice([0.3, 1.0])  # holes, or a solid block
         cases.append(m)
     for m in cases:
-        (span,), (has,) = fg_boxes(m[None])
+        (span,), (has,) = MaskStack.from_masks(m[None]).spans()
         want = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         assert sparse_rle(m, span if has else None) == {"size": list(m.shape), "counts": want["counts"].decode()}
 

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .crops import Crop, MaskStack
+from .crops import Crop, MaskStack, span_intersection, span_overlaps
 from .errors import PseudomaskError
 from .masks import box_pixels
 from .settings import Settings, setting
@@ -60,7 +60,7 @@ def agree_masks(gc: MaskStack | np.ndarray, mcg: MaskStack | np.ndarray, boxes: 
     cats = np.asarray(categories)
     for i, j in same_class_overlaps(spans, cats):  # their overlapping foreground becomes ignore in both
         (ax0, ay0, _, _), (bx0, by0, _, _) = spans[i], spans[j]
-        y0, x0, y1, x1 = _intersection(spans[i], spans[j])
+        x0, y0, x1, y1 = span_intersection(spans[i], spans[j])
         both = fg[i][y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0] & fg[j][y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
         out[i][y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0][both] = IGNORE
         out[j][y0 - by0:y1 - by0, x0 - bx0:x1 - bx0][both] = IGNORE
@@ -71,17 +71,9 @@ def agree_masks(gc: MaskStack | np.ndarray, mcg: MaskStack | np.ndarray, boxes: 
     return stack, semantic, instance
 
 
-def _intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1) of two (x0, y0, x1, y1) pixel spans' intersection (empty when y1 <= y0 or x1 <= x0)."""
-    return max(a[1], b[1]), max(a[0], b[0]), min(a[3], b[3]), min(a[2], b[2])
-
-
 def same_class_overlaps(spans: Sequence[tuple[int, int, int, int]], cats: np.ndarray) -> list[tuple[int, int]]:
     """Pairs (i < j) of boxes of one class whose (x0, y0, x1, y1) pixel spans intersect."""
-    s = np.asarray(spans, np.int64).reshape(-1, 4)
-    hit = ((np.minimum(s[:, None, 2], s[None, :, 2]) > np.maximum(s[:, None, 0], s[None, :, 0]))
-           & (np.minimum(s[:, None, 3], s[None, :, 3]) > np.maximum(s[:, None, 1], s[None, :, 1]))
-           & (cats[:, None] == cats[None, :]))
+    hit = span_overlaps(spans) & (cats[:, None] == cats[None, :])
     i, j = np.nonzero(np.triu(hit, 1))
     return list(zip(i.tolist(), j.tolist()))
 

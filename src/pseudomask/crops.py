@@ -60,6 +60,18 @@ def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
+def span_overlaps(spans: np.ndarray) -> np.ndarray:
+    """(K, K) bool: whether the end-exclusive pixel spans (x0, y0, x1, y1) i and j intersect."""
+    s = np.asarray(spans, np.int64).reshape(-1, 4)
+    return ((np.minimum(s[:, None, 2], s[None, :, 2]) > np.maximum(s[:, None, 0], s[None, :, 0]))
+            & (np.minimum(s[:, None, 3], s[None, :, 3]) > np.maximum(s[:, None, 1], s[None, :, 1])))
+
+
+def span_intersection(a: Sequence[int], b: Sequence[int]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of two end-exclusive pixel spans' intersection (empty when x1 <= x0 or y1 <= y0)."""
+    return max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+
+
 def crop_masks(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(crops concatenated as uint8 1-D, (K, 2) int32 (y, x) offsets, (K, 2) int32 (h, w) shapes)."""
     masks = np.asarray(masks, np.uint8)
@@ -103,12 +115,6 @@ class Crop(NamedTuple):
         """The tight crop of a 2-D mask (its non-zero pixels' box)."""
         y0, x0, y1, x1 = tight_box(mask)
         return cls(y0, x0, np.ascontiguousarray(mask[y0:y1, x0:x1], np.uint8))
-
-    @classmethod
-    def of_window(cls, mask: np.ndarray, y: int, x: int) -> "Crop":
-        """The tight crop of a mask given as the image window whose top-left corner is (y, x)."""
-        c = cls.of(mask)
-        return c if c.data.size == 0 else cls(c.y + int(y), c.x + int(x), c.data)
 
     def window(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         """The mask's pixels in the image window [y0:y1, x0:x1] (zeros outside the crop)."""

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .crops import Crop, MaskStack
+from .crops import Crop, MaskStack, span_intersection, span_overlaps
 from .errors import PseudomaskError
 from .masks import box_iou
 from .settings import Settings, setting
@@ -35,12 +35,6 @@ METHOD = "smaller-box-merge+proxy-box-drop"
 CRITERIA = ("proxy_box_iou", "quality", "both")
 METHODS = {"proxy_box_iou": METHOD, "quality": "smaller-box-merge+quality-drop",
            "both": "smaller-box-merge+proxy-box-and-quality-drop"}
-
-
-def fg_boxes(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tight end-exclusive spans (x0, y0, x1, y1) of a (K,H,W) bool stack (zeros when empty), and which
-    ones are non-empty."""
-    return MaskStack.from_masks(fg).spans()
 
 
 def merge_masks(masks: MaskStack | np.ndarray, boxes: np.ndarray, active: np.ndarray | None = None
@@ -66,15 +60,12 @@ def _merge(masks: MaskStack, boxes: np.ndarray, active: np.ndarray | None):
     span, has = masks.spans()
     act = np.ones(k, bool) if active is None else np.asarray(active, bool)
     area = np.asarray(boxes, np.float64).reshape(-1, 4)[:, 2:].prod(1)
-    s, ok = span, act & has
-    hit = ((np.minimum(s[:, None, 2], s[None, :, 2]) > np.maximum(s[:, None, 0], s[None, :, 0]))
-           & (np.minimum(s[:, None, 3], s[None, :, 3]) > np.maximum(s[:, None, 1], s[None, :, 1]))
-           & ok[:, None] & ok[None, :])
+    ok = act & has
+    hit = span_overlaps(span) & ok[:, None] & ok[None, :]
     out = {}  # the crops of the masks that lose pixels, copied before they change
     for a, b in zip(*np.nonzero(np.triu(hit, 1))):
         win, lose = (a, b) if area[a] <= area[b] else (b, a)  # a < b: a tie goes to a
-        x0, y0 = max(span[a, 0], span[b, 0]), max(span[a, 1], span[b, 1])
-        x1, y1 = min(span[a, 2], span[b, 2]), min(span[a, 3], span[b, 3])
+        x0, y0, x1, y1 = span_intersection(span[a], span[b])
         c = masks.crop(lose)
         if lose not in out:
             out[lose] = c.data.copy()

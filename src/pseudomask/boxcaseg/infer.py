@@ -124,8 +124,8 @@ def make_predict_batch(model: BoxCasegNet, size: int = 320, batch_size: int = 16
                                 **({"iou_head": float("nan")} if iou else {})})
                 continue
             p = window.data
-            mask = Crop.of_window((p >= threshold).astype(np.uint8), window.y, window.x)
             fg = p >= threshold
+            mask = Crop(window.y, window.x, fg.astype(np.uint8))  # the stage's MaskStack keeps it tight
             score = float(p[fg].mean()) if fg.any() else 0.0
             if fg.any():
                 results.append({"mask": mask, "status": "kept", "reason": "", "score": score})
