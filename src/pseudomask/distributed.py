@@ -10,6 +10,7 @@ The backend is gloo on the CPU (how the tests run it) and nccl on CUDA; a CPU mo
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -33,6 +34,9 @@ def process_group(place: Place, device: torch.device) -> Iterator[None]:
     try:
         yield
     finally:
+        # The runs' wrapped models (DDP reducers) hold the group and may sit in reference cycles: freed at
+        # interpreter exit, gloo's threads abort the process ("terminate called without an active exception").
+        gc.collect()
         dist.destroy_process_group()
 
 
