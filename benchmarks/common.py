@@ -6,9 +6,10 @@ Importing it also turns off the stages' progress bars (PSEUDOMASK_NO_PROGRESS), 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,6 +22,12 @@ def coco_dev() -> Path:
     """The 64-image COCO development set: $PSEUDOMASK_COCO_DEV, else ../shared/data/coco-dev beside the checkout."""
     env = os.environ.get("PSEUDOMASK_COCO_DEV")
     return Path(env) if env else REPO.parent / "shared/data/coco-dev"
+
+
+def quietly(fn: Callable, *args: Any, log: Path, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs) with its console output (MMEngine's) sent to a log file."""
+    with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        return fn(*args, **kwargs)
 
 
 def pin_one_core() -> str:

@@ -6,6 +6,8 @@ rule demo_data:
         annotations=f"{RESOURCES}/demo/annotations.json",
         images=directory(f"{RESOURCES}/demo/images"),
         salient=directory(f"{RESOURCES}/demo/salient"),
+        test_annotations=f"{RESOURCES}/demo/test/annotations.json",
+        test_images=directory(f"{RESOURCES}/demo/test/images"),
     params:
         **stage_params("demo_data"),
     log:

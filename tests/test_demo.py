@@ -1,10 +1,12 @@
 import json
 
 import numpy as np
+import pytest
 
-from pseudomask.demo import CLASSES, make_demo_data
+from pseudomask.demo import CLASSES, DemoDataSettings, make_demo_data, run_stage
 from pseudomask.images import read_image
 from pseudomask.masks import mask_box, rle_decode
+from pseudomask.settings import SettingsError
 
 
 def test_deterministic_per_seed(tmp_path):
@@ -36,3 +38,17 @@ def test_salient_pairs_match(demo):
     assert imgs == masks and len(imgs) == 8
     m = read_image(demo / "salient/masks" / f"{imgs[0]}.png")[..., 0]
     assert set(np.unique(m)) == {0, 255} and (m > 0).mean() > 0.05
+
+
+def test_stage_writes_held_out_scenes_unlike_the_training_ones(tmp_path):
+    """demo_data's test/ folder: test_scenes scenes from a seed of their own, none of them a training scene, and no
+    salient set; a port pointing elsewhere is refused naming it."""
+    s = DemoDataSettings(scenes=3, test_scenes=2, salient_images=1)
+    out = run_stage(s, annotations=str(tmp_path / "annotations.json"))
+    test = json.loads((tmp_path / "test/annotations.json").read_text())
+    assert out["test_scenes"] == len(test["images"]) == 2 and not (tmp_path / "test/salient").exists()
+    train = [read_image(p) for p in sorted((tmp_path / "images").iterdir())]
+    for p in sorted((tmp_path / "test/images").iterdir()):
+        assert not any(np.array_equal(read_image(p), t) for t in train)
+    with pytest.raises(SettingsError, match="test_images must be"):
+        run_stage(s, annotations=str(tmp_path / "annotations.json"), test_images=str(tmp_path / "elsewhere"))

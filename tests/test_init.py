@@ -38,7 +38,7 @@ def test_init_config_trains_by_epochs_with_amp_on_cuda_and_the_short_run_on_the_
     assert cfg["train_pipeline"][2]["scale"] == (1333, 800)
     cpu = RetrainSettings.from_mapping(section).for_device("cpu")
     cfg = build_config(demo / "annotations.json", demo / "images", tmp_path / "run", cpu, device="cpu")
-    assert cfg["train_cfg"] == {"type": "IterBasedTrainLoop", "max_iters": 20, "val_interval": 21}
+    assert cfg["train_cfg"] == {"type": "IterBasedTrainLoop", "max_iters": 1000, "val_interval": 1001}
     assert cfg["optim_wrapper"]["type"] == "OptimWrapper" and cfg["train_pipeline"][2]["scale"] == (320, 320)
     hybrid = {k: v for k, v in _read(tmp_path / "config.yaml")["retrain_hybrid"].items() if k != "resources"}
     assert RetrainHybridSettings.from_mapping(hybrid).for_device("cuda").branch("large").schedule == "2x"
@@ -58,7 +58,9 @@ def test_demo_config_is_complete_valid_and_commented(demo, tmp_path):
     assert cfg["retrain_hybrid"] == {**default["retrain_hybrid"], "schedule": "2x"}
     ours = ("dataset", "ingest", "workflow", "retrain", "retrain_hybrid")
     assert {k: v for k, v in cfg.items() if k not in ours} == {k: v for k, v in default.items() if k not in ours}
-    assert {**cfg["workflow"], "boxcaseg": True} == default["workflow"]
+    assert cfg["workflow"]["test_annotations"] == cfg["workflow"]["test_images"] == ""  # not the demo's held-out set
+    assert {**cfg["workflow"], "boxcaseg": True, "test_annotations": default["workflow"]["test_annotations"],
+            "test_images": default["workflow"]["test_images"]} == default["workflow"]
     keys = [line for line in out.read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert all(" # " in line for line in keys)  # every key with its help
     assert facts["images"] == 8 and facts["shards"] == 4 and facts["missing"] == 0

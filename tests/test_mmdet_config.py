@@ -69,7 +69,34 @@ def test_gpu_defaults_and_the_cpu_profile_only_on_the_cpu():
     hybrid = STAGES["retrain_hybrid"]
     assert hybrid.resolve({}, device="cuda").branch("small").schedule == "1x"
     small = hybrid.resolve({}, device="cpu").branch("small")
-    assert (small.schedule, small.max_iters, small.lr, small.scale) == ("iters", 20, 0.015, 320)
+    assert (small.schedule, small.max_iters, small.lr, small.scale) == ("iters", 1000, 0.0015, 320)
+
+
+def test_the_model_size_jitter_and_optimizer_reach_the_config(demo, tmp_path):
+    """The CPU profile's narrow model: every layer's channels follow width and channels (the model builds and its
+    FPN gives `channels` maps), proposals and RoIs per image, RandomResize with the jitter, AdamW."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    s = STAGES["retrain"].resolve({}, device="cpu")
+    cfg = build_config(demo / "annotations.json", demo / "images", tmp_path, s, device="cpu")
+    m = cfg["model"]
+    assert (m["backbone"]["depth"], m["backbone"]["base_channels"]) == (18, 32)
+    assert m["neck"]["in_channels"] == [32, 64, 128, 256] and m["neck"]["out_channels"] == 64
+    assert m["roi_head"]["bbox_head"]["fc_out_channels"] == 256 and m["roi_head"]["mask_head"]["in_channels"] == 64
+    assert m["train_cfg"]["rpn_proposal"]["max_per_img"] == m["test_cfg"]["rpn"]["max_per_img"] == 100
+    assert m["train_cfg"]["rcnn"]["sampler"]["num"] == 64
+    assert cfg["train_pipeline"][2] == {"type": "RandomResize", "scale": (320, 320), "ratio_range": (0.8, 1.2),
+                                        "keep_ratio": True}
+    assert cfg["optim_wrapper"]["optimizer"] == {"type": "AdamW", "lr": 0.001, "weight_decay": 0.05}
+    init_default_scope("mmdet")
+    model = MODELS.build(Config(dict(model=m)).model)
+    feats = model.extract_feat(torch.zeros(1, 3, 64, 64))
+    assert len(feats) == 5 and all(f.shape[1] == 64 for f in feats)
+    r50 = build_config(demo / "annotations.json", demo / "images", tmp_path, RetrainSettings(), device="cpu")
+    assert r50["model"]["neck"]["in_channels"] == [256, 512, 1024, 2048] and r50["train_pipeline"][2]["type"] == "Resize"
+    assert r50["optim_wrapper"]["optimizer"]["type"] == "SGD"
 
 
 def test_cuda_config_trains_by_epochs_with_amp_and_checkpoints_every_epoch(demo, tmp_path):
@@ -96,8 +123,8 @@ def test_cuda_config_trains_by_epochs_with_amp_and_checkpoints_every_epoch(demo,
                         device="cpu")["optim_wrapper"]["type"] == "OptimWrapper"
     cpu = build_config(demo / "annotations.json", demo / "images", tmp_path, RetrainSettings().for_device("cpu"),
                        device="cpu")
-    assert cpu["train_cfg"] == {"type": "IterBasedTrainLoop", "max_iters": 20, "val_interval": 21}
-    assert cpu["optim_wrapper"]["optimizer"]["lr"] == 0.01 and cpu["train_dataloader"]["sampler"]["type"] == "InfiniteSampler"
+    assert cpu["train_cfg"] == {"type": "IterBasedTrainLoop", "max_iters": 1000, "val_interval": 1001}
+    assert cpu["optim_wrapper"]["optimizer"]["lr"] == 0.001 and cpu["train_dataloader"]["sampler"]["type"] == "InfiniteSampler"
 
 
 def test_init_checkpoints_become_backbone_init_or_load_from(demo, tmp_path):
@@ -114,7 +141,7 @@ def test_init_checkpoints_become_backbone_init_or_load_from(demo, tmp_path):
 
 def test_bad_settings_and_inputs_are_named(demo, tmp_path):
     with pytest.raises(SettingsError, match="retrain.arch: must be one of"):
-        RetrainSettings.from_mapping({"arch": "r18"})
+        RetrainSettings.from_mapping({"arch": "r152"})
     with pytest.raises(RetrainError, match="retrain.scale"):
         scale_pair([320])
     with pytest.raises(RetrainError, match="nope.pth: init checkpoint not found"):

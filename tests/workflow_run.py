@@ -37,7 +37,7 @@ VOLATILE_JSON_KEYS = {"created", "date_created"}  # e.g. COCO's info.date_create
 def write_config(workdir: Path, overrides: dict | None = None, images: int = 4, shard_size: int = 2) -> dict:
     """The repository's config.yaml with a tiny demo dataset and the GPU-sized stages switched off."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg = deep_update(cfg, {"demo_data": {"scenes": images}, "ingest": {"shard_size": shard_size},
+    cfg = deep_update(cfg, {"demo_data": {"scenes": images, "test_scenes": 2}, "ingest": {"shard_size": shard_size},
                             "workflow": {"retrain": False, "boxcaseg": False}})
     cfg = deep_update(cfg, overrides or {})
     workdir.mkdir(parents=True, exist_ok=True)

@@ -80,9 +80,11 @@ class WorkflowSettings(Settings):
                                                  "(with supervision tags: cam)", choices=_sources(("merge_drop",)))
     select_sources: tuple[str, ...] = setting(("grabcut", "mcg", "agree"), "the mask stages whose masks select "
                                               "chooses among (boxcaseg: needs workflow.boxcaseg)")
-    test_annotations: str = setting("", "COCO JSON with true masks to predict and evaluate on; \"\" = the training "
-                                        "images against dataset.ground_truth")
-    test_images: str = setting("", "image folder of test_annotations; \"\" = dataset.images")
+    test_annotations: str = setting("resources/demo/test/annotations.json", "COCO JSON with true masks of held-out "
+                                    "images to predict and evaluate on (the default: the demo's held-out scenes); "
+                                    "\"\" = the training images against dataset.ground_truth")
+    test_images: str = setting("resources/demo/test/images", "image folder of test_annotations; \"\" = "
+                                                             "dataset.images")
     annotate: bool = setting(False, "choose images for a person to annotate (choose_images, annotation_job) and "
                                     "show them in the report")
     annotation_corrections: str = setting("annotation/corrected.json", "COCO JSON of the annotator's corrections "

@@ -107,6 +107,7 @@ def dataset_config(ds: Dataset, annotations: str | os.PathLike, images: str | os
     cfg["dataset"] = {"annotations": str(Path(annotations).resolve()), "images": str(Path(images).resolve()),
                       "supervision": supervision, "ground_truth": ground_truth, "salient": salient,
                       "strong": strong}
+    cfg["workflow"].update(test_annotations="", test_images="")  # not the demo's held-out scenes
     cfg["ingest"]["shard_size"] = choose_shard_size(len(ds.images))
     for section in ("retrain", "retrain_hybrid"):  # the GPU's schedule; the CPU profile keeps its short run
         cfg[section]["schedule"] = choose_schedule(len(ds.images))

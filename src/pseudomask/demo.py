@@ -24,11 +24,13 @@ CLASSES = ("disc", "square", "triangle", "star", "ring", "cross")
 @dataclass(frozen=True)
 class DemoDataSettings(Settings):
     SECTION = "demo_data"
-    scenes: int = setting(24, "number of scenes (images)", minimum=1)
+    scenes: int = setting(96, "number of scenes (images)", minimum=1)
     seed: int = setting(0, "seed of the scenes and the salient set")
     width: int = setting(320, "scene width (px)", minimum=32)
     height: int = setting(240, "scene height (px)", minimum=32)
     salient_images: int | None = setting(None, "images of the salient set; null = 4 per scene", minimum=1)
+    test_scenes: int = setting(16, "held-out scenes (test/annotations.json, test/images/) from a seed of their own: "
+                                   "the retrained model is evaluated on them", minimum=1)
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, base: np.ndarray, amp: float) -> np.ndarray:
@@ -161,10 +163,10 @@ def write_salient_set(out_dir: str | os.PathLike, n: int, rng: np.random.Generat
     return out
 
 
-def make_demo_data(out_dir: str | os.PathLike, n_images: int = 24, seed: int = 0, size: tuple[int, int] = (320, 240),
-                   n_salient: int | None = None) -> Path:
+def make_demo_data(out_dir: str | os.PathLike, n_images: int = 24, seed: int | list[int] = 0,
+                   size: tuple[int, int] = (320, 240), n_salient: int | None = None) -> Path:
     """Write annotations.json (COCO, RLE masks), images/, and salient/{images,masks}/ (by default 4 salient
-    images per scene) under out_dir."""
+    images per scene; 0: no salient folder) under out_dir. `seed` is numpy's: an int or a list of ints."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     w, h = size
@@ -186,11 +188,17 @@ def make_demo_data(out_dir: str | os.PathLike, n_images: int = 24, seed: int = 0
     return out / "annotations.json"
 
 
-def run_stage(s: DemoDataSettings, *, annotations: str, images: str | None, salient: str | None,
-              threads: int = 1) -> dict:
-    """The `demo_data` stage (see pseudomask.registry): the three outputs share one folder."""
+def run_stage(s: DemoDataSettings, *, annotations: str, images: str | None = None, salient: str | None = None,
+              test_annotations: str | None = None, test_images: str | None = None, threads: int = 1) -> dict:
+    """The `demo_data` stage (see pseudomask.registry): the outputs share one folder, the held-out scenes its
+    test/ (seed [seed, 1]: no scene of the training set)."""
     root = Path(annotations).parent
-    if Path(images or root / "images") != root / "images" or Path(salient or root / "salient") != root / "salient":
-        raise SettingsError(f"demo_data: images and salient must be {root / 'images'} and {root / 'salient'}")
+    where = {"images": (images, root / "images"), "salient": (salient, root / "salient"),
+             "test_annotations": (test_annotations, root / "test" / "annotations.json"),
+             "test_images": (test_images, root / "test" / "images")}
+    wrong = [f"{port} must be {must}" for port, (given, must) in where.items() if given and Path(given) != must]
+    if wrong:
+        raise SettingsError(f"demo_data: {'; '.join(wrong)}")
     path = make_demo_data(root, s.scenes, s.seed, (s.width, s.height), s.salient_images)
-    return {"annotations": str(path), "scenes": s.scenes}
+    test = make_demo_data(root / "test", s.test_scenes, [s.seed, 1], (s.width, s.height), n_salient=0)
+    return {"annotations": str(path), "scenes": s.scenes, "test_annotations": str(test), "test_scenes": s.test_scenes}

@@ -284,8 +284,8 @@ def evaluation_section(paths: Sequence[str | os.PathLike]) -> str:
             masks.append([rnd, name, m.get("mode", "id_matched"), m.get("miou"), m.get("apr_50"), m.get("abo"),
                           m.get("pq"), m.get("true_masks")])
         else:
-            models.append([rnd, name, m.get("segm_AP"), m.get("segm_AP50"), m.get("bbox_AP"), m.get("apr_50"),
-                           m.get("apr_75"), m.get("abo"), m.get("segm_APs")])
+            models.append([rnd, name, m.get("ground_truth"), m.get("segm_AP"), m.get("segm_AP50"), m.get("bbox_AP"),
+                           m.get("apr_50"), m.get("apr_75"), m.get("abo"), m.get("segm_APs")])
     parts = ["<h2>Evaluation by round</h2><p class='note'>the evaluate stages' JSON files: round 1 is "
              "results/evaluate, round k results/round&lt;k&gt;/evaluate (retrain.rounds), hybrid the hybrid "
              "recipe's fused predictions.</p>"]
@@ -293,8 +293,11 @@ def evaluation_section(paths: Sequence[str | os.PathLike]) -> str:
         parts.append("<h3>Pseudo masks</h3>" + _table(["round", "file", "mode", "mIoU", "AP^r .5", "ABO", "PQ",
                                                        "true masks given"], masks))
     if models:
-        parts.append("<h3>Retrained model</h3>" + _table(["round", "file", "segm AP", "segm AP50", "bbox AP",
-                                                          "AP^r .5", "AP^r .75", "ABO", "segm AP small"], models))
+        parts.append("<h3>Retrained model</h3><p class='note'>scored against the true masks of the images in "
+                     "'evaluated on': workflow.test_annotations (held-out images) when set, else the training "
+                     "images themselves, which flatter the model.</p>"
+                     + _table(["round", "file", "evaluated on", "segm AP", "segm AP50", "bbox AP", "AP^r .5",
+                               "AP^r .75", "ABO", "segm AP small"], models))
     return "".join(parts)
 
 

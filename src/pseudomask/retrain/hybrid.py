@@ -147,11 +147,16 @@ class RetrainHybridSettings(Settings):
 
     SECTION = "retrain_hybrid"
     arch: str = _like("arch")
+    width: int = _like("width")
+    channels: int = _like("channels")
+    proposals: int = _like("proposals")
+    rois: int = _like("rois")
     schedule: str = _like("schedule")
     init_checkpoint: str = _like("init_checkpoint")
     max_iters: int = _like("max_iters")
     batch_size: int = _like("batch_size")
-    lr: float = _like("lr", help="SGD learning rate of the large-object branch at a total batch of lr_batch (the "
+    optimizer: str = _like("optimizer")
+    lr: float = _like("lr", help="learning rate of the large-object branch at a total batch of lr_batch (the "
                                  "paper: 0.005 at 6)")
     lr_batch: int | None = _like("lr_batch")
     small_lr: float | None = setting(None, f"learning rate of the small-object branch; null = {SMALL_LR_FACTOR:g} x "
@@ -160,6 +165,7 @@ class RetrainHybridSettings(Settings):
     warmup_iters: int = _like("warmup_iters")
     lr_steps: tuple[float, ...] = _like("lr_steps")
     scale: Any = _like("scale")
+    scale_jitter: float = _like("scale_jitter")
     flip: float = _like("flip")
     workers: int = _like("workers")
     checkpoint_interval: int = _like("checkpoint_interval")

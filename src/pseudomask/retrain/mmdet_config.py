@@ -23,16 +23,19 @@ from ..settings import Settings, SettingsError, cpu_profile, setting
 from ..store import file_digest
 from .weights import checkpoint_kind
 
-ARCHS = {"r50": 50, "r101": 101}
+ARCHS = {"r18": 18, "r34": 34, "r50": 50, "r101": 101}
 # MMDetection's epoch schedules: (epochs, lr steps at these epochs)
 SCHEDULES = {"iters": None, "1x": (12, (8, 11)), "2x": (24, (16, 22))}
 BASE_BATCH = 16  # the total batch of MMDetection's lr 0.02 (8 GPUs x 2 images)
-# the CPU's short run (the demo's): a fixed number of iterations at a small scale, lr as given
-CPU_PROFILE = {"schedule": "iters", "max_iters": 20, "batch_size": 2, "lr": 0.01, "lr_batch": None,
-               "warmup_iters": 10, "scale": 320, "checkpoint_interval": 0}
+# the CPU's run (the demo's, a few minutes on 2 cores): a narrow ResNet-18 Mask R-CNN that learns from random init
+# in 1000 iterations of AdamW, multi-scale, at the demo's 320 px (benchmarks/bench_learning.py)
+CPU_PROFILE = {"arch": "r18", "width": 32, "channels": 64, "proposals": 100, "rois": 64, "schedule": "iters",
+               "max_iters": 1000, "batch_size": 4, "optimizer": "adamw", "lr": 0.001, "lr_batch": None,
+               "warmup_iters": 50, "scale": 320, "scale_jitter": 0.2, "checkpoint_interval": 0}
 CUSTOM_MODULE = "pseudomask.retrain.modules"
 CONFIG_NAME = "mask_rcnn.py"
 NECKS = ("fpn", "pafpn")
+OPTIMIZERS = ("sgd", "adamw")
 RECIPES = ("mask_rcnn", "hybrid")
 
 
@@ -61,6 +64,12 @@ class RetrainSettings(Settings):
 
     SECTION = "retrain"
     arch: str = setting("r50", "ResNet depth of the Mask R-CNN FPN backbone", choices=tuple(ARCHS))
+    width: int = setting(64, "channels of the backbone's first stage, doubled at each of the next three (ResNet: 64)",
+                         minimum=8)
+    channels: int = setting(256, "channels of the FPN, the RPN and the RoI heads; the box head's two layers have 4 x "
+                                 "this (MMDetection: 256, 1024)", minimum=8)
+    proposals: int = setting(1000, "RPN proposals per image passed to the RoI heads (MMDetection: 1000)", minimum=1)
+    rois: int = setting(512, "RoIs sampled per training image for the box head (MMDetection: 512)", minimum=1)
     schedule: str = setting("1x", "1x | 2x: MMDetection's 12 | 24 epochs, lr x 0.1 after epochs 8,11 | 16,22; "
                                   "iters: max_iters iterations, lr steps at lr_steps", choices=tuple(SCHEDULES))
     init_checkpoint: str = setting("", "local .pth: ImageNet ResNet (backbone) or a whole MMDetection model; "
@@ -68,8 +77,10 @@ class RetrainSettings(Settings):
     max_iters: int = setting(20, "training iterations of schedule iters (COCO's 1x is 90000 at batch 16)",
                              minimum=1)
     batch_size: int = setting(2, "images per iteration (on each GPU)", minimum=1)
-    lr: float = setting(0.02, "SGD learning rate at a total batch of lr_batch, momentum 0.9, weight decay 1e-4 "
-                              "(MMDetection: 0.02 at 16)", exclusive_minimum=0)
+    optimizer: str = setting("sgd", "sgd (momentum 0.9, weight decay 1e-4: MMDetection's) | adamw (weight decay "
+                                    "0.05: fewer steps from random init, the CPU profile's)", choices=OPTIMIZERS)
+    lr: float = setting(0.02, "learning rate at a total batch of lr_batch (MMDetection's SGD: 0.02 at 16)",
+                        exclusive_minimum=0)
     lr_batch: int | None = setting(BASE_BATCH, "the total batch lr is for: the run's lr is lr x total batch / "
                                                "lr_batch, the total batch being batch_size x GPUs (MMEngine's "
                                                "auto_scale_lr); null = lr as given", minimum=1)
@@ -80,6 +91,8 @@ class RetrainSettings(Settings):
     lr_steps: tuple[float, ...] = setting([0.67, 0.92], "lr x 0.1 at these fractions of max_iters")
     scale: Any = setting([1333, 800], "longest image side (int), or [long, short] as MMDetection's (1333, 800)",
                          schema=SCALE_SCHEMA)
+    scale_jitter: float = setting(0.0, "multi-scale training: each image resized to scale x a factor drawn from "
+                                       "[1 - jitter, 1 + jitter]; 0 = the one scale", minimum=0, exclusive_maximum=1)
     flip: float = setting(0.5, "horizontal flip probability", minimum=0, maximum=1)
     workers: int = setting(0, "data loader processes (0: in the training process)", minimum=0)
     checkpoint_interval: int = setting(0, "save a resumable checkpoint every N iterations; 0 = after every epoch "
@@ -171,11 +184,13 @@ def training_loop(s: RetrainSettings, n_images: int, validate: bool) -> dict[str
 
 
 def optim_wrapper(s: RetrainSettings, total_batch: int, device: str) -> dict[str, Any]:
-    """SGD at the lr scaled to the total batch; MMEngine's AmpOptimWrapper (mixed precision) on CUDA with `amp`."""
+    """The optimizer at the lr scaled to the total batch; MMEngine's AmpOptimWrapper (mixed precision) on CUDA
+    with `amp`."""
     amp = bool(s.amp) and device == "cuda"
-    out: dict[str, Any] = dict(type="AmpOptimWrapper" if amp else "OptimWrapper",
-                               optimizer=dict(type="SGD", lr=scaled_lr(s.lr, total_batch, s.lr_batch), momentum=0.9,
-                                              weight_decay=0.0001),
+    lr = scaled_lr(s.lr, total_batch, s.lr_batch)
+    optimizer = dict(type="AdamW", lr=lr, weight_decay=0.05) if s.optimizer == "adamw" else \
+        dict(type="SGD", lr=lr, momentum=0.9, weight_decay=0.0001)
+    out: dict[str, Any] = dict(type="AmpOptimWrapper" if amp else "OptimWrapper", optimizer=optimizer,
                                clip_grad=dict(max_norm=float(s.clip_grad), norm_type=2) if s.clip_grad else None)
     if amp:
         out["loss_scale"] = "dynamic"
@@ -209,31 +224,40 @@ def dataset_classes(data: Mapping[str, Any], source: str = "training annotations
     return names, ids
 
 
-def neck_config(kind: str = "fpn") -> dict:
+def stage_channels(s: RetrainSettings) -> list[int]:
+    """The channels of the backbone's four stages (the neck's inputs): width doubling per stage, x 4 for the
+    bottleneck ResNets (50, 101)."""
+    expansion = 4 if ARCHS[s.arch] >= 50 else 1
+    return [int(s.width) * 2 ** i * expansion for i in range(4)]
+
+
+def neck_config(kind: str = "fpn", in_channels: tuple[int, ...] = (256, 512, 1024, 2048), channels: int = 256) -> dict:
     """The neck: MMDetection's FPN, or PAFPN (FPN plus PANet's bottom-up path: N_i+1 = conv3x3(P_i+1 +
     conv3x3/2(N_i)), no activation, as MMDetection's; see docs/stages/retrain.md for what the paper's
     Enhanced-FPN adds)."""
     if kind not in NECKS:
         raise RetrainError(f"neck must be one of {', '.join(NECKS)}, got {kind!r}")
-    return dict(type="PAFPN" if kind == "pafpn" else "FPN", in_channels=[256, 512, 1024, 2048], out_channels=256,
+    return dict(type="PAFPN" if kind == "pafpn" else "FPN", in_channels=list(in_channels), out_channels=int(channels),
                 num_outs=5)
 
 
 def model_config(num_classes: int, s: RetrainSettings, init_kind: str | None) -> dict:
     """Mask R-CNN ResNet-FPN as in MMDetection's mask-rcnn_r50_fpn base, with the ignore-aware mask head."""
     pretrained_backbone = init_kind == "backbone"
+    ch = int(s.channels)
     return dict(
         type="MaskRCNN",
         data_preprocessor=dict(type="DetDataPreprocessor", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
                                bgr_to_rgb=True, pad_mask=True, pad_size_divisor=32),
-        backbone=dict(type="ResNet", depth=ARCHS[s.arch], num_stages=4, out_indices=(0, 1, 2, 3),
+        backbone=dict(type="ResNet", depth=ARCHS[s.arch], base_channels=int(s.width), num_stages=4,
+                      out_indices=(0, 1, 2, 3),
                       frozen_stages=1 if pretrained_backbone else -1,
                       norm_cfg=dict(type="BN", requires_grad=True), norm_eval=pretrained_backbone, style="pytorch",
                       init_cfg=dict(type="Pretrained", checkpoint=str(Path(s.init_checkpoint).resolve()))
                       if pretrained_backbone else None),
-        neck=neck_config(s.neck),
+        neck=neck_config(s.neck, stage_channels(s), ch),
         rpn_head=dict(
-            type="RPNHead", in_channels=256, feat_channels=256,
+            type="RPNHead", in_channels=ch, feat_channels=ch,
             anchor_generator=dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0],
                                   strides=[4, 8, 16, 32, 64]),
             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
@@ -243,8 +267,8 @@ def model_config(num_classes: int, s: RetrainSettings, init_kind: str | None) ->
             type="StandardRoIHead",
             bbox_roi_extractor=dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=7,
                                                                               sampling_ratio=0),
-                                    out_channels=256, featmap_strides=[4, 8, 16, 32]),
-            bbox_head=dict(type="Shared2FCBBoxHead", in_channels=256, fc_out_channels=1024, roi_feat_size=7,
+                                    out_channels=ch, featmap_strides=[4, 8, 16, 32]),
+            bbox_head=dict(type="Shared2FCBBoxHead", in_channels=ch, fc_out_channels=4 * ch, roi_feat_size=7,
                            num_classes=num_classes,
                            bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4,
                                            target_stds=[0.1, 0.1, 0.2, 0.2]),
@@ -253,8 +277,8 @@ def model_config(num_classes: int, s: RetrainSettings, init_kind: str | None) ->
                            loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
             mask_roi_extractor=dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=14,
                                                                               sampling_ratio=0),
-                                    out_channels=256, featmap_strides=[4, 8, 16, 32]),
-            mask_head=dict(type="IgnoreAwareFCNMaskHead", num_convs=4, in_channels=256, conv_out_channels=256,
+                                    out_channels=ch, featmap_strides=[4, 8, 16, 32]),
+            mask_head=dict(type="IgnoreAwareFCNMaskHead", num_convs=4, in_channels=ch, conv_out_channels=ch,
                            num_classes=num_classes,
                            loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))),
         train_cfg=dict(
@@ -263,24 +287,35 @@ def model_config(num_classes: int, s: RetrainSettings, init_kind: str | None) ->
                      sampler=dict(type="RandomSampler", num=256, pos_fraction=0.5, neg_pos_ub=-1,
                                   add_gt_as_proposals=False),
                      allowed_border=-1, pos_weight=-1, debug=False),
-            rpn_proposal=dict(nms_pre=2000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rpn_proposal=dict(nms_pre=2000, max_per_img=int(s.proposals), nms=dict(type="nms", iou_threshold=0.7),
+                              min_bbox_size=0),
             rcnn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
                                     match_low_quality=True, ignore_iof_thr=-1),
-                      sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1,
+                      sampler=dict(type="RandomSampler", num=int(s.rois), pos_fraction=0.25, neg_pos_ub=-1,
                                    add_gt_as_proposals=True),
                       mask_size=28, pos_weight=-1, debug=False)),
         test_cfg=dict(
-            rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rpn=dict(nms_pre=1000, max_per_img=int(s.proposals), nms=dict(type="nms", iou_threshold=0.7),
+                     min_bbox_size=0),
             rcnn=dict(score_thr=TEST_SCORE_THR, nms=dict(type="nms", iou_threshold=0.5),
                       max_per_img=int(s.max_per_img), mask_thr_binary=0.5)),
     )
+
+
+def train_resize(s: RetrainSettings) -> dict:
+    """The training pipeline's resize: to `scale`, or with `scale_jitter` to scale x a random factor."""
+    scale = scale_pair(s.scale)
+    if not s.scale_jitter:
+        return dict(type="Resize", scale=scale, keep_ratio=True)
+    return dict(type="RandomResize", scale=scale, ratio_range=(1 - float(s.scale_jitter), 1 + float(s.scale_jitter)),
+                keep_ratio=True)
 
 
 def pipelines(s: RetrainSettings) -> tuple[list, list]:
     scale = scale_pair(s.scale)
     train = [dict(type="LoadAnnotatedImage"),
              dict(type="LoadPseudoAnnotations", with_bbox=True, with_mask=True),
-             dict(type="Resize", scale=scale, keep_ratio=True),
+             train_resize(s),
              dict(type="RandomFlip", prob=float(s.flip)),
              dict(type="PackPseudoDetInputs")]
     test = [dict(type="LoadAnnotatedImage"),
@@ -384,11 +419,9 @@ def build_faster_rcnn_config(train_json: str | os.PathLike, images: str | os.Pat
     cfg = build_config(train_json, images, work_dir, settings, val_json=val_json, val_images=val_images,
                        device=device, world=world)
     cfg["model"] = without_masks(cfg["model"])
-    scale = scale_pair((settings or RetrainSettings()).scale)
-    flip = float((settings or RetrainSettings()).flip)
+    s = settings or RetrainSettings()
     cfg["train_pipeline"] = [dict(type="LoadAnnotatedImage"), dict(type="LoadAnnotations", with_bbox=True),
-                             dict(type="Resize", scale=scale, keep_ratio=True), dict(type="RandomFlip", prob=flip),
-                             dict(type="PackDetInputs")]
+                             train_resize(s), dict(type="RandomFlip", prob=float(s.flip)), dict(type="PackDetInputs")]
     cfg["train_dataloader"]["dataset"]["pipeline"] = cfg["train_pipeline"]
     if "val_evaluator" in cfg:
         cfg["val_evaluator"] = cfg["test_evaluator"] = {**cfg["val_evaluator"], "metric": ["bbox"]}
