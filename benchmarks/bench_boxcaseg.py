@@ -6,13 +6,15 @@ them). Crops come from the coco-dev images when present, else from the demo scen
 
 Quality: BoxCaseg trained from random weights with the settings the workflow uses on CPU (section
 `boxcaseg_train` with its `cpu` profile applied, BoxcasegTrainSettings.for_device) on the demo scenes the default run
-renders (section `demo_data`: 24 images, 96 salient images), and once with
+renders (section `demo_data`: 96 scenes, 384 salient images), and once with
 more iterations, then mIoU of its masks on the training boxes (instance mean; class mean = the paper's
-mIoU*), for the fused heads (the method's output) and the weak and salient heads alone, next to the filled box
-and GrabCut (pseudomask.grabcut, default parameters). With ../shared/data/coco-dev (or PSEUDOMASK_COCO_DEV):
-the same comparison on its 64 real images, BoxCaseg trained on coco-dev boxes + the demo salient images.
+mIoU*), for the fused heads (the method's output) and the weak and salient heads alone, next to the filled box,
+the inscribed ellipse and GrabCut (pseudomask.grabcut, default parameters). With ../shared/data/coco-dev (or
+PSEUDOMASK_COCO_DEV), split by image id: BoxCaseg trained on the boxes of the odd ids and evaluated there, once
+with the demo's synthetic salient images and once with object crops cut from the true masks of the even ids
+(boxcaseg.salient_set), with the CPU profile and --seeds seeds each.
 
-    .venv/bin/python benchmarks/bench_boxcaseg.py [--iters N] [--long-iters N] [--threads T] [--quick]
+    .venv/bin/python benchmarks/bench_boxcaseg.py [--iters N] [--long-iters N] [--seeds 3] [--threads T] [--quick]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 
 from pseudomask.boxcaseg.infer import infer_size, predict_boxes
 from pseudomask.boxcaseg.model import build_model, load_model
+from pseudomask.boxcaseg.salient_set import write_object_crops
 from pseudomask.boxcaseg.settings import BoxcasegTrainSettings
 from pseudomask.boxcaseg.train import train
 from pseudomask.config import default_config, stage_settings
@@ -38,7 +41,7 @@ from pseudomask.dataset import load_dataset
 from pseudomask.demo import DemoDataSettings, make_demo_data
 from pseudomask.grabcut import grabcut_image
 from pseudomask.images import read_image
-from pseudomask.masks import box_mask, mask_iou, segmentation_mask
+from pseudomask.masks import box_mask, ellipse_mask, mask_iou, segmentation_mask
 
 NEVER = 10 ** 9  # log_every / checkpoint_every: no loss lines, no resume states in between
 
@@ -87,7 +90,8 @@ def speed(data, threads: int, quick: bool) -> None:
 
 def quality(data, model_path: Path, title: str) -> dict:
     """mIoU of fused / weak BoxCaseg, box fill and GrabCut on the data's boxes."""
-    ious = {k: [] for k in ("box-fill", "GrabCut", "BoxCaseg fused", "BoxCaseg weak head", "BoxCaseg salient head")}
+    ious = {k: [] for k in ("box-fill", "ellipse", "GrabCut", "BoxCaseg fused", "BoxCaseg weak head",
+                            "BoxCaseg salient head")}
     cats: list[int] = []
     model = load_model(model_path)
     size = infer_size(model)
@@ -106,6 +110,7 @@ def quality(data, model_path: Path, title: str) -> dict:
         for r, g, gcr, pf, pw, ps in zip(recs, gts, gc, fused, weak, sal):
             cats.append(r["category_id"])
             ious["box-fill"].append(mask_iou(box_mask(r["bbox"], h, w), g))
+            ious["ellipse"].append(mask_iou(ellipse_mask(r["bbox"], h, w), g))
             ious["GrabCut"].append(mask_iou(gcr["mask"], g))
             ious["BoxCaseg fused"].append(mask_iou((pf >= 0.5).astype(np.uint8), g))
             ious["BoxCaseg weak head"].append(mask_iou((pw >= 0.5).astype(np.uint8), g))
@@ -135,6 +140,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, help="short training (default: the iters of boxcaseg_train.cpu)")
     ap.add_argument("--long-iters", type=int, default=1000, help="the longer CPU training (0: skip)")
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds of each coco-dev comparison")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="fewer crops for the speed table")
     args = ap.parse_args()
@@ -146,7 +152,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_boxcaseg_") as tmp:
         tmp = Path(tmp)
         demo = tmp / "demo"
-        d = DemoDataSettings()  # the default run's demo: 24 scenes, 96 salient images
+        d = DemoDataSettings()  # the default run's demo: its scenes and 4 salient images per scene
         make_demo_data(demo, d.scenes, d.seed, (d.width, d.height), d.salient_images)
         ds, demo_data = samples(demo / "annotations.json", demo / "images")
         dev = coco_dev()
@@ -167,11 +173,32 @@ def main() -> int:
             run_training(ds, demo / "salient", tmp / "long.pt", settings.replace(iters=args.long_iters))
             quality(demo_data, tmp / "long.pt", f"demo, after {args.long_iters} iterations")
         if have_coco:
-            print("\n== coco-dev: BoxCaseg trained on its boxes + the demo salient images (CPU settings)")
-            steps = args.long_iters or settings.iters
-            run_training(cds, demo / "salient", tmp / "coco.pt", settings.replace(iters=steps))
-            quality(coco_data, tmp / "coco.pt", f"coco-dev, after {steps} iterations")
+            coco_split(dev, demo / "salient", tmp, settings, args.seeds)
     return 0
+
+
+def coco_split(dev: Path, demo_salient: Path, tmp: Path, settings: BoxcasegTrainSettings, seeds: int) -> None:
+    """coco-dev by image id: BoxCaseg trained and evaluated on the odd ids' boxes, with the demo's salient images
+    and with object crops cut from the even ids' true masks; mean and spread over the seeds."""
+    coco = json.loads((dev / "annotations.json").read_text())
+    even = {im["id"] for im in coco["images"] if im["id"] % 2 == 0}
+    crops = write_object_crops(coco, dev / "images", tmp / "coco_salient", image_ids=even)
+    odd = tmp / "coco_odd.json"
+    odd.write_text(json.dumps({**coco, "images": [im for im in coco["images"] if im["id"] not in even],
+                               "annotations": [a for a in coco["annotations"] if a["image_id"] not in even]}))
+    cds, coco_data = samples(odd, dev / "images")
+    summary = {}
+    for name, folder in (("demo salient images", demo_salient), (f"{crops} object crops of the even ids", tmp / "coco_salient")):
+        print(f"\n== coco-dev, odd image ids: BoxCaseg trained on their boxes + {name} ({settings.iters} it)")
+        runs = []
+        for seed in range(seeds):
+            run_training(cds, folder, tmp / f"coco_{seed}.pt", settings.replace(seed=seed))
+            runs.append(quality(coco_data, tmp / f"coco_{seed}.pt", f"coco-dev odd ids, {name}, seed {seed}"))
+        summary[name] = {k: [r[k] for r in runs] for k in runs[0]}
+    print(f"\n== coco-dev odd ids, mIoU over {seeds} seeds (mean ± sd)")
+    for name, res in summary.items():
+        print(f"   {name}: " + ", ".join(f"{k} {np.mean(v):.3f} ± {np.std(v):.3f}" for k, v in res.items()
+                                         if k in ("ellipse", "box-fill", "BoxCaseg fused", "BoxCaseg weak head")))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from pseudomask.boxcaseg.data import (BOX, SALIENT, BoxCasegDataError, RatioBatc
                                       jitter_box, mask_box_label, salient_crop, split_batch)
 from pseudomask.boxcaseg.losses import (bag_labels, fused_probability, mil_bag_losses, mil_loss, pixel_loss,
                                         smoothness, weak_loss)
-from pseudomask.images import write_image
+from pseudomask.boxcaseg.salient_set import crop_window, write_object_crops
+from pseudomask.images import read_image, write_image
+from pseudomask.masks import segmentation_mask
 
 BIG = 30.0  # logit of a confident pixel: BCE of exp(-30) ~ 1e-13
 
@@ -305,3 +308,21 @@ def test_ratio_sampler_fixed_ratio_all_salient_each_epoch_and_box_cycle():
         RatioBatchSampler(5, 0)
     with pytest.raises(BoxCasegDataError, match="no usable box"):
         RatioBatchSampler(0, 5)
+
+
+def test_object_crops_make_a_salient_folder_of_true_masks(demo, tmp_path):
+    """write_object_crops: one pair per instance of the chosen images with a box of at least min_side, each mask
+    the true mask inside the widened box; SalientFolder reads the result."""
+    coco = json.loads((demo / "annotations.json").read_text())
+    chosen = {1, 2, 3}
+    n = write_object_crops(coco, demo / "images", tmp_path / "sal", image_ids=chosen, margin=0.1, min_side=24)
+    wanted = [a for a in coco["annotations"] if a["image_id"] in chosen and min(a["bbox"][2:]) >= 24]
+    assert n == len(wanted) == len(SalientFolder(tmp_path / "sal")) > 0
+    first = wanted[0]
+    im = next(i for i in coco["images"] if i["id"] == first["image_id"])
+    x0, y0, x1, y1 = crop_window(first["bbox"], 0.1, im["height"], im["width"])
+    truth = segmentation_mask(first["segmentation"], im["height"], im["width"])[y0:y1, x0:x1]
+    mask = read_image(tmp_path / "sal/masks/c000001.png")[..., 0]
+    assert set(np.unique(mask)) == {0, 255} and np.array_equal(mask > 0, truth > 0)
+    assert read_image(tmp_path / "sal/images/c000001.png").shape[:2] == truth.shape
+    assert write_object_crops(coco, demo / "images", tmp_path / "none", image_ids=set(), min_side=24) == 0

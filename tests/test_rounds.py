@@ -193,20 +193,20 @@ def _plan(wd, over: dict) -> dict[str, int]:
 
 
 def test_dry_run_plans_the_rounds(ingested):
-    one = _plan(ingested, {})
+    on_training = {"workflow": {"test_annotations": "", "test_images": ""}}  # the model is tested on its training images
+    one = _plan(ingested, on_training)
     assert one["retrain"] == 1 and not set(one) & ROUND_RULES and "round_predict_train" not in one
-    two = _plan(ingested, {"retrain": {"rounds": 2}})
+    two = _plan(ingested, {**on_training, "retrain": {"rounds": 2}})
     assert {k: two[k] for k in ROUND_RULES} == {"refine_round": 2, "round_merge_drop": 2, "round_export": 1,
                                                  "round_evaluate_masks": 1, "round_retrain": 1, "round_predict": 1,
                                                  "round_evaluate_model": 1}
     assert two["retrain"] == 1 and two["merge_drop"] == 2  # round 1 as today
     assert "round_predict_train" not in two  # the test set is the training images: round 1's predictions serve
-    three = _plan(ingested, {"retrain": {"rounds": 3}})
+    three = _plan(ingested, {**on_training, "retrain": {"rounds": 3}})
     assert three["round_retrain"] == 2 and three["refine_round"] == 4 and three["retrain"] == 1
-    other = _plan(ingested, {"retrain": {"rounds": 2},
-                             "workflow": {"test_annotations": "resources/demo/annotations.json"}})
-    assert other["round_predict_train"] == 1 and other["round_predict"] == 1
-    _plan(ingested, {"retrain": {"rounds": 2}})
+    held_out = _plan(ingested, {"retrain": {"rounds": 2}})  # the default: the demo's held-out scenes
+    assert held_out["round_predict_train"] == 1 and held_out["round_predict"] == 1
+    _plan(ingested, {**on_training, "retrain": {"rounds": 2}})
     out = snakemake(ingested, "-n", "--cores", "2", "results/round2/refine_round/s00000.h5").stdout
     assert "results/merge_drop/s00000.h5" in out and "results/retrain/predictions.json" in out
     p = snakemake(ingested, "-n", "results/round1/retrain/latest.pth", check=False)
