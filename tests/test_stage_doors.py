@@ -22,13 +22,16 @@ from workflow_run import digest, outputs, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.mmdet]
 
-SCENES = 4  # the one departure from the defaults: a small demo (the CLI gets it as --scenes)
+SCENES = 4  # the departures from the defaults: a small demo (the CLI gets it as --scenes), 2 held-out scenes,
+SMALL_DEMO = {"demo_data": {"scenes": SCENES, "test_scenes": 2},  # the model tested on its training images
+              "workflow": {"test_annotations": "", "test_images": ""}}
+SHORT_RETRAIN = {"cpu": {**CPU_PROFILE, "max_iters": 2, "scale": 192}}  # and the CPU profile, shorter
 GT = "resources/demo/annotations.json"
 SHARD = "results/ingest/shards/s00000.h5"
 
 
 def _workflow(wd, over: dict) -> dict[str, str]:
-    cfg = deep_update(default_config(), deep_update({"demo_data": {"scenes": SCENES}}, over))
+    cfg = deep_update(default_config(), deep_update(SMALL_DEMO, over))
     wd.mkdir(parents=True)
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     snakemake(wd, "--cores", "2", timeout=1800)
@@ -49,14 +52,15 @@ def _cli(wd, monkeypatch, calls: list[list[str]]) -> dict[str, str]:
 
 
 def _start() -> list[list[str]]:
-    return [["demo-data", "--annotations", GT, "--scenes", str(SCENES)],
+    return [["demo-data", "--annotations", GT, "--scenes", str(SCENES), "--test-scenes", "2"],
             ["ingest", "--annotations", GT, "--images", "resources/demo/images", "--manifest",
              "results/ingest/manifest.json", "--shards", "results/ingest/shards"],
             ["mcg", "--shard", SHARD, "--out", "results/mcg/s00000.h5"]]
 
 
 def test_every_box_stage_through_its_rule_and_its_cli_writes_equal_outputs(tmp_path, monkeypatch):
-    rule = _workflow(tmp_path / "rule", {})
+    rule = _workflow(tmp_path / "rule", {"retrain": SHORT_RETRAIN})
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump({"retrain": SHORT_RETRAIN}))
     r = "results"
     cli = _cli(tmp_path / "cli", monkeypatch, _start() + [
         ["grabcut", "--shard", SHARD, "--out", f"{r}/grabcut/s00000.h5"],
@@ -72,7 +76,8 @@ def test_every_box_stage_through_its_rule_and_its_cli_writes_equal_outputs(tmp_p
         ["evaluate-masks", "--pseudo", f"{r}/export/pseudo.json", "--ground-truth", GT, "--out",
          f"{r}/evaluate/pseudo_masks.json"],
         ["retrain", "--annotations", f"{r}/export/pseudo.json", "--images", "resources/demo/images", "--checkpoint",
-         f"{r}/retrain/latest.pth", "--mmdet-config", f"{r}/retrain/mask_rcnn.py"],
+         f"{r}/retrain/latest.pth", "--mmdet-config", f"{r}/retrain/mask_rcnn.py", "--config",
+         str(tmp_path / "short.yaml")],
         ["predict", "--checkpoint", f"{r}/retrain/latest.pth", "--mmdet-config", f"{r}/retrain/mask_rcnn.py",
          "--images", "resources/demo/images", "--coco", f"{r}/export/pseudo.json", "--out",
          f"{r}/retrain/predictions.json"],
@@ -122,10 +127,10 @@ def test_the_tag_stages_through_their_rules_and_their_clis_write_equal_outputs(t
 def test_the_hybrid_stages_through_their_rules_and_their_clis_write_equal_outputs(tmp_path, monkeypatch):
     """retrain.recipe hybrid (a strict validity so that the demo has invalid masks, two training iterations);
     the CLI door starts from the rule door's export and validity artifacts."""
-    short = {"cpu": {**CPU_PROFILE, "max_iters": 2, "scale": 192}}  # the CPU profile, shorter
+    short = SHORT_RETRAIN
     over = {"workflow": {"boxcaseg": False}, "validity": {"min_iou": 0.95}, "retrain": {"recipe": "hybrid"},
             "retrain_hybrid": short}
-    cfg = deep_update(default_config(), deep_update({"demo_data": {"scenes": SCENES}}, over))
+    cfg = deep_update(default_config(), deep_update(SMALL_DEMO, over))
     (tmp_path / "rule").mkdir()
     (tmp_path / "rule/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     snakemake(tmp_path / "rule", "--cores", "2", timeout=1800)
@@ -166,7 +171,7 @@ def test_the_annotation_stages_through_their_rules_and_their_clis_write_equal_ou
                          "annotation_corrections": GT}}
     wd = tmp_path / "rule"
     wd.mkdir(parents=True)
-    cfg = deep_update(default_config(), deep_update({"demo_data": {"scenes": SCENES}}, over))
+    cfg = deep_update(default_config(), deep_update(SMALL_DEMO, over))
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     snakemake(wd, "--cores", "2", *targets, timeout=1800)
     rule = _digests(wd)
@@ -200,7 +205,7 @@ def test_the_crf_and_round_stages_through_their_rules_and_their_clis_write_equal
     round-1 model and predictions."""
     short = {"cpu": {**CPU_PROFILE, "max_iters": 2, "scale": 128}}  # the CPU profile, shorter
     over = {"workflow": {"boxcaseg": False, "crf_source": "grabcut"}, "retrain": {"rounds": 2, **short}}
-    cfg = deep_update(default_config(), deep_update({"demo_data": {"scenes": SCENES}}, over))
+    cfg = deep_update(default_config(), deep_update(SMALL_DEMO, over))
     (tmp_path / "rule").mkdir()
     (tmp_path / "rule/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     snakemake(tmp_path / "rule", "--cores", "2", timeout=1800)
