@@ -32,10 +32,8 @@ import importlib
 import json
 import os
 import platform
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -43,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 from unittest import mock
 
-import common  # noqa: F401  first: it turns the progress bars off
+from common import work_folder  # first: it turns the progress bars off
 
 import mmcv
 import mmdet
@@ -543,13 +541,8 @@ def run(args: argparse.Namespace, work: Path, plan: Plan | None = None) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_gpu_"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.keep, "bench_gpu_") as work:
         result = run(args, work)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
     print()
     print(table(result["sections"], result["pipeline_vs_runner"]))
     print(f"\ntotal {result['total_seconds']:.1f} s (data {result['data_seconds']:.1f} s)")

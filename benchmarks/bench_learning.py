@@ -23,15 +23,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinn
 import argparse  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from common import REPO, quietly  # noqa: E402  (before pseudomask: it turns the progress bars off)
+from common import REPO, quietly, work_folder  # noqa: E402  (before pseudomask: it turns the progress bars off)
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
@@ -174,13 +172,11 @@ def main() -> int:
     given = {}
     if args.quick:
         args.scenes, args.test_scenes, args.seeds, given = 8, 4, 1, {"max_iters": 20, "warmup_iters": 5}
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_learning_"))
-    work.mkdir(parents=True, exist_ok=True)
     profile = STAGES["retrain"].resolve(given=given, device="cpu")
     print(f"== the retrain stage's CPU profile ({profile.arch}, width {profile.width}, {profile.channels} channels, "
           f"{profile.optimizer} lr {profile.lr}, {profile.max_iters} iterations of batch {profile.batch_size} at "
           f"{profile.scale} px) on {args.scenes} demo scenes; evaluated on {args.test_scenes} held-out scenes")
-    try:
+    with work_folder(args.keep, "bench_learning_") as work:
         t0 = time.perf_counter()
         demo = render(work, args.scenes, args.test_scenes)
         results = run_workflow(work, demo, args.threads * args.jobs)
@@ -199,9 +195,6 @@ def main() -> int:
                 print(f"   {name:22s} seed {seed}: segm AP {r['segm_AP']:.3f}, AP50 {r['segm_AP50']:.3f} "
                       f"({r['iters']} iterations, {r['seconds']:.0f} s)", flush=True)
         report({name: rows[name] for name in SOURCES}, {"true masks": 1.0, **miou})
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -17,13 +17,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinn
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from common import coco_dev, quietly  # noqa: E402  (before pseudomask: it turns the progress bars off)
+from common import coco_dev, quietly, work_folder  # noqa: E402  (before pseudomask: it turns the progress bars off)
 
 from pseudomask.retrain.mmdet_config import RetrainSettings  # noqa: E402
 from pseudomask.retrain.predict import PredictSettings, predict  # noqa: E402
@@ -77,13 +75,8 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.speed_iters = 4
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_retrain_"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.keep, "bench_retrain_") as work:
         speed(work, args)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

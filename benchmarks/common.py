@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -22,6 +24,18 @@ def coco_dev() -> Path:
     """The 64-image COCO development set: $PSEUDOMASK_COCO_DEV, else ../shared/data/coco-dev beside the checkout."""
     env = os.environ.get("PSEUDOMASK_COCO_DEV")
     return Path(env) if env else REPO.parent / "shared/data/coco-dev"
+
+
+@contextlib.contextmanager
+def work_folder(keep: str | os.PathLike | None, prefix: str) -> Iterator[Path]:
+    """A benchmark's work folder: `keep` (made if missing, left in place), else a temporary one removed after."""
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def quietly(fn: Callable, *args: Any, log: Path, **kwargs: Any) -> Any:
