@@ -10,7 +10,8 @@ import pytest
 
 from pseudomask.dataset import read_shard
 from pseudomask.masks import box_agreement, box_mask, mask_box, segmentation_mask
-from pseudomask.merge_drop import THRESHOLDS, drop_curve, judged, merge_drop, merge_drop_image, merge_masks
+from pseudomask.merge import merge_masks
+from pseudomask.merge_drop import THRESHOLDS, drop_curve, judged, merge_drop, merge_drop_image
 from pseudomask.loops import ImageResult, Provenance, run_mask_stage
 from pseudomask.store import Artifact, ArtifactError, ArtifactWriter
 

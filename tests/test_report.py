@@ -63,6 +63,8 @@ def test_report_is_self_contained_and_from_the_data(results, demo, tmp_path):
     for title in ("Instances by status and stage", "threshold curve", "Mask quality against ground truth",
                   "Instances by category", "Sample images, stage by stage", "Provenance"):
         assert title in html
+    assert "merge rule smaller_box (the smaller box wins); drop criterion proxy_box_iou (dropped: proxy box IoU " \
+           "below 0.95)" in html
     # the drop-rate row shows the numbers computed from the merge_drop data
     with Artifact(results / "merge_drop" / "s00000.h5") as md:
         _, proxy = judged(md)

@@ -1,8 +1,9 @@
-"""BoxCaseg's refinement for any mask source: merge by "smaller object better", drop by proxy box agreement.
+"""BoxCaseg's refinement for any mask source: merge the masks of an image, then drop those that disagree.
 
-Merge: a pixel that several masks of one image claim (value 1) goes to the instance with the smallest box;
-the others get background there. Ignore pixels (255, e.g. agreement's) are no claim: they stay 255 and never
-count as foreground. Drop: proxy box IoU = IoU(tight box of the merged mask, GT box); a mask below the
+Merge: a pixel that several masks of one image claim (value 1) is settled by the `rule` (`pseudomask.merge`):
+by default the instance with the smallest box takes it (BoxCaseg's "smaller object better"), the others get
+background there. Ignore pixels (255, e.g. agreement's) are no claim: they stay 255 and never count as
+foreground. Drop: proxy box IoU = IoU(tight box of the merged mask, GT box); a mask below the
 threshold (or with IoU 0: empty, or outside its box) is *dropped*: status "dropped", `mask_ignore` 1, box,
 class and mask kept, so Mask R-CNN still trains box and class but not the mask (BoxCaseg Sec. 3.4).
 
@@ -20,9 +21,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .crops import Crop, MaskStack, span_intersection, span_overlaps
+from .crops import MaskStack
 from .errors import PseudomaskError
 from .masks import box_iou
+from .merge import RULES, box_score, colour_score, first_wins, merge, value_score
 from .settings import Settings, setting
 from .loops import Provenance, quality_scorer, read_artifact_image, run_artifact_stage
 from .quality.features import SOURCES
@@ -31,57 +33,30 @@ from .store import Artifact
 
 JUDGED = ("kept", "invalid")
 THRESHOLDS = (0.0, 0.75, 0.85, 0.90, 0.95)
-METHOD = "smaller-box-merge+proxy-box-drop"
 CRITERIA = ("proxy_box_iou", "quality", "both")
-METHODS = {"proxy_box_iou": METHOD, "quality": "smaller-box-merge+quality-drop",
-           "both": "smaller-box-merge+proxy-box-and-quality-drop"}
+_DROPS = {"proxy_box_iou": "proxy-box", "quality": "quality", "both": "proxy-box-and-quality"}
 
 
-def merge_masks(masks: MaskStack | np.ndarray, boxes: np.ndarray, active: np.ndarray | None = None
-                ) -> tuple[MaskStack | np.ndarray, np.ndarray]:
-    """Give every pixel claimed by several active masks to the one with the smallest box area.
-
-    masks (a `MaskStack`, or (K,H,W) uint8: then the merged masks are too), boxes (K,4) xywh, active (K,) bool
-    (default all). Returns the merged masks and, per instance, how many foreground pixels it lost. Ties in box
-    area go to the earlier instance.
-    """
-    merged, lost, _, _ = _merge(MaskStack.from_masks(masks), boxes, active)
-    return (merged if isinstance(masks, MaskStack) else np.asarray(merged)), lost
+def method(rule: str, criterion: str) -> str:
+    """The artifact's method name: e.g. smaller-box-merge+proxy-box-drop."""
+    return f"{rule.replace('_', '-')}-merge+{_DROPS[criterion]}-drop"
 
 
-def _merge(masks: MaskStack, boxes: np.ndarray, active: np.ndarray | None):
-    """merge_masks, plus the foreground spans of the merged masks (see `MaskStack.spans`).
-
-    Pairs are settled on their crops where their foregrounds' spans overlap: the smallest claimant of a pixel wins
-    every pair it is in and every other claimant loses to it, so this equals the per-pixel rule.
-    """
-    k = len(masks)
-    lost = np.zeros(k, np.int64)
-    span, has = masks.spans()
-    act = np.ones(k, bool) if active is None else np.asarray(active, bool)
-    area = np.asarray(boxes, np.float64).reshape(-1, 4)[:, 2:].prod(1)
-    ok = act & has
-    hit = span_overlaps(span) & ok[:, None] & ok[None, :]
-    out = {}  # the crops of the masks that lose pixels, copied before they change
-    for a, b in zip(*np.nonzero(np.triu(hit, 1))):
-        win, lose = (a, b) if area[a] <= area[b] else (b, a)  # a < b: a tie goes to a
-        x0, y0, x1, y1 = span_intersection(span[a], span[b])
-        c = masks.crop(lose)
-        if lose not in out:
-            out[lose] = c.data.copy()
-        region = out[lose][y0 - c.y:y1 - c.y, x0 - c.x:x1 - c.x]  # a view: edits land in out[lose]
-        taken = (region == 1) & (masks.crop(win).window(y0, x0, y1, x1) == 1)
-        n = int(np.count_nonzero(taken))
-        if n:
-            region[taken] = 0
-            lost[lose] += n
-    merged = masks.copy()
-    for i, data in out.items():
-        merged[i] = Crop(masks.crop(i).y, masks.crop(i).x, data)
-    changed = np.flatnonzero(lost)
-    if len(changed):
-        span[changed], has[changed] = merged[changed].spans()
-    return merged, lost, span, has
+def merge_score(rule: str, masks: MaskStack, rows: Sequence[Mapping[str, Any]],
+                quality: Callable[[list[dict], MaskStack], np.ndarray] | None, rgb: np.ndarray | None):
+    """The `pseudomask.merge` score of a rule for one image's masks; a true mask (source gt) above all."""
+    boxes = np.array([r["bbox"] for r in rows], np.float64).reshape(-1, 4)
+    if rule == "quality":
+        if quality is None:
+            raise PseudomaskError("merge rule quality needs a quality model")
+        score = value_score(quality([dict(r) for r in rows], masks))
+    elif rule == "colour":
+        if rgb is None:
+            raise PseudomaskError("merge rule colour needs the image")
+        score = colour_score(rgb, masks, boxes)
+    else:
+        score = box_score(boxes)
+    return first_wins(score, [r.get("source") == "gt" for r in rows])
 
 
 def is_dropped(proxy_iou: float | np.ndarray, threshold: float) -> bool | np.ndarray:
@@ -93,25 +68,28 @@ def is_dropped(proxy_iou: float | np.ndarray, threshold: float) -> bool | np.nda
 
 def merge_drop_image(masks: MaskStack | np.ndarray, rows: Sequence[Mapping[str, Any]], threshold: float,
                      source: str = "", criterion: str = "proxy_box_iou", quality_threshold: float = 0.7,
-                     quality: Callable[[list[dict], MaskStack], np.ndarray] | None = None
+                     quality: Callable[[list[dict], MaskStack], np.ndarray] | None = None,
+                     rule: str = "smaller_box", rgb: np.ndarray | None = None
                      ) -> tuple[MaskStack | np.ndarray, list[dict]]:
     """Merge then drop one image's masks (a true mask, source gt, wins every overlap and is never dropped:
     see `pseudomask.loops.pass_true_masks`); returns merged masks (a stack for a stack, else an array) and
     rows with status, reason, `proxy_box_iou` (NaN when not judged), `mask_ignore` (1/0), `merge_lost_px` and
     `source`.
 
+    `rule` settles contested pixels (`pseudomask.merge`; `quality` needs `quality`, `colour` the image `rgb`).
     `criterion` says what drops a mask: its proxy box IoU below `threshold`, its predicted quality below
-    `quality_threshold` (`quality`), or either (`both`). `quality(rows, merged)` predicts the quality of the
-    merged masks (NaN: none; a mask without one is dropped under the quality criteria); it sets `quality`."""
+    `quality_threshold` (`quality`), or either (`both`). `quality(rows, masks)` predicts the quality of masks
+    (NaN: none; a mask without one is dropped under the quality criteria); the merged masks' sets `quality`."""
     rows = [dict(r) for r in rows]
     dense, masks = not isinstance(masks, MaskStack), MaskStack.from_masks(masks)
     if len(masks) != len(rows):
         masks = MaskStack.zeros(len(rows), *masks.shape[1:])
     active = np.array([r["status"] in JUDGED for r in rows], bool)
-    boxes = np.array([r["bbox"] for r in rows], np.float64).reshape(-1, 4)
-    rank = boxes.copy()
-    rank[[r.get("source") == "gt" for r in rows], 2:] = 0  # a true mask (dataset.strong) wins every overlap
-    merged, lost, span, has = _merge(masks, rank, active)
+    if rule == "none":
+        merged, lost, (span, has) = masks, np.zeros(len(rows), np.int64), masks.spans()
+    else:
+        merged, lost, span, has = merge(masks, merge_score(rule, masks, rows, quality, rgb), active,
+                                        ignore=rule == "ignore")
     for k, r in enumerate(rows):
         r["source"] = r.get("source") or source
         r["merge_lost_px"] = int(lost[k])
@@ -157,8 +135,11 @@ class MergeDropSettings(Settings):
                              choices=CRITERIA)
     quality_threshold: float = setting(0.7, "with criterion quality or both: masks whose predicted quality is below "
                                             "this are dropped", minimum=0, maximum=1)
-    model: str = setting("default", "quality model of the merged masks: \"default\" (shipped), a JSON file "
-                                    "written by scripts/train_scorer.py, or \"none\" (criterion proxy_box_iou only)")
+    model: str = setting("default", "quality model of the masks: \"default\" (shipped), a JSON file written by "
+                                    "scripts/train_scorer.py, or \"none\" (criterion proxy_box_iou only)")
+    rule: str = setting("smaller_box", "who gets a pixel several masks claim: the smaller box (BoxCaseg), the mask "
+                                       "of higher predicted quality, the mask whose colour model finds it more "
+                                       "foreground-like, nobody (ignore, 255), or no merge (none)", choices=tuple(RULES))
 
 
 def _check_threshold(threshold: float) -> float:
@@ -169,41 +150,44 @@ def _check_threshold(threshold: float) -> float:
 
 
 def _per_image(threshold: float, source: str, criterion: str, quality_threshold: float, model: str, qsource: str,
-               image_root: str, image: dict, records: list[list[dict]], masks: list[MaskStack]):
+               rule: str, image_root: str, image: dict, records: list[list[dict]], masks: list[MaskStack]):
     """One image of the stage (module-level, so that worker processes can run it)."""
     scorer = quality_scorer(model)
+    rgb = read_artifact_image(image_root, image) if scorer is not None or rule == "colour" else None
 
-    def quality(rows: list[dict], merged: MaskStack) -> np.ndarray:
+    def quality(rows: list[dict], stack: MaskStack) -> np.ndarray:
         if scorer is None:
             return np.full(len(rows), np.nan)
-        return scorer.score_image(read_artifact_image(image_root, image), rows, merged, qsource)
+        return scorer.score_image(rgb, rows, stack, qsource)
 
     merged, rows = merge_drop_image(masks[0], records[0], threshold, source=source, criterion=criterion,
-                                    quality_threshold=quality_threshold, quality=quality)
+                                    quality_threshold=quality_threshold, quality=quality, rule=rule, rgb=rgb)
     return rows, merged, None
 
 
 def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float = 0.95,
                criterion: str = "proxy_box_iou", quality_threshold: float = 0.7, model: str = "default",
-               workers: int = 1) -> dict:
+               workers: int = 1, rule: str = "smaller_box") -> dict:
     """Run merge-and-drop over one mask-source artifact and write a `merge_drop` artifact; returns a summary.
-    The merged masks' `quality` is predicted by the scorer `model` names (see `pseudomask.loops.quality_scorer`)."""
+    The masks' `quality` is predicted by the scorer `model` names (see `pseudomask.loops.quality_scorer`)."""
     threshold, quality_threshold = _check_threshold(threshold), _check_threshold(quality_threshold)
     if criterion not in CRITERIA:
         raise PseudomaskError(f"merge-drop criterion must be one of {CRITERIA}, got {criterion!r}")
+    if rule not in RULES:
+        raise PseudomaskError(f"merge-drop rule must be one of {tuple(RULES)}, got {rule!r}")
     scorer = quality_scorer(model)
-    if scorer is None and criterion != "proxy_box_iou":
-        raise PseudomaskError(f"merge-drop criterion {criterion!r} needs a quality model")
+    if scorer is None and "quality" in (criterion, rule):
+        raise PseudomaskError(f"merge-drop criterion {criterion!r} with rule {rule!r} needs a quality model")
     with Artifact(src, stage=[m for m in mask_stages() if m != "merge_drop"]) as a:
         origin = {"source_stage": a.stage, "source_method": a.method}
         qsource = a.stage if a.stage in SOURCES else str(a.attrs.get("quality_source", a.stage))
 
-        per_image = partial(_per_image, threshold, a.stage, criterion, quality_threshold, model, qsource,
+        per_image = partial(_per_image, threshold, a.stage, criterion, quality_threshold, model, qsource, rule,
                             str(a.attrs.get("image_root") or ""))
         params = {"threshold": threshold, "criterion": criterion, "quality_threshold": quality_threshold,
-                  "model": model, **origin}
-        run_artifact_stage([a], out, Provenance("merge_drop", METHODS[criterion], params, quality=model, attrs=origin),
-                           per_image, rescore=False, workers=workers)
+                  "model": model, "rule": rule, **origin}
+        run_artifact_stage([a], out, Provenance("merge_drop", method(rule, criterion), params, quality=model,
+                                                attrs=origin), per_image, rescore=False, workers=workers)
     with Artifact(out, stage="merge_drop") as b:
         return summary(b)
 
@@ -227,7 +211,8 @@ def summary(artifact: Artifact) -> dict:
             "mean_proxy_box_iou": float(proxy.mean()) if len(proxy) else None,
             "threshold": artifact.params.get("threshold"), "source_stage": artifact.params.get("source_stage"),
             "criterion": artifact.params.get("criterion", "proxy_box_iou"),
-            "quality_threshold": artifact.params.get("quality_threshold")}
+            "quality_threshold": artifact.params.get("quality_threshold"),
+            "rule": artifact.params.get("rule", "smaller_box")}
 
 
 def drop_curve(proxy_iou: Iterable[float], thresholds: Sequence[float] = THRESHOLDS,
@@ -254,4 +239,5 @@ def drop_curve(proxy_iou: Iterable[float], thresholds: Sequence[float] = THRESHO
 def run_stage(s: MergeDropSettings, *, masks: str, out: str, scorer: str | None = None, threads: int = 1) -> dict:
     """The `merge_drop` stage (see pseudomask.registry); `scorer` (scorer-train's model) overrides `s.model`."""
     return {"out": out, **merge_drop(masks, out, threshold=s.threshold, criterion=s.criterion,
-                                     quality_threshold=s.quality_threshold, model=scorer or s.model, workers=threads)}
+                                     quality_threshold=s.quality_threshold, model=scorer or s.model, workers=threads,
+                                     rule=s.rule)}

@@ -4,7 +4,7 @@
 **From instances to one id map.** Every pixel of an image gets one segment id or VOID (0):
 
 1. *things*: the foreground of kept rows of thing categories. Where they overlap, a true mask (source `gt`)
-   wins, then the smallest box (`merge_drop.merge_masks`, "smaller object better"; merge_drop artifacts do
+   wins, then the smallest box (`merge.merge_masks`, "smaller object better"; merge_drop artifacts do
    not overlap already);
 2. *crowd*: the foreground of crowd rows (status ignored) becomes a segment with `iscrowd` 1 where no thing is;
 3. *VOID*: ignore pixels (255) of any row, the foreground of rows whose mask does not train (`mask_ignore`:
@@ -45,7 +45,7 @@ from .errors import PseudomaskError, read_json
 from .files import write_json
 from .images import ImageError, read_image, write_image
 from .masks import mask_box
-from .merge_drop import merge_masks
+from .merge import merge_masks
 
 VOID = 0
 NOTHING = 0  # category of a ground-truth segment that says "no segment here" (instance ground truth's background)

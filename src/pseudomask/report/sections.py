@@ -14,6 +14,7 @@ import numpy as np
 from .. import __version__
 from ..errors import PseudomaskError, read_json
 from ..mask_metrics import summarize
+from ..merge import RULES
 from ..merge_drop import drop_curve
 from ..quality.ranking import spearman
 from ..store import STATUSES, Artifact
@@ -91,7 +92,7 @@ def drop_section(md: Sequence[Path] | None, score: Score | None, thresholds: Seq
         return "<h2>Merge and drop</h2><p class='note'>no merge_drop artifacts in this folder.</p>"
     out = ""
     with Artifact(md[0], stage="merge_drop") as a:
-        threshold = a.params.get("threshold")
+        threshold, params = a.params.get("threshold"), dict(a.params)
         src = f"{a.params.get('source_stage')} ({a.params.get('source_method')})"
     ids, proxy = proxy_ious(md)
     gt_iou = None
@@ -108,12 +109,21 @@ def drop_section(md: Sequence[Path] | None, score: Score | None, thresholds: Seq
     crow = [[f"{r['threshold']:.2f}", r["drop_rate"], r["kept"], r["dropped"]]
             + ([r["miou_kept"], r["miou_all"]] if gt_iou is not None else []) for r in curve]
     return out + (
-        f"<h2>Merge and drop: threshold curve</h2><p class='note'>masks from {html.escape(src)}, merged "
-        f"(smaller box wins), then judged by proxy box IoU; this run drops below {threshold}. Over "
+        f"<h2>Merge and drop: threshold curve</h2><p class='note'>masks from {html.escape(src)}; "
+        f"{html.escape(merge_drop_in_use(params))}. The curve: proxy box IoU thresholds over "
         f"{len(proxy)} judged instances; drop rate = dropped / judged (BoxCaseg Table 8 on COCO: 0.00, 0.27, "
         f"0.49, 0.64, 0.80).</p><div class='row'><div>{_table(header, crow)}</div>"
         f"<img alt='drop curve' src='{plot_curve(curve)}'>"
         f"<img alt='proxy box IoU histogram' src='{plot_histogram(proxy, threshold)}'></div>")
+
+
+def merge_drop_in_use(params: dict) -> str:
+    """The merge rule and drop criterion a merge_drop artifact was made with, in words."""
+    crit, t, qt = params.get("criterion", "proxy_box_iou"), params.get("threshold"), params.get("quality_threshold")
+    drops = {"proxy_box_iou": f"proxy box IoU below {t}", "quality": f"predicted quality below {qt}",
+             "both": f"proxy box IoU below {t} or predicted quality below {qt}"}[crit]
+    rule = params.get("rule", "smaller_box")
+    return f"merge rule {rule} ({RULES[rule]}); drop criterion {crit} (dropped: {drops})"
 
 
 def mask_quality_section(files: Files, gt, score: Score) -> str:
