@@ -8,10 +8,12 @@ and RLE, but Label Studio's converter reads polygons only, and only an annotatio
 a mask of several parts (or with holes) is one polygon joining them; `single_polygon: false` writes one per
 part. The polygons run along the mask pixels' edges, so that pycocotools gives the mask back (`polygons`).
 Both importers keep the box (Datumaro as a Bbox with the annotation's id, Label Studio as a rectangle beside
-the polygon). An instance without a mask (failed, or empty) has an empty `segmentation` and keeps its box,
-which the importers load as a rectangle. Besides the COCO keys an annotation carries `quality` (predicted
-IoU) and `status` of the pseudo mask; importers ignore them. The image list (one path per line) tells the
-tool which image files to load.
+the polygon). The polygon is what the annotator edits, so it must not state a box other than the given one:
+an instance whose mask is not kept (dropped, invalid, failed) or whose mask's box disagrees with the given box
+(proxy box IoU below merge_drop's threshold: a mask the merge ate to a remnant, say) gets its box outline as
+its polygon (`polygons.shows_box`); a box without area gets an empty `segmentation`. Besides the COCO keys
+an annotation carries `quality` (predicted IoU) and `status` of the pseudo mask; importers ignore them. The
+image list (one path per line) tells the tool which image files to load.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from .. import __version__
 from ..errors import PseudomaskError
 from ..files import write_json, write_text_atomic
-from .polygons import outline, parts
+from .polygons import box_outline, drop_threshold, outline, parts, shows_box
 from ..settings import Settings, setting
 from ..store import Artifact
 from .choose import chosen_ids
@@ -59,12 +61,21 @@ def mask_segmentation(mask: np.ndarray, single_polygon: bool = True, min_points:
     return [[round(float(v), 3) for v in p.reshape(-1)] for p in polys if len(p) >= min_points]
 
 
-def instance_annotation(row: dict, mask: np.ndarray, image_id: int, single_polygon: bool = True,
+def box_segmentation(bbox: Sequence[float]) -> list[list[float]]:
+    """COCO polygon segmentation of a box's outline (empty for a box without area)."""
+    if float(bbox[2]) <= 0 or float(bbox[3]) <= 0:
+        return []
+    return [[round(float(v), 3) for v in box_outline(bbox).reshape(-1)]]
+
+
+def instance_annotation(row: dict, mask: np.ndarray, image_id: int, threshold: float, single_polygon: bool = True,
                         min_points: int = 3) -> dict:
-    """One COCO annotation with polygon segmentation (empty when the mask is) and the given box."""
-    polys = mask_segmentation(mask, single_polygon, min_points)
+    """One COCO annotation with the given box and polygon segmentation: the box outline where the mask's would
+    state another box (`polygons.shows_box` with the drop `threshold`), else the mask's (empty when it is)."""
     bbox = [float(v) for v in row["bbox"]]
-    area = float(np.count_nonzero(mask == 1)) if polys else bbox[2] * bbox[3]
+    boxed = shows_box(row, mask, threshold)
+    polys = box_segmentation(bbox) if boxed else mask_segmentation(mask, single_polygon, min_points)
+    area = float(np.count_nonzero(mask == 1)) if polys and not boxed else bbox[2] * bbox[3]
     q = row.get("quality")
     return {"id": int(row["id"]), "image_id": int(image_id), "category_id": int(row["category_id"]), "bbox": bbox,
             "area": area, "iscrowd": 0, "segmentation": polys,
@@ -96,10 +107,12 @@ def annotation_job(image_ids: Sequence[int], artifacts: Sequence[str | os.PathLi
             root = a.attrs.get("image_root") or ""
             paths.append(str(Path(root) / str(im["file_name"])) if root else str(im["file_name"]))
             rows, masks = a.records(image_id), a.masks(image_id)
+            threshold = drop_threshold(a.stage, a.params)
             for k, r in enumerate(rows):
                 if r["status"] == "ignored":
                     continue
-                annotations.append(instance_annotation(r, masks[k], image_id, single_polygon, min_points))
+                annotations.append(instance_annotation(r, masks[k], image_id, threshold, single_polygon,
+                                                       min_points))
     job = {"info": {"description": description or "pseudomask annotation job: correct the pseudo masks",
                     "version": __version__, "date_created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
            "licenses": [], "images": images, "annotations": annotations, "categories": categories or []}
@@ -116,4 +129,4 @@ def run_stage(s: AnnotationJobSettings, *, choice: str, masks: list[str], out: s
         write_text_atomic("".join(p + "\n" for p in paths), image_list)
     anns = job["annotations"]
     return {"out": out, "image_list": image_list, "images": len(job["images"]), "annotations": len(anns),
-            "box_only": sum(not a["segmentation"] for a in anns)}
+            "box_only": sum(a["segmentation"] in ([], box_segmentation(a["bbox"])) for a in anns)}
