@@ -52,6 +52,8 @@ def test_every_instance_but_crowd_regions_is_in_the_job_with_its_ids_and_box(job
         assert a["quality"] == (None if a["id"] == 1 else 0.25)
     failed = next(a for a in j["annotations"] if a["id"] == 1)
     assert failed["segmentation"] == box_segmentation(failed["bbox"]) and failed["status"] == "failed"
+    assert {a["id"] for a in j["annotations"] if a["pre_annotation"] == "box"} == {1}  # take_back reads it
+    assert all(a["pre_annotation"] == "mask" for a in j["annotations"] if a["id"] != 1)
     assert summary["box_only"] == 1 and summary["images"] == 3
     paths = listing.read_text().splitlines()
     assert [p.rsplit("/", 1)[1] for p in paths] == [im["file_name"] for im in j["images"]]

@@ -104,6 +104,7 @@ def test_no_export_states_a_box_other_than_the_given_one(tmp_path):
     yolo = _yolo_polygons(tmp_path / "yolo", boxes)
     job, _ = annotation_job([1], [art])
     pre = {a["id"]: a["segmentation"] for a in job["annotations"]}
+    flag = {a["id"]: a["pre_annotation"] for a in job["annotations"]}
     coco = {a["id"]: a for a in export_coco([art])["annotations"]}
     assert summary["written_box"] == 2 and summary["written_mask"] == 3
     for i, box in boxes.items():
@@ -111,11 +112,11 @@ def test_no_export_states_a_box_other_than_the_given_one(tmp_path):
         if i in (11, 14):  # the dropped remnant; the kept half of a box (proxy box IoU 0.5)
             assert np.allclose(yolo[i], box_outline(box) / [w, h], atol=1e-6)
             assert np.allclose(_extent(yolo[i]), np.asarray(box) / scale, atol=1e-6)
-            assert len(pre[i]) == 1 and np.allclose(_extent(pre[i][0]), box)
+            assert len(pre[i]) == 1 and np.allclose(_extent(pre[i][0]), box) and flag[i] == "box"
         else:  # the mask's outline along its pixels' edges, 1/8 px inside: 15's 23 px of its box's 25
             expect = np.asarray(mask_box(masks[i])) + [0.125, 0.125, -0.25, -0.25]
             assert np.allclose(_extent(yolo[i]) * scale, expect, atol=1e-4)
-            assert np.allclose(_extent(pre[i][0]), expect, atol=1e-3)
+            assert np.allclose(_extent(pre[i][0]), expect, atol=1e-3) and flag[i] == "mask"
     assert _extent(pre[15][0])[2] < boxes[15][2] - 2
     truck = coco[11]  # COCO: the remnant as the mask, mask-ignored, beside the given box
     assert truck["status"] == "dropped" and truck["mask_ignore"] and truck["area"] == 1

@@ -10,7 +10,8 @@ Label Studio's COCO import, which reads only an annotation's first polygon) keep
 
 Formats whose box is the polygon's extent (YOLO-seg; an annotation tool's pre-annotation, which the
 annotator edits) must not state a box other than the given one: `shows_box` says where an instance is written
-as its box outline instead of its mask, one rule for every such export.
+as its box outline instead of its mask, one rule for every such export. `is_box_outline` says whether what
+an annotator returned is still such a box outline, as the tool gave it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-from ..masks import box_agreement, segmentation_mask
+from ..masks import box_agreement, mask_iou, segmentation_mask
 from ..merge_drop import MergeDropSettings, is_dropped
 
 SCALE = 4  # contours of the mask upsampled 4x lie 1/8 px inside the pixels' edges
+OUTLINE_TOL = 0.1  # px: polygon points this close to a box's corners are its outline (a tool's rounding)
+OUTLINE_IOU = 0.99  # a mask with this IoU with the filled box is the box (a tool's rasterisation)
 
 
 def _join(chain: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -106,3 +109,22 @@ def shows_box(row: Mapping[str, Any], mask: np.ndarray, threshold: float) -> boo
     (dropped, invalid, failed), or the mask's box disagrees with its given `bbox` (`box_disagrees`), so that
     the polygon's extent would state a wrong box (a mask the merge ate to a remnant, say)."""
     return row["status"] != "kept" or box_disagrees(mask, row["bbox"], threshold, row.get("proxy_box_iou"))
+
+
+def is_box_outline(segmentation: Any, mask: np.ndarray, bbox: Sequence[float]) -> bool:
+    """Whether a returned annotation is still the outline of `bbox`: polygons whose points each lie within
+    OUTLINE_TOL px of one of the box's corners and reach every corner (any start, direction or repeated
+    point), or a `mask` (the segmentation rasterised) with IoU >= OUTLINE_IOU with the filled box, rasterised
+    as pycocotools does its outline. An outline edited into another shape, or into a box of another extent
+    (beyond the IoU), is not."""
+    corners = box_outline(bbox)
+    if isinstance(segmentation, list) and segmentation:
+        try:
+            points = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in segmentation])
+        except (ValueError, TypeError):
+            points = np.empty((0, 2))
+        if len(points):
+            dist = np.abs(points[:, None, :] - corners[None]).max(-1)  # (points, corners)
+            if (dist.min(1) <= OUTLINE_TOL).all() and (dist.min(0) <= OUTLINE_TOL).all():
+                return True
+    return mask_iou(mask, polygon_mask(corners, *mask.shape[:2])) >= OUTLINE_IOU
