@@ -11,8 +11,10 @@ import pytest
 from pycocotools.coco import COCO
 
 from annotation_data import pseudo_artifact
-from pseudomask.annotation.job import JobError, annotation_job, mask_segmentation
-from pseudomask.masks import mask_iou, rle_decode, segmentation_mask
+from pseudomask.annotation.job import JobError, annotation_job, box_segmentation, mask_segmentation
+from pseudomask.annotation.polygons import drop_threshold, shows_box
+from pseudomask.masks import box_mask, mask_iou, rle_decode, segmentation_mask
+from pseudomask.merge_drop import MergeDropSettings
 from pseudomask.registry import STAGES
 
 CHOSEN = [3, 1, 5]
@@ -20,7 +22,8 @@ CHOSEN = [3, 1, 5]
 
 @pytest.fixture(scope="module")
 def job(demo, tmp_path_factory):
-    """Job of images 3, 1, 5 of the demo's true masks; instance 1 failed (no mask), 2 a crowd region."""
+    """Job of images 3, 1, 5 of the demo's true masks; instance 1 failed (no mask: its box outline), 2 a crowd
+    region."""
     tmp = tmp_path_factory.mktemp("job")
     art = pseudo_artifact(demo, tmp / "md.h5", quality=lambda a: 0.25, status={1: "failed", 2: "ignored"})
     choice = tmp / "choice.json"
@@ -48,7 +51,9 @@ def test_every_instance_but_crowd_regions_is_in_the_job_with_its_ids_and_box(job
         assert a["image_id"] == t["image_id"] and a["category_id"] == t["category_id"] and a["bbox"] == t["bbox"]
         assert a["quality"] == (None if a["id"] == 1 else 0.25)
     failed = next(a for a in j["annotations"] if a["id"] == 1)
-    assert failed["segmentation"] == [] and failed["status"] == "failed"
+    assert failed["segmentation"] == box_segmentation(failed["bbox"]) and failed["status"] == "failed"
+    assert {a["id"] for a in j["annotations"] if a["pre_annotation"] == "box"} == {1}  # take_back reads it
+    assert all(a["pre_annotation"] == "mask" for a in j["annotations"] if a["id"] != 1)
     assert summary["box_only"] == 1 and summary["images"] == 3
     paths = listing.read_text().splitlines()
     assert [p.rsplit("/", 1)[1] for p in paths] == [im["file_name"] for im in j["images"]]
@@ -83,6 +88,21 @@ def test_a_mask_of_several_parts_with_a_hole_is_one_polygon_that_keeps_them():
     assert mask_segmentation(np.zeros((5, 5), np.uint8)) == []
 
 
+def test_the_box_rule_takes_the_artifacts_proxy_iou_else_the_masks_box():
+    m = box_mask([0, 0, 10, 10], 20, 20)
+    row = {"status": "kept", "bbox": [0.0, 0.0, 10.0, 10.5]}  # no proxy box IoU: the mask's box, IoU 0.952
+    assert not shows_box(row, m, 0.9) and shows_box(row, m, 0.99)
+    assert not shows_box({**row, "proxy_box_iou": float("nan")}, m, 0.9)
+    assert shows_box({**row, "proxy_box_iou": 0.5}, m, 0.9) and not shows_box({**row, "proxy_box_iou": 1.0}, m, 0.99)
+    assert shows_box({**row, "status": "dropped"}, m, 0.0) and shows_box({**row, "status": "invalid"}, m, 0.0)
+    assert shows_box(row, np.zeros((20, 20), np.uint8), 0.0)  # an empty mask states no box
+    default = MergeDropSettings().threshold
+    assert drop_threshold("merge_drop", {"threshold": 0.5}) == 0.5
+    assert drop_threshold("merge_drop", {}) == drop_threshold("boxcaseg", {"threshold": 0.5}) == default
+    assert box_segmentation([1, 2, 3, 4]) == [[1.0, 2.0, 4.0, 2.0, 4.0, 6.0, 1.0, 6.0]]
+    assert box_segmentation([1, 2, 0, 4]) == []
+
+
 def test_an_image_no_artifact_holds_is_an_error(job):
     *_, art = job
     with pytest.raises(JobError, match=r"\[999\]"):
@@ -112,7 +132,8 @@ def test_datumaro_coco_importer_loads_ids_boxes_classes_and_polygons(job, tmp_pa
                 seen.add(a.id)
             elif a.type == dm.AnnotationType.polygon:
                 back = segmentation_mask([list(a.points)], *item.media.size)
-                assert mask_iou(back, rle_decode(t["segmentation"])) >= 0.99
+                want = box_mask(t["bbox"], *item.media.size) if a.id == 1 else rle_decode(t["segmentation"])
+                assert mask_iou(back, want) >= 0.99  # the failed instance 1: its box outline
     assert seen == set(truth) - {2}
 
 
@@ -126,4 +147,4 @@ def test_label_studio_converter_loads_a_polygon_and_a_rectangle_per_instance(job
     results = [r for t in tasks for r in t["annotations"][0]["result"]]
     n = len(_truth(data)) - 1  # without the crowd region
     assert sum(r["type"] == "rectanglelabels" for r in results) == n
-    assert sum(r["type"] == "polygonlabels" for r in results) == n - 1  # the failed instance is a box only
+    assert sum(r["type"] == "polygonlabels" for r in results) == n  # the failed instance's is its box outline

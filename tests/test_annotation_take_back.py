@@ -8,10 +8,15 @@ import json
 import numpy as np
 import pytest
 
+from annotation_data import pseudo_artifact
+from pseudomask.annotation.job import annotation_job, box_segmentation, mask_segmentation
+from pseudomask.annotation.polygons import is_box_outline
 from pseudomask.annotation.take_back import TakeBackError, TakeBackSettings, take_back
 from pseudomask.dataset import add_strong, load_dataset
-from pseudomask.masks import mask_iou, rle_decode, rle_encode, segmentation_mask
+from pseudomask.masks import box_mask, mask_iou, rle_decode, rle_encode, segmentation_mask
 from pseudomask.registry import STAGES
+
+BOXED = (4, 14)  # instances of images 1 and 3 whose job pre-annotation is their box outline
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +43,18 @@ def _write(tmp_path, name, obj):
     p = tmp_path / name
     p.write_text(json.dumps(obj))
     return p
+
+
+@pytest.fixture(scope="module")
+def boxed_job(demo, tmp_path_factory):
+    """The real annotation job of images 1 and 3 of the demo's true masks, instance 4 dropped and 14 failed:
+    both are pre-annotated as their box outlines."""
+    tmp = tmp_path_factory.mktemp("boxed_job")
+    art = pseudo_artifact(demo, tmp / "md.h5", status={4: "dropped", 14: "failed"})
+    job, _ = annotation_job([1, 3], [art])
+    path = tmp / "job.json"
+    path.write_text(json.dumps(job))
+    return path, {a["id"]: a for a in job["annotations"]}
 
 
 def test_clean_corrections_become_the_strong_file_in_dataset_ids(base, tmp_path, demo):
@@ -157,3 +174,63 @@ def test_a_second_round_of_corrections_keeps_the_first_rounds_strong_images(base
     alone, rep = take_back(_write(tmp_path, "c3.json", _corrections(data, (5,))), [round2],
                            s=TakeBackSettings(keep_strong=False))
     assert [im["id"] for im in alone["images"]] == [5] and not rep.get("kept_strong_images")
+
+
+def test_a_box_outline_returned_as_given_stays_box_only(base, boxed_job, tmp_path):
+    """Box outlines the job gave and the tool returns untouched (4 as the job's polygon; 14 as the filled box's
+    RLE under a renumbered id, as a tool exporting masks would) are not true masks: reported, left out of the
+    strong file, box-only in the dataset. Without the job the same file takes them as masks filling the box."""
+    data, ds = base
+    job_path, job = boxed_job
+    assert {i for i, a in job.items() if a["pre_annotation"] == "box"} == set(BOXED)
+    assert job[4]["segmentation"] == box_segmentation(job[4]["bbox"])
+    c = _corrections(data)
+    by_id = {a["id"]: a for a in c["annotations"]}
+    by_id[4].update(segmentation=job[4]["segmentation"], bbox=job[4]["bbox"])
+    by_id[14].update(id=99999, segmentation=rle_encode(box_mask(job[14]["bbox"], 240, 320)), bbox=job[14]["bbox"])
+    path = _write(tmp_path, "c.json", c)
+    strong, rep = take_back(path, [ds], job_path)
+    assert [(b["image_id"], b["instance_id"]) for b in rep["box_not_edited"]] == [(1, 4), (3, 14)]
+    assert rep["box_not_edited"][1]["annotation_id"] == 99999 and rep["counts"]["box_not_edited"] == 2
+    assert not rep["no_mask"] and not rep["deleted"] and not rep["added"]
+    want = {a["id"] for a in data["annotations"] if a["image_id"] in (1, 3)} - set(BOXED)
+    assert {a["id"] for a in strong["annotations"]} == want
+    mixed = add_strong(ds, _write(tmp_path, "strong.json", strong))
+    source = {r["id"]: r.get("source") for r in mixed.instances}
+    assert all(source[i] != "gt" for i in BOXED) and all(source[i] == "gt" for i in want)
+    plain, rep = take_back(path, [ds])  # without the job a box-shaped mask may be a real object's
+    assert {a["id"] for a in plain["annotations"]} == want | set(BOXED) and not rep["box_not_edited"]
+
+
+def test_a_box_outline_the_annotator_edited_is_a_true_mask(base, boxed_job, tmp_path):
+    """4 redrawn as its object's shape and 14 as a smaller rectangle go into the strong file as drawn."""
+    data, ds = base
+    job_path, job = boxed_job
+    c = _corrections(data)
+    by_id = {a["id"]: a for a in c["annotations"]}
+    truth4 = rle_decode(by_id[4]["segmentation"])
+    by_id[4]["segmentation"] = mask_segmentation(truth4)
+    smaller = [80.0, 4.0, 60.0, 50.0]  # inside 14's box [72, 0, 76, 64]
+    by_id[14].update(segmentation=box_segmentation(smaller), bbox=smaller)
+    strong, rep = take_back(_write(tmp_path, "c.json", c), [ds], job_path)
+    assert not rep["box_not_edited"] and not rep["no_mask"]
+    got = {a["id"]: a for a in strong["annotations"]}
+    assert set(BOXED) <= set(got)
+    assert mask_iou(segmentation_mask(got[4]["segmentation"], 240, 320), truth4) == 1.0
+    assert mask_iou(segmentation_mask(got[14]["segmentation"], 240, 320), box_mask(smaller, 240, 320)) == 1.0
+    assert got[14]["bbox"] == smaller
+
+
+def test_the_box_outline_rule():
+    """A box outline survives a tool's rounding, another start or direction and a rasterised return; a
+    rectangle one pixel smaller all round, or a drawn shape inside the box, is an edit."""
+    bbox, h, w = [10.0, 20.0, 30.0, 40.0], 80, 60
+    filled = box_mask(bbox, h, w)
+    assert is_box_outline(box_segmentation(bbox), filled, bbox)
+    turned = [[40.04, 60.0, 40.0, 20.03, 10.0, 19.96, 10.0, 20.0, 9.95, 60.0]]  # reversed, the start repeated
+    assert is_box_outline(turned, segmentation_mask(turned, h, w), bbox)
+    assert is_box_outline(rle_encode(filled), filled, bbox)
+    inner = box_segmentation([11.0, 21.0, 28.0, 38.0])
+    assert not is_box_outline(inner, segmentation_mask(inner, h, w), bbox)
+    triangle = [[10.0, 20.0, 40.0, 20.0, 10.0, 60.0]]
+    assert not is_box_outline(triangle, segmentation_mask(triangle, h, w), bbox)

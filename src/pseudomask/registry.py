@@ -281,7 +281,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("take_back", "an annotator's corrected COCO file as the strong file (dataset ids), conflicts reported",
           "annotation.take_back:run_stage", "annotation.take_back:TakeBackSettings",
           inputs=(_p("corrections", "COCO JSON with masks exported by the annotation tool"), SHARDS, IMAGES,
-                  _p("job", "the job JSON the corrections answer (finds deleted instances)", optional=True)),
+                  _p("job", "the job JSON the corrections answer (finds deleted instances and untouched box "
+                            "outlines)", optional=True)),
           outputs=(_p("out", "strong COCO JSON to write"), _p("report", "conflict report JSON to write"))),
     Stage("report", "self-contained HTML report: counts, reasons, drop curve, quality, overlays, provenance",
           "report:run_stage", "report:ReportSettings",

@@ -7,18 +7,26 @@ that pycocotools rasterises them back to the same pixels; a polygon through the 
 part and each hole and comes back along the same line (as Ultralytics joins COCO segments; a hole's contour
 runs the other way round, so it stays empty), so that the formats holding one polygon per instance (YOLO-seg;
 Label Studio's COCO import, which reads only an annotation's first polygon) keep every part and hole.
+
+Formats whose box is the polygon's extent (YOLO-seg; an annotation tool's pre-annotation, which the
+annotator edits) must not state a box other than the given one: `shows_box` says where an instance is written
+as its box outline instead of its mask, one rule for every such export. `is_box_outline` says whether what
+an annotator returned is still such a box outline, as the tool gave it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
 
-from ..masks import segmentation_mask
+from ..masks import box_agreement, mask_iou, segmentation_mask
+from ..merge_drop import MergeDropSettings, is_dropped
 
 SCALE = 4  # contours of the mask upsampled 4x lie 1/8 px inside the pixels' edges
+OUTLINE_TOL = 0.1  # px: polygon points this close to a box's corners are its outline (a tool's rounding)
+OUTLINE_IOU = 0.99  # a mask with this IoU with the filled box is the box (a tool's rasterisation)
 
 
 def _join(chain: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -78,3 +86,45 @@ def box_outline(bbox: Sequence[float]) -> np.ndarray:
 def polygon_mask(poly: np.ndarray, height: int, width: int) -> np.ndarray:
     """(H,W) uint8 mask of a polygon, rasterised as pycocotools does."""
     return segmentation_mask([np.asarray(poly, np.float64).reshape(-1).tolist()], height, width)
+
+
+def drop_threshold(stage: str, params: Mapping[str, Any]) -> float:
+    """The proxy box IoU below which a mask's box disagrees with the given box: the threshold of a merge_drop
+    artifact's params, else merge_drop's default."""
+    if stage == "merge_drop" and params.get("threshold") is not None:
+        return float(params["threshold"])
+    return MergeDropSettings().threshold
+
+
+def box_disagrees(mask: np.ndarray, bbox: Sequence[float], threshold: float, proxy_iou: float | None = None) -> bool:
+    """Whether a mask's tight box disagrees with the given box by merge_drop's rule (proxy box IoU below
+    `threshold`, or 0): `proxy_iou` where the artifact has it (not NaN), else computed from the mask."""
+    if proxy_iou is None or not np.isfinite(float(proxy_iou)):
+        proxy_iou = box_agreement(mask, bbox)
+    return bool(is_dropped(proxy_iou, threshold))
+
+
+def shows_box(row: Mapping[str, Any], mask: np.ndarray, threshold: float) -> bool:
+    """Whether an instance is written as its box outline rather than its mask's outline: its mask is not kept
+    (dropped, invalid, failed), or the mask's box disagrees with its given `bbox` (`box_disagrees`), so that
+    the polygon's extent would state a wrong box (a mask the merge ate to a remnant, say)."""
+    return row["status"] != "kept" or box_disagrees(mask, row["bbox"], threshold, row.get("proxy_box_iou"))
+
+
+def is_box_outline(segmentation: Any, mask: np.ndarray, bbox: Sequence[float]) -> bool:
+    """Whether a returned annotation is still the outline of `bbox`: polygons whose points each lie within
+    OUTLINE_TOL px of one of the box's corners and reach every corner (any start, direction or repeated
+    point), or a `mask` (the segmentation rasterised) with IoU >= OUTLINE_IOU with the filled box, rasterised
+    as pycocotools does its outline. An outline edited into another shape, or into a box of another extent
+    (beyond the IoU), is not."""
+    corners = box_outline(bbox)
+    if isinstance(segmentation, list) and segmentation:
+        try:
+            points = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in segmentation])
+        except (ValueError, TypeError):
+            points = np.empty((0, 2))
+        if len(points):
+            dist = np.abs(points[:, None, :] - corners[None]).max(-1)  # (points, corners)
+            if (dist.min(1) <= OUTLINE_TOL).all() and (dist.min(0) <= OUTLINE_TOL).all():
+                return True
+    return mask_iou(mask, polygon_mask(corners, *mask.shape[:2])) >= OUTLINE_IOU

@@ -31,6 +31,13 @@ Conflicts are recorded in the report, never dropped silently:
   know it (the report gives its box and class);
 - `no_mask`: an annotation without a usable mask (no segmentation, or an empty one) stays out of the strong
   file; its instance stays box-only;
+- `box_not_edited` (with the job): an annotation matched to an instance whose job pre-annotation was its box
+  outline (the job annotation's `pre_annotation` is `box`: its mask was not kept, or its box disagreed with
+  the given one) and that comes back as that outline still (`polygons.is_box_outline` with the job's box:
+  its points on the box's corners, or its mask IoU >= 0.99 with the filled box) stays out of the strong
+  file: the annotator left the box as it was, which says nothing of the mask, so its instance stays
+  box-only. An outline edited into another shape, a box of another extent (IoU < 0.99) included, is taken
+  as a mask. Without the job a box-shaped mask is taken (it may be a real object's);
 - `skipped_annotations`: unknown category, or a mask whose size is not the image's;
 - `not_returned`: job images without any annotation in the corrections (not strong), and `not_in_job`:
   corrected images that were not in the job (taken all the same).
@@ -57,6 +64,8 @@ from ..errors import PseudomaskError, read_json
 from ..files import write_json
 from ..masks import box_iou, mask_box, rle_encode, segmentation_mask
 from ..settings import Settings, setting
+from .job import box_pre_annotated
+from .polygons import is_box_outline
 
 
 class TakeBackError(PseudomaskError, ValueError):
@@ -121,11 +130,14 @@ def _categories(data: Mapping[str, Any], index: _Index) -> dict[int, int | None]
 
 
 REPORT_LISTS = ("unknown_images", "unknown_instance_ids", "box_changed", "category_changed", "deleted", "added",
-                "no_mask", "skipped_annotations", "not_returned", "not_in_job", "matched_by_box", "id_box_mismatch")
+                "no_mask", "box_not_edited", "skipped_annotations", "not_returned", "not_in_job", "matched_by_box",
+                "id_box_mismatch")
 NOTES = {"added": "added instances are in the strong file with new ids; ingest adds them to their images as true "
                   "masks, but the dataset's own annotations do not have them",
          "deleted": "deleted instances stay box-only instances of the dataset",
-         "box_changed": "the strong file has the annotator's box and mask"}
+         "box_changed": "the strong file has the annotator's box and mask",
+         "box_not_edited": "box outlines the job gave and the annotator returned as they were are not masks: their "
+                           "instances stay box-only"}
 
 # an annotation with its mask (None: none given) and dataset category
 _Read = tuple[dict, np.ndarray | None, int]
@@ -139,7 +151,7 @@ def take_back(corrections: str | os.PathLike, datasets: Sequence[Dataset], job: 
     data = _read_corrections(corrections)
     index = _Index(datasets)
     cat_map = _categories(data, index)
-    sent = _job_instances(job) if job else None
+    sent, box_pre = _read_job(job) if job else (None, {})
     rep: dict[str, list] = {k: [] for k in REPORT_LISTS}
     image_map = _map_images(data, index, s, rep, corrections)
     anns_of = _annotations_by_image(data, image_map, rep, corrections)
@@ -148,7 +160,7 @@ def take_back(corrections: str | os.PathLike, datasets: Sequence[Dataset], job: 
     for did in sorted(set(image_map.values())):
         if sent is not None and did not in sent:
             rep["not_in_job"].append(did)
-        anns = _take_image(did, anns_of.get(did, []), index, cat_map, sent, s, rep, new_ids)
+        anns = _take_image(did, anns_of.get(did, []), index, cat_map, sent, box_pre, s, rep, new_ids)
         if anns:
             strong_images.append({k: index.images[did][k] for k in ("id", "file_name", "width", "height")})
             strong_anns += anns
@@ -179,13 +191,17 @@ def _read_corrections(corrections: str | os.PathLike) -> dict:
     return data
 
 
-def _job_instances(job: str | os.PathLike) -> dict[int, set[int]]:
-    """The images of an annotation job and the instance ids sent with each."""
+def _read_job(job: str | os.PathLike) -> tuple[dict[int, set[int]], dict[int, list[float]]]:
+    """(the images of an annotation job and the instance ids sent with each, the job's box of each instance
+    whose pre-annotation was its box outline: `job.box_pre_annotated`)."""
     jd = read_json(job, TakeBackError, "annotation job")
     sent: dict[int, set[int]] = {int(im["id"]): set() for im in jd.get("images", [])}
+    box_pre: dict[int, list[float]] = {}
     for a in jd.get("annotations", []):
         sent.setdefault(int(a["image_id"]), set()).add(int(a["id"]))
-    return sent
+        if box_pre_annotated(a):
+            box_pre[int(a["id"])] = [float(v) for v in a["bbox"]]
+    return sent, box_pre
 
 
 def _map_images(data: Mapping[str, Any], index: _Index, s: TakeBackSettings, rep: dict[str, list],
@@ -231,8 +247,8 @@ def _annotations_by_image(data: Mapping[str, Any], image_map: Mapping[int, int],
 
 
 def _take_image(did: int, anns: Sequence[dict], index: _Index, cat_map: Mapping[int, int | None],
-                sent: Mapping[int, set[int]] | None, s: TakeBackSettings, rep: dict[str, list],
-                new_ids: Iterator[int]) -> list[dict]:
+                sent: Mapping[int, set[int]] | None, box_pre: Mapping[int, list[float]], s: TakeBackSettings,
+                rep: dict[str, list], new_ids: Iterator[int]) -> list[dict]:
     """The strong annotations of one corrected image: its annotations read, matched to the instances of the
     image (those sent with the job, when it is given) by id, then by box, the rest recorded."""
     ds_im = index.images[did]
@@ -246,7 +262,7 @@ def _take_image(did: int, anns: Sequence[dict], index: _Index, cat_map: Mapping[
     for i, r in sorted(free.items()):
         rep["deleted"].append({"image_id": did, "instance_id": i, "bbox": r["bbox"],
                                "category_id": int(r["category_id"])})
-    return _strong_annotations(did, matched, s, rep, new_ids)
+    return _strong_annotations(did, matched, box_pre, s, rep, new_ids)
 
 
 def _read_annotation(did: int, a: dict, h: int, w: int, cat_map: Mapping[int, int | None], rep: dict[str, list]
@@ -315,15 +331,21 @@ def _match_by_box(did: int, later: Sequence[_Read], free: dict[int, dict], s: Ta
     return matched
 
 
-def _strong_annotations(did: int, matched: Sequence[_Matched], s: TakeBackSettings, rep: dict[str, list],
-                        new_ids: Iterator[int]) -> list[dict]:
-    """The strong file's annotations of one image's matched annotations that have a mask (else `no_mask`):
-    in the matched instance's id, or a new id (`added`); a changed box or class is recorded."""
+def _strong_annotations(did: int, matched: Sequence[_Matched], box_pre: Mapping[int, list[float]],
+                        s: TakeBackSettings, rep: dict[str, list], new_ids: Iterator[int]) -> list[dict]:
+    """The strong file's annotations of one image's matched annotations that have a mask (else `no_mask`) other
+    than the box outline their instance was given and still is (`box_not_edited`): in the matched instance's
+    id, or a new id (`added`); a changed box or class is recorded."""
     out = []
     for a, inst, mask, cat in matched:
         if mask is None or not np.any(mask == 1):
             rep["no_mask"].append({"image_id": did, "annotation_id": a.get("id"),
                                    "instance_id": int(inst["id"]) if inst else None})
+            continue
+        given = box_pre.get(int(inst["id"])) if inst else None
+        if given is not None and is_box_outline(a["segmentation"], mask, given):
+            rep["box_not_edited"].append({"image_id": did, "annotation_id": a.get("id"),
+                                          "instance_id": int(inst["id"]), "bbox": given})
             continue
         box = _box(a, mask)
         if inst is None:

@@ -8,9 +8,12 @@
 
 Classes are the dataset's categories in id order, from 0. YOLO has one polygon per instance: a mask of several
 parts or with holes is written as one polygon joining them, along the pixels' edges in COCO's continuous
-coordinates (`polygons`), as Ultralytics' COCO conversion writes them. YOLO has no ignore label:
-crowd regions (status ignored) are left out, kept masks are written, and `not_kept` says what becomes of the
-others (dropped, invalid, failed): their mask (the box where it is empty), the box, or nothing.
+coordinates (`polygons`), as Ultralytics' COCO conversion writes them. YOLO takes an instance's box from its
+polygon's extent, so a polygon states a box: a kept mask is written unless its box disagrees with the given
+box (proxy box IoU below merge_drop's threshold, `polygons.shows_box`), which is written as its box outline
+instead. YOLO has no ignore label: crowd regions (status ignored) are left out, and `not_kept` says what becomes
+of the others (dropped, invalid, failed): their mask as it is (`mask`, the box where it is empty; a mask the
+merge ate states a wrong box), their box outline (`box`, the default), or nothing (`skip`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from ..images import image_size, probe_image, read_image, write_image
 from ..loops import progress
 from ..settings import Settings, setting
 from ..store import Artifact
-from .polygons import box_outline, outline
+from .polygons import box_outline, drop_threshold, outline, shows_box
 
 NOT_KEPT = ("mask", "box", "skip")
 
@@ -44,8 +47,8 @@ class YoloError(PseudomaskError, ValueError):
 class YoloExportSettings(Settings):
     SECTION = "yolo_export"
     copy: bool = setting(False, "copy the images into images/ (default: symlinks to the originals)")
-    not_kept: str = setting("mask", "instances whose mask is not kept (dropped, invalid, failed): write their "
-                                    "mask (the box when empty), their box, or skip them", choices=NOT_KEPT)
+    not_kept: str = setting("box", "instances whose mask is not kept (dropped, invalid, failed): write their mask "
+                                   "as it is (the box when empty), their box outline, or skip them", choices=NOT_KEPT)
 
 
 def label_line(cls: int, poly: np.ndarray, width: int, height: int) -> str:
@@ -68,7 +71,7 @@ def _place_image(src: Path, dst: Path, copy: bool, image: dict) -> None:
 
 
 def export_yolo(artifacts: Sequence[str | os.PathLike], out: str | os.PathLike, copy: bool = False,
-                not_kept: str = "mask") -> dict[str, Any]:
+                not_kept: str = YoloExportSettings().not_kept) -> dict[str, Any]:
     """Write the YOLO-seg folder `out` from mask artifacts (every shard of merge_drop, say); returns counts."""
     if not_kept not in NOT_KEPT:
         raise YoloError(f"yolo export: not_kept must be one of {NOT_KEPT}, got {not_kept!r}")
@@ -89,6 +92,7 @@ def export_yolo(artifacts: Sequence[str | os.PathLike], out: str | os.PathLike, 
                 raise YoloError(f"{a.path}: its categories differ from the first artifact's")
             cls_of = {c: i for i, c in enumerate(categories)}
             root = Path(a.attrs.get("image_root") or ".")
+            threshold = drop_threshold(a.stage, a.params)
             for image_id in progress(a.image_ids, desc=f"yolo {a.path.name}", total=len(a.image_ids)):
                 im = a.image(image_id)
                 h, w, name = int(im["height"]), int(im["width"]), str(im["file_name"])
@@ -104,7 +108,8 @@ def export_yolo(artifacts: Sequence[str | os.PathLike], out: str | os.PathLike, 
                     if not kept and not_kept == "skip":
                         counts["skipped_not_kept"] += 1
                         continue
-                    poly = outline(masks[k]) if kept or not_kept == "mask" else None
+                    as_box = (kept or not_kept == "box") and shows_box(r, masks[k], threshold)
+                    poly = None if as_box else outline(masks[k])
                     if poly is None or len(poly) < 3:
                         poly = box_outline(r["bbox"])
                         counts["written_box"] += 1
