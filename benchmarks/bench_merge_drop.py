@@ -5,7 +5,8 @@ GrabCut∩MCG agreement, the drop rate and the mIoU of kept masks at each thresh
 mIoU of all masks, and the merge step's effect on mIoU (source masks before vs after merging). GrabCut,
 MCG and agreement come from the project's own `pseudomask grabcut / mcg / agree` commands (2 threads each, the
 stages' default settings), or from artifacts given with --grabcut / --mcg / --agree; merge-drop runs with the
-stage's default threshold (every threshold of the table comes from that one run).
+stage's default threshold with BoxCaseg's merge (smaller box wins) and drop (proxy box IoU), which this measures
+(every threshold of the table comes from that one run; bench_merge_rules.py compares the other rules).
 
 Speed: merge-drop and export of one generated shard of 5,000 instances, pinned to one core, against the
 10 s target; at the demo's 320x240 and at COCO's typical 640x480.
@@ -36,6 +37,7 @@ from pseudomask.store import Artifact, ArtifactWriter
 
 PAPER_DROP = {0.0: 0.00, 0.75: 0.27, 0.85: 0.49, 0.90: 0.64, 0.95: 0.80}  # BoxCaseg Table 8, COCO
 SOURCES = ("grabcut", "mcg", "agree")
+BOXCASEG = {"criterion": "proxy_box_iou", "rule": "smaller_box"}  # the paper's merge and drop, which this measures
 
 
 def cli(*args: str, log: Path) -> bool:
@@ -79,10 +81,9 @@ def quality(work: Path, prebuilt: dict[str, str]) -> None:
         print("quality: no mask source could be built; skipped")
         return
     gt = GroundTruth(ann)
-    threshold = MergeDropSettings().threshold
     for name, src in sources.items():
         md = work / f"merge_drop_{name}.h5"
-        merge_drop(src, md, threshold=threshold)
+        merge_drop(src, md, MergeDropSettings(**BOXCASEG))
         before = ious_by_id(src, gt)
         after = ious_by_id(md, gt)
         with Artifact(md) as a:
@@ -146,7 +147,7 @@ def speed(work: Path, quick: bool) -> None:
         md = work / f"synthetic_md_{size[0]}.h5"
         synthetic_shard(src, n, 10, size)
         c0, w0 = time.process_time(), time.perf_counter()
-        merge_drop(src, md, threshold=MergeDropSettings().threshold)
+        merge_drop(src, md, MergeDropSettings(**BOXCASEG))
         c1 = time.process_time()
         data = export_coco([md], work / f"synthetic_{size[0]}.json")
         c2, w2 = time.process_time(), time.perf_counter()

@@ -101,8 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--work", default=str(ROOT / ".cache/bench_quality"))
-    ap.add_argument("--ceiling", action="store_true", help="also the oracle with more cheap candidates: agreement filled, "
-                    "morphological GrabCut variants and the 5 MCG proposals of highest box IoU")
+    ap.add_argument("--ceiling", action="store_true", help="also the oracle with more cheap candidates: "
+                    "agreement filled, morphological GrabCut variants and the 5 MCG proposals of highest box IoU")
     a = ap.parse_args(argv)
     root = coco_dev()
     if not (root / "annotations.json").exists():

@@ -11,7 +11,7 @@ import numpy as np
 
 from pseudomask.images import write_image
 from pseudomask.masks import rle_decode
-from pseudomask.merge_drop import METHODS, merge_drop_image
+from pseudomask.merge_drop import MergeDropSettings, merge_drop_image, method
 from pseudomask.store import ArtifactWriter
 
 
@@ -73,13 +73,13 @@ def eaten_artifact(out: Path) -> tuple[Path, dict[int, list[float]], dict[int, n
     def quality(rows: list[dict], merged) -> np.ndarray:
         return np.array([0.1 if r["id"] == 11 else 0.9 for r in rows])
 
-    merged, rows = merge_drop_image(masks, rows, EATEN_THRESHOLD, source="grabcut", criterion="quality",
-                                    quality=quality)
+    merged, rows = merge_drop_image(masks, rows, MergeDropSettings(threshold=EATEN_THRESHOLD, rule="smaller_box"),
+                                    source="grabcut", quality=quality)
     image = {"id": 1, "file_name": "eaten.png", "width": w, "height": h}
     write_image(out.parent / "images" / image["file_name"], np.full((h, w, 3), 128, np.uint8))
     params = {"threshold": EATEN_THRESHOLD, "criterion": "quality", "quality_threshold": 0.7, "model": "test",
-              "source_stage": "grabcut", "source_method": "hand"}
-    with ArtifactWriter(out, stage="merge_drop", method=METHODS["quality"], params=params,
+              "rule": "smaller_box", "source_stage": "grabcut", "source_method": "hand"}
+    with ArtifactWriter(out, stage="merge_drop", method=method("smaller_box", "quality"), params=params,
                         categories=[{"id": 1, "name": "thing"}, {"id": 2, "name": "car"}],
                         attrs={"image_root": str((out.parent / "images").resolve()), "source_stage": "grabcut"}) as wr:
         wr.add_image(image, rows, merged)

@@ -11,10 +11,10 @@ from pycocotools.coco import COCO
 from pseudomask.errors import PseudomaskError
 from pseudomask.export import export_coco
 from pseudomask.masks import box_mask, rle_decode
-from pseudomask.merge_drop import merge_drop
+from pseudomask.merge_drop import MergeDropSettings, merge_drop
 from pseudomask.mask_metrics import evaluate_pseudo
 from pseudomask.store import Artifact, ArtifactError, ArtifactWriter
-from test_merge_drop import perturbed_gt_source
+from test_merge_drop import BOXCASEG, perturbed_gt_source
 
 H, W = 50, 60
 KEYS = {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation", "source", "status",
@@ -38,7 +38,7 @@ def _hand_made(path, image_id=1, ann0=1, categories=({"id": 1, "name": "a"},)):
 
 def test_round_trip_with_pycocotools(tmp_path, demo, demo_shard):
     src = perturbed_gt_source(demo, demo_shard, tmp_path / "agree.h5", stage="agree", ignore_ring=True)
-    merge_drop(src, tmp_path / "md.h5", threshold=0.95)
+    merge_drop(src, tmp_path / "md.h5", MergeDropSettings(**BOXCASEG))
     out = tmp_path / "export" / "pseudo.json"
     export_coco([tmp_path / "md.h5"], out)
     coco = COCO(str(out))
@@ -137,7 +137,7 @@ def test_panoptic_export_of_merge_drop_shards(tmp_path, demo, demo_shard):
     from pseudomask.panoptic import panoptic_folder, rgb_to_id
 
     src = perturbed_gt_source(demo, demo_shard, tmp_path / "agree.h5", stage="agree", ignore_ring=True)
-    merge_drop(src, tmp_path / "md.h5", threshold=0.95)
+    merge_drop(src, tmp_path / "md.h5", MergeDropSettings(**BOXCASEG))
     pan = tmp_path / "pan.json"
     export_coco([tmp_path / "md.h5"], tmp_path / "pseudo.json", pan)
     data = json.loads(pan.read_text())

@@ -90,6 +90,7 @@ def test_tags_only_dataset_gets_tag_supervision(demo, tmp_path):
     cfg = _read(tmp_path / "c.yaml")
     assert facts["supervision"] == cfg["dataset"]["supervision"] == "tags"
     assert cfg["workflow"]["merge_drop_source"] == "cam" and complete_config(cfg) == cfg
+    assert (cfg["merge_drop"]["criterion"], cfg["merge_drop"]["rule"]) == ("proxy_box_iou", "smaller_box")
     with pytest.raises(InitError, match="tags.json: supervision 'boxes' asked for"):
         init_config(tags, demo / "images", tmp_path / "d.yaml", supervision="boxes")
 

@@ -5,7 +5,7 @@ import pytest
 
 from pseudomask.crops import MaskStack
 from pseudomask.merge import box_score, colour_score, first_wins, merge, value_score
-from pseudomask.merge_drop import merge_drop_image
+from pseudomask.merge_drop import MergeDropSettings, merge_drop_image
 
 
 def two_squares():
@@ -83,7 +83,7 @@ def test_merge_drop_image_applies_the_rule(rule, owner):
         seen.append(np.asarray(stack)[:, 25, 25].tolist())
         return np.array([0.9, 0.4])
 
-    merged, out = merge_drop_image(masks, rows, threshold=0.0, quality=quality, rule=rule)
+    merged, out = merge_drop_image(masks, rows, MergeDropSettings(threshold=0.0, rule=rule), quality=quality)
     assert len(seen) == (2 if rule == "quality" else 1)  # the merged masks are scored; the quality rule scores
     assert rule != "quality" or seen[0] == [1, 1]        # the masks as given first
     m = np.asarray(merged)
@@ -98,6 +98,6 @@ def test_rules_that_need_evidence_say_so():
     masks, boxes = two_squares()
     rows = [{"id": i, "bbox": b.tolist(), "status": "kept", "reason": ""} for i, b in enumerate(boxes)]
     with pytest.raises(Exception, match="quality model"):
-        merge_drop_image(masks, rows, 0.0, rule="quality")
+        merge_drop_image(masks, rows, MergeDropSettings(rule="quality", criterion="proxy_box_iou"))
     with pytest.raises(Exception, match="needs the image"):
-        merge_drop_image(masks, rows, 0.0, rule="colour")
+        merge_drop_image(masks, rows, MergeDropSettings(rule="colour", criterion="proxy_box_iou"))

@@ -1,4 +1,4 @@
-"""Merge (smaller box wins) and drop (proxy box agreement) on hand-made masks and on real demo artifacts."""
+"""Merge (by rule) and drop (proxy box agreement or predicted quality): hand-made masks and real demo artifacts."""
 
 import json
 import subprocess
@@ -11,11 +11,14 @@ import pytest
 from pseudomask.dataset import read_shard
 from pseudomask.masks import box_agreement, box_mask, mask_box, segmentation_mask
 from pseudomask.merge import merge_masks
-from pseudomask.merge_drop import THRESHOLDS, drop_curve, judged, merge_drop, merge_drop_image
+from pseudomask.merge_drop import THRESHOLDS, MergeDropSettings, drop_curve, judged, merge_drop, merge_drop_image
 from pseudomask.loops import ImageResult, Provenance, run_mask_stage
+from pseudomask.errors import PseudomaskError
+from pseudomask.settings import SettingsError
 from pseudomask.store import Artifact, ArtifactError, ArtifactWriter
 
 H, W = 60, 80
+BOXCASEG = {"criterion": "proxy_box_iou", "rule": "smaller_box"}  # BoxCaseg's merge and drop
 
 
 def perturbed_gt_source(demo, shard, out, stage="grabcut", ignore_ring=False):
@@ -86,7 +89,7 @@ def test_ignore_pixels_are_no_claim_and_stay_255():
     a[0:30, 20:30] = 255  # right third of a is ignore
     b = box_mask([20, 0, 20, 10], H, W)  # smaller box, overlaps a's ignore part and beyond
     rows = [_row(1, [0, 0, 30, 30]), _row(2, [20, 0, 20, 10], cat=2)]
-    merged, out = merge_drop_image(np.stack([a, b]), rows, threshold=0.5)
+    merged, out = merge_drop_image(np.stack([a, b]), rows, MergeDropSettings(threshold=0.5, **BOXCASEG))
     assert merged[0][5, 25] == 255 and merged[1][5, 25] == 1  # both kept their value
     assert out[0]["merge_lost_px"] == 0
     # proxy box of a is its foreground only: 20 wide box vs 30 wide GT box
@@ -103,7 +106,7 @@ def test_drop_flags_but_keeps_everything():
     empty = np.zeros((H, W), np.uint8)
     ell = box_mask([60, 40, 10, 10], H, W)
     masks = np.stack([good, half, empty, empty, ell])
-    merged, out = merge_drop_image(masks, rows, threshold=0.95, source="grabcut")
+    merged, out = merge_drop_image(masks, rows, MergeDropSettings(threshold=0.95, **BOXCASEG), source="grabcut")
     st = [r["status"] for r in out]
     assert st == ["kept", "dropped", "dropped", "failed", "kept"]
     assert [r["mask_ignore"] for r in out] == [0, 1, 1, 1, 0]
@@ -116,9 +119,9 @@ def test_drop_flags_but_keeps_everything():
     assert out[1]["bbox"] == rows[1]["bbox"] and out[1]["category_id"] == 2 and np.all(merged[1] == half)
     assert all(r["source"] == "grabcut" for r in out)
     # a lower threshold keeps the half mask; an empty one is dropped at any threshold
-    _, low = merge_drop_image(masks, rows, threshold=0.4)
+    _, low = merge_drop_image(masks, rows, MergeDropSettings(threshold=0.4, **BOXCASEG))
     assert low[1]["status"] == "kept" and low[2]["status"] == "dropped"
-    _, zero = merge_drop_image(masks, rows, threshold=0.0)
+    _, zero = merge_drop_image(masks, rows, MergeDropSettings(threshold=0.0, **BOXCASEG))
     assert zero[2]["status"] == "dropped"
 
 
@@ -131,7 +134,7 @@ def test_artifact_round_trip_with_ignore_empty_image_and_failed(tmp_path):
     rows = [_row(1, [0, 0, 30, 25]), _row(2, [20, 20, 20, 20], cat=2), _row(3, [0, 0, 5, 5], status="failed")]
     src = _write(tmp_path / "agree.h5", "agree",
                  [(im1, rows, np.stack([a, b, np.zeros((H, W), np.uint8)])), (im2, [], np.zeros((0, H, W), np.uint8))])
-    s = merge_drop(src, tmp_path / "md.h5", threshold=0.9)
+    s = merge_drop(src, tmp_path / "md.h5", MergeDropSettings(threshold=0.9, **BOXCASEG))
     assert s["images"] == 2 and s["instances"] == 3 and s["judged"] == 2
     with Artifact(tmp_path / "md.h5", stage="merge_drop") as md:
         assert md.params["source_stage"] == "agree" and md.params["threshold"] == 0.9
@@ -159,8 +162,10 @@ def test_bad_inputs_give_clear_errors(tmp_path, demo_shard):
         merge_drop(tmp_path / "missing.h5", tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
     good = _write(tmp_path / "g.h5", "grabcut", [(im, [], np.zeros((0, H, W), np.uint8))])
-    with pytest.raises(Exception, match=r"threshold must be in \[0, 1\]"):
-        merge_drop(good, tmp_path / "x.h5", threshold=1.5)
+    with pytest.raises(SettingsError, match="threshold"):
+        merge_drop(good, tmp_path / "x.h5", MergeDropSettings(threshold=1.5))
+    with pytest.raises(PseudomaskError, match="needs a quality model"):
+        merge_drop(good, tmp_path / "x.h5", MergeDropSettings(model="none"))
     # the CLI prints the error without a traceback and exits 2
     p = subprocess.run([sys.executable, "-m", "pseudomask", "merge-drop", "--masks", str(demo_shard), "--out",
                         str(tmp_path / "x.h5")], capture_output=True, text=True)
@@ -177,7 +182,7 @@ def test_empty_shard_gives_an_empty_valid_output(tmp_path):
 
 def test_on_demo_images_curve_matches_separate_runs(tmp_path, demo, demo_shard):
     src = perturbed_gt_source(demo, demo_shard, tmp_path / "grabcut.h5")
-    merge_drop(src, tmp_path / "md.h5", threshold=0.95)
+    merge_drop(src, tmp_path / "md.h5", MergeDropSettings(threshold=0.95, **BOXCASEG))
     with Artifact(tmp_path / "md.h5") as md:
         _, proxy = judged(md)
         n = len(md.instances["id"])
@@ -189,7 +194,8 @@ def test_on_demo_images_curve_matches_separate_runs(tmp_path, demo, demo_shard):
     assert curve[0]["threshold"] == 0.0 and [r["drop_rate"] for r in curve] == sorted(r["drop_rate"] for r in curve)
     # one merge answers every threshold: same counts as running merge-drop at that threshold
     for row in curve[1:4]:
-        s = merge_drop(src, tmp_path / f"md{row['threshold']}.h5", threshold=row["threshold"])
+        s = merge_drop(src, tmp_path / f"md{row['threshold']}.h5",
+                       MergeDropSettings(threshold=row["threshold"], **BOXCASEG))
         assert s["status"].get("dropped", 0) == row["dropped"] and s["judged"] == row["instances"] == n
     # with mask IoUs the kept mIoU is the mean over the kept ones
     g = np.linspace(0, 1, len(proxy))
@@ -207,3 +213,28 @@ def test_cli_merge_drop(tmp_path, demo, demo_shard):
     assert printed["threshold"] == 0.9 and "drop_rate" in printed and printed["source_stage"] == "mcg"
     with Artifact(tmp_path / "o.h5", stage="merge_drop") as md:
         assert md.params["threshold"] == 0.9 and md.params["source_stage"] == "mcg"
+
+
+def test_the_default_drops_by_the_shipped_scorers_quality(tmp_path, demo, demo_shard):
+    """The stage's defaults (through its door) drop by predicted quality: filled boxes, whose proxy box IoU is
+    1 (BoxCaseg's criterion keeps them), are dropped far more often than the true masks beside them."""
+    from pseudomask.registry import STAGES
+
+    src = tmp_path / "src.h5"
+    perturbed_gt_source(demo, demo_shard, src)
+    st = STAGES["merge_drop"]
+    s = st.resolve(device="cpu")
+    st(s, masks=str(src), out=str(tmp_path / "md.h5"))
+    with Artifact(tmp_path / "md.h5") as a:
+        inst = a.instances
+        kind = inst["id"] % 4  # 0 exact, 1 dilated, 2 filled box, 3 shifted (perturbed_gt_source)
+        dropped = inst["status"] == "dropped"
+        assert a.params["criterion"] == s.criterion == "quality" and a.params["rule"] == s.rule
+        assert all("predicted quality" in str(r) for r in inst["reason"][dropped])
+        assert np.all(inst["proxy_box_iou"][kind == 2] > 0.95)  # boxes agree with their boxes...
+        assert dropped[kind == 2].mean() > dropped[kind == 0].mean() + 0.3  # ...but their quality is low
+        assert dropped[kind == 3].mean() > dropped[kind == 0].mean()
+    boxcaseg = st.resolve(given={"criterion": "proxy_box_iou", "rule": "smaller_box"}, device="cpu")
+    st(boxcaseg, masks=str(src), out=str(tmp_path / "bc.h5"))
+    with Artifact(tmp_path / "bc.h5") as b:
+        assert not np.any(b.instances["status"][b.instances["id"] % 4 == 2] == "dropped")

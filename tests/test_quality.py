@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 
 from pseudomask.dataset import read_shard
 from pseudomask.images import read_image
-from pseudomask.merge_drop import merge_drop, merge_drop_image
+from pseudomask.merge_drop import MergeDropSettings, merge_drop, merge_drop_image
 from pseudomask.quality.ranking import spearman
 from pseudomask.quality.features import FEATURES, SOURCES, feature_vector, instance_features, named_features
 from pseudomask.quality.scorer import Scorer, ScorerError, Tree, fit, get_scorer
@@ -201,19 +201,22 @@ def test_merge_drop_by_quality_drops_low_quality_masks_and_by_proxy_as_before(de
     h, w = read_image(image).shape[:2]
     paths, small, big = _two_sources(tmp_path, image, h, w)
     stump = stump_scorer(tmp_path / "stump.json")
-    s = merge_drop(paths[0], tmp_path / "q.h5", threshold=0.0, criterion="quality", quality_threshold=0.5, model=stump)
+    s = merge_drop(paths[0], tmp_path / "q.h5", MergeDropSettings(threshold=0.0, criterion="quality",
+                                                              quality_threshold=0.5, model=stump))
     assert s["criterion"] == "quality"
     with Artifact(tmp_path / "q.h5") as a:
         r = a.records(1)[0]
         assert r["status"] == "dropped" and r["quality"] == pytest.approx(0.2) and r["mask_ignore"] == 1
         assert "predicted quality 0.200 < 0.5" in r["reason"] and a.method.endswith("quality-drop")
-    merge_drop(paths[1], tmp_path / "q2.h5", threshold=0.0, criterion="quality", quality_threshold=0.5, model=stump)
+    merge_drop(paths[1], tmp_path / "q2.h5", MergeDropSettings(threshold=0.0, quality_threshold=0.5, model=stump))
     with Artifact(tmp_path / "q2.h5") as a:
         assert a.records(1)[0]["status"] == "kept"
     # proxy criterion: the thin grabcut mask (box IoU 0.2) drops by proxy, whatever its quality
-    merge_drop(paths[0], tmp_path / "p.h5", threshold=0.5, criterion="proxy_box_iou")
-    merge_drop(paths[1], tmp_path / "b.h5", threshold=0.75, criterion="both", quality_threshold=0.5, model=stump)
-    merge_drop(paths[1], tmp_path / "c.h5", threshold=0.75, criterion="both", quality_threshold=0.95, model=stump)
+    merge_drop(paths[0], tmp_path / "p.h5", MergeDropSettings(threshold=0.5, criterion="proxy_box_iou"))
+    merge_drop(paths[1], tmp_path / "b.h5", MergeDropSettings(threshold=0.75, criterion="both", quality_threshold=0.5,
+                                                             model=stump))
+    merge_drop(paths[1], tmp_path / "c.h5", MergeDropSettings(threshold=0.75, criterion="both", quality_threshold=0.95,
+                                                             model=stump))
     with Artifact(tmp_path / "p.h5") as a, Artifact(tmp_path / "b.h5") as b:
         assert a.records(1)[0]["status"] == "dropped" and "proxy box IoU" in a.records(1)[0]["reason"]
         assert b.records(1)[0]["status"] == "kept"  # proxy 0.8 >= 0.75 and quality 0.9 >= 0.5
@@ -224,8 +227,8 @@ def test_merge_drop_by_quality_drops_low_quality_masks_and_by_proxy_as_before(de
 def test_merge_drop_image_rejects_nothing_without_a_quality_function():
     m = np.zeros((1, 20, 20), np.uint8)
     m[0, 5:15, 5:15] = 1
-    _, rows = merge_drop_image(m, [{"id": 1, "bbox": [5, 5, 10, 10], "status": "kept", "reason": ""}], 0.9,
-                               criterion="quality")
+    _, rows = merge_drop_image(m, [{"id": 1, "bbox": [5, 5, 10, 10], "status": "kept", "reason": ""}],
+                               MergeDropSettings(threshold=0.9))
     assert rows[0]["status"] == "dropped" and "no predicted quality" in rows[0]["reason"]
 
 

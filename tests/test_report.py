@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from pseudomask.errors import PseudomaskError
-from pseudomask.merge_drop import THRESHOLDS, drop_curve, judged, merge_drop
+from pseudomask.merge_drop import THRESHOLDS, MergeDropSettings, drop_curve, judged, merge_drop
 from pseudomask.report import build_report
 from pseudomask.store import Artifact
-from test_merge_drop import perturbed_gt_source
+from test_merge_drop import BOXCASEG, perturbed_gt_source
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def results(demo, demo_shard, tmp_path_factory):
     (r / "ingest" / "shards").mkdir(parents=True)
     shutil.copy(demo_shard, r / "ingest" / "shards" / "s00000.h5")
     src = perturbed_gt_source(demo, demo_shard, r / "agree" / "s00000.h5", stage="agree", ignore_ring=True)
-    merge_drop(src, r / "merge_drop" / "s00000.h5", threshold=0.95)
+    merge_drop(src, r / "merge_drop" / "s00000.h5", MergeDropSettings(**BOXCASEG))
     return r
 
 
@@ -64,7 +64,7 @@ def test_report_is_self_contained_and_from_the_data(results, demo, tmp_path):
                   "Instances by category", "Sample images, stage by stage", "Provenance"):
         assert title in html
     assert "merge rule smaller_box (the smaller box wins); drop criterion proxy_box_iou (dropped: proxy box IoU " \
-           "below 0.95)" in html
+           "below 0.95); set in the config of this run" in html
     # the drop-rate row shows the numbers computed from the merge_drop data
     with Artifact(results / "merge_drop" / "s00000.h5") as md:
         _, proxy = judged(md)

@@ -101,7 +101,8 @@ def _salient(path: str) -> str:
 def dataset_config(ds: Dataset, annotations: str | os.PathLike, images: str | os.PathLike, *, supervision: str,
                    ground_truth: str = "", salient: str = "", strong: str = "") -> dict[str, Any]:
     """The complete config of a loaded dataset: defaults, with the dataset section, shard size, schedule and stage
-    choices that follow from it (no salient set: no BoxCaseg; tags: merge-drop refines the CAM masks).
+    choices that follow from it (no salient set: no BoxCaseg; tags: merge-drop refines the CAM masks by BoxCaseg's
+    rule and criterion).
     Dataset paths are made absolute, so that the config reads the same data from any working folder."""
     cfg = default_config()
     cfg["dataset"] = {"annotations": str(Path(annotations).resolve()), "images": str(Path(images).resolve()),
@@ -113,8 +114,9 @@ def dataset_config(ds: Dataset, annotations: str | os.PathLike, images: str | os
         cfg[section]["schedule"] = choose_schedule(len(ds.images))
     if not salient:
         cfg["workflow"]["boxcaseg"] = False
-    if supervision == "tags":
+    if supervision == "tags":  # the quality scorer never saw CAM masks: their drop stays BoxCaseg's
         cfg["workflow"]["merge_drop_source"] = "cam"
+        cfg["merge_drop"].update(criterion="proxy_box_iou", rule="smaller_box")
     return cfg
 
 

@@ -13,9 +13,8 @@ ellipse is judged like any other); failed and ignored ones pass through with `ma
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -66,30 +65,48 @@ def is_dropped(proxy_iou: float | np.ndarray, threshold: float) -> bool | np.nda
     return bool(out) if out.ndim == 0 else out
 
 
-def merge_drop_image(masks: MaskStack | np.ndarray, rows: Sequence[Mapping[str, Any]], threshold: float,
-                     source: str = "", criterion: str = "proxy_box_iou", quality_threshold: float = 0.7,
-                     quality: Callable[[list[dict], MaskStack], np.ndarray] | None = None,
-                     rule: str = "smaller_box", rgb: np.ndarray | None = None
-                     ) -> tuple[MaskStack | np.ndarray, list[dict]]:
-    """Merge then drop one image's masks (a true mask, source gt, wins every overlap and is never dropped:
-    see `pseudomask.loops.pass_true_masks`); returns merged masks (a stack for a stack, else an array) and
-    rows with status, reason, `proxy_box_iou` (NaN when not judged), `mask_ignore` (1/0), `merge_lost_px` and
-    `source`.
+@dataclass(frozen=True)
+class MergeDropSettings(Settings):
+    SECTION = "merge_drop"
+    threshold: float = setting(0.95, "masks whose proxy box IoU is below this are dropped (mask-ignored, box kept)",
+                               minimum=0, maximum=1)
+    criterion: str = setting("quality", "what drops a mask: proxy_box_iou (BoxCaseg), its predicted "
+                                              "quality, or both (either one below its threshold)",
+                             choices=CRITERIA)
+    quality_threshold: float = setting(0.7, "with criterion quality or both: masks whose predicted quality is below "
+                                            "this are dropped", minimum=0, maximum=1)
+    model: str = setting("default", "quality model of the masks: \"default\" (shipped), a JSON file written by "
+                                    "scripts/train_scorer.py, or \"none\" (then criterion proxy_box_iou and a rule "
+                                    "other than quality)")
+    rule: str = setting("none", "who gets a pixel several masks claim: the smaller box (BoxCaseg), the mask "
+                                       "of higher predicted quality, the mask whose colour model finds it more "
+                                       "foreground-like, nobody (ignore, 255), or no merge (none)",
+                        choices=tuple(RULES))
 
-    `rule` settles contested pixels (`pseudomask.merge`; `quality` needs `quality`, `colour` the image `rgb`).
-    `criterion` says what drops a mask: its proxy box IoU below `threshold`, its predicted quality below
-    `quality_threshold` (`quality`), or either (`both`). `quality(rows, masks)` predicts the quality of masks
+
+def merge_drop_image(masks: MaskStack | np.ndarray, rows: Sequence[Mapping[str, Any]],
+                     s: MergeDropSettings = MergeDropSettings(), source: str = "",
+                     quality: Callable[[list[dict], MaskStack], np.ndarray] | None = None, rgb: np.ndarray | None = None
+                     ) -> tuple[MaskStack | np.ndarray, list[dict]]:
+    """Merge then drop one image's masks by the settings `s` (a true mask, source gt, wins every overlap and is
+    never dropped: see `pseudomask.loops.pass_true_masks`); returns merged masks (a stack for a stack, else an
+    array) and rows with status, reason, `proxy_box_iou` (NaN when not judged), `mask_ignore` (1/0),
+    `merge_lost_px` and `source`.
+
+    `s.rule` settles contested pixels (`pseudomask.merge`; `quality` needs `quality`, `colour` the image `rgb`).
+    `s.criterion` says what drops a mask: its proxy box IoU below `s.threshold`, its predicted quality below
+    `s.quality_threshold` (`quality`), or either (`both`). `quality(rows, masks)` predicts the quality of masks
     (NaN: none; a mask without one is dropped under the quality criteria); the merged masks' sets `quality`."""
     rows = [dict(r) for r in rows]
     dense, masks = not isinstance(masks, MaskStack), MaskStack.from_masks(masks)
     if len(masks) != len(rows):
         masks = MaskStack.zeros(len(rows), *masks.shape[1:])
     active = np.array([r["status"] in JUDGED for r in rows], bool)
-    if rule == "none":
+    if s.rule == "none":
         merged, lost, (span, has) = masks, np.zeros(len(rows), np.int64), masks.spans()
     else:
-        merged, lost, span, has = merge(masks, merge_score(rule, masks, rows, quality, rgb), active,
-                                        ignore=rule == "ignore")
+        merged, lost, span, has = merge(masks, merge_score(s.rule, masks, rows, quality, rgb), active,
+                                        ignore=s.rule == "ignore")
     for k, r in enumerate(rows):
         r["source"] = r.get("source") or source
         r["merge_lost_px"] = int(lost[k])
@@ -109,13 +126,13 @@ def merge_drop_image(masks: MaskStack | np.ndarray, rows: Sequence[Mapping[str, 
         elif iou <= 0:
             whys.append("mask box does not overlap the GT box")
         else:
-            if criterion in ("proxy_box_iou", "both") and is_dropped(iou, threshold):
-                whys.append(f"proxy box IoU {iou:.3f} < {threshold:g}")
-            if criterion in ("quality", "both"):
+            if s.criterion in ("proxy_box_iou", "both") and is_dropped(iou, s.threshold):
+                whys.append(f"proxy box IoU {iou:.3f} < {s.threshold:g}")
+            if s.criterion in ("quality", "both"):
                 if not np.isfinite(q[k]):
                     whys.append("no predicted quality")
-                elif q[k] < quality_threshold:
-                    whys.append(f"predicted quality {q[k]:.3f} < {quality_threshold:g}")
+                elif q[k] < s.quality_threshold:
+                    whys.append(f"predicted quality {q[k]:.3f} < {s.quality_threshold:g}")
         if whys:
             why = "; ".join(whys)
             r.update(status="dropped", reason="; ".join(s for s in (why, prior) if s), mask_ignore=1)
@@ -125,68 +142,36 @@ def merge_drop_image(masks: MaskStack | np.ndarray, rows: Sequence[Mapping[str, 
     return (np.asarray(merged) if dense else merged), rows
 
 
-@dataclass(frozen=True)
-class MergeDropSettings(Settings):
-    SECTION = "merge_drop"
-    threshold: float = setting(0.95, "masks whose proxy box IoU is below this are dropped (mask-ignored, box kept)",
-                               minimum=0, maximum=1)
-    criterion: str = setting("proxy_box_iou", "what drops a mask: proxy_box_iou (BoxCaseg), its predicted "
-                                              "quality, or both (either one below its threshold)",
-                             choices=CRITERIA)
-    quality_threshold: float = setting(0.7, "with criterion quality or both: masks whose predicted quality is below "
-                                            "this are dropped", minimum=0, maximum=1)
-    model: str = setting("default", "quality model of the masks: \"default\" (shipped), a JSON file written by "
-                                    "scripts/train_scorer.py, or \"none\" (criterion proxy_box_iou only)")
-    rule: str = setting("smaller_box", "who gets a pixel several masks claim: the smaller box (BoxCaseg), the mask "
-                                       "of higher predicted quality, the mask whose colour model finds it more "
-                                       "foreground-like, nobody (ignore, 255), or no merge (none)", choices=tuple(RULES))
-
-
-def _check_threshold(threshold: float) -> float:
-    t = float(threshold)
-    if not (0.0 <= t <= 1.0) or math.isnan(t):
-        raise PseudomaskError(f"merge-drop threshold must be in [0, 1], got {threshold}")
-    return t
-
-
-def _per_image(threshold: float, source: str, criterion: str, quality_threshold: float, model: str, qsource: str,
-               rule: str, image_root: str, image: dict, records: list[list[dict]], masks: list[MaskStack]):
+def _per_image(s: MergeDropSettings, source: str, qsource: str, image_root: str, image: dict,
+               records: list[list[dict]], masks: list[MaskStack]):
     """One image of the stage (module-level, so that worker processes can run it)."""
-    scorer = quality_scorer(model)
-    rgb = read_artifact_image(image_root, image) if scorer is not None or rule == "colour" else None
+    scorer = quality_scorer(s.model)
+    rgb = read_artifact_image(image_root, image) if scorer is not None or s.rule == "colour" else None
 
     def quality(rows: list[dict], stack: MaskStack) -> np.ndarray:
         if scorer is None:
             return np.full(len(rows), np.nan)
         return scorer.score_image(rgb, rows, stack, qsource)
 
-    merged, rows = merge_drop_image(masks[0], records[0], threshold, source=source, criterion=criterion,
-                                    quality_threshold=quality_threshold, quality=quality, rule=rule, rgb=rgb)
+    merged, rows = merge_drop_image(masks[0], records[0], s, source=source, quality=quality, rgb=rgb)
     return rows, merged, None
 
 
-def merge_drop(src: str | os.PathLike, out: str | os.PathLike, threshold: float = 0.95,
-               criterion: str = "proxy_box_iou", quality_threshold: float = 0.7, model: str = "default",
-               workers: int = 1, rule: str = "smaller_box") -> dict:
-    """Run merge-and-drop over one mask-source artifact and write a `merge_drop` artifact; returns a summary.
-    The masks' `quality` is predicted by the scorer `model` names (see `pseudomask.loops.quality_scorer`)."""
-    threshold, quality_threshold = _check_threshold(threshold), _check_threshold(quality_threshold)
-    if criterion not in CRITERIA:
-        raise PseudomaskError(f"merge-drop criterion must be one of {CRITERIA}, got {criterion!r}")
-    if rule not in RULES:
-        raise PseudomaskError(f"merge-drop rule must be one of {tuple(RULES)}, got {rule!r}")
-    scorer = quality_scorer(model)
-    if scorer is None and "quality" in (criterion, rule):
-        raise PseudomaskError(f"merge-drop criterion {criterion!r} with rule {rule!r} needs a quality model")
+def merge_drop(src: str | os.PathLike, out: str | os.PathLike, s: MergeDropSettings = MergeDropSettings(),
+               workers: int = 1) -> dict:
+    """Run merge-and-drop with the settings `s` over one mask-source artifact and write a `merge_drop` artifact;
+    returns a summary. The masks' `quality` is predicted by the scorer `s.model` names (see
+    `pseudomask.loops.quality_scorer`)."""
+    if quality_scorer(s.model) is None and "quality" in (s.criterion, s.rule):
+        raise PseudomaskError(f"merge-drop criterion {s.criterion!r} with rule {s.rule!r} needs a quality model, "
+                              f"not model {s.model!r}")
     with Artifact(src, stage=[m for m in mask_stages() if m != "merge_drop"]) as a:
         origin = {"source_stage": a.stage, "source_method": a.method}
         qsource = a.stage if a.stage in SOURCES else str(a.attrs.get("quality_source", a.stage))
-
-        per_image = partial(_per_image, threshold, a.stage, criterion, quality_threshold, model, qsource, rule,
-                            str(a.attrs.get("image_root") or ""))
-        params = {"threshold": threshold, "criterion": criterion, "quality_threshold": quality_threshold,
-                  "model": model, "rule": rule, **origin}
-        run_artifact_stage([a], out, Provenance("merge_drop", method(rule, criterion), params, quality=model,
+        per_image = partial(_per_image, s, a.stage, qsource, str(a.attrs.get("image_root") or ""))
+        params = {"threshold": s.threshold, "criterion": s.criterion, "quality_threshold": s.quality_threshold,
+                  "model": s.model, "rule": s.rule, **origin}
+        run_artifact_stage([a], out, Provenance("merge_drop", method(s.rule, s.criterion), params, quality=s.model,
                                                 attrs=origin), per_image, rescore=False, workers=workers)
     with Artifact(out, stage="merge_drop") as b:
         return summary(b)
@@ -238,6 +223,4 @@ def drop_curve(proxy_iou: Iterable[float], thresholds: Sequence[float] = THRESHO
 
 def run_stage(s: MergeDropSettings, *, masks: str, out: str, scorer: str | None = None, threads: int = 1) -> dict:
     """The `merge_drop` stage (see pseudomask.registry); `scorer` (scorer-train's model) overrides `s.model`."""
-    return {"out": out, **merge_drop(masks, out, threshold=s.threshold, criterion=s.criterion,
-                                     quality_threshold=s.quality_threshold, model=scorer or s.model, workers=threads,
-                                     rule=s.rule)}
+    return {"out": out, **merge_drop(masks, out, replace(s, model=scorer) if scorer else s, workers=threads)}

@@ -4,8 +4,8 @@
 **From instances to one id map.** Every pixel of an image gets one segment id or VOID (0):
 
 1. *things*: the foreground of kept rows of thing categories. Where they overlap, a true mask (source `gt`)
-   wins, then the smallest box (`merge.merge_masks`, "smaller object better"; merge_drop artifacts do
-   not overlap already);
+   wins, then the smallest box (`merge.merge_masks`, "smaller object better"; a merge_drop artifact's masks
+   overlap only under its rule `none`);
 2. *crowd*: the foreground of crowd rows (status ignored) becomes a segment with `iscrowd` 1 where no thing is;
 3. *VOID*: ignore pixels (255) of any row, the foreground of rows whose mask does not train (`mask_ignore`:
    dropped, invalid, failed), and with `given_void` (evaluation) of rows given by the user (source `gt`: they

@@ -195,7 +195,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs=(_p("masks", "artifacts of mask stages of the same shard (.h5), e.g. grabcut mcg agree", many=True),
                   SCORER),
           outputs=(OUT,), per_shard=True, masks=True),
-    Stage("merge_drop", "merge (smaller box wins) and drop (proxy box IoU and/or quality) of a mask artifact",
+    Stage("merge_drop", "merge overlapping masks (merge_drop.rule) and drop (proxy box IoU and/or quality) "
+                        "of a mask artifact",
           "merge_drop:run_stage", "merge_drop:MergeDropSettings",
           inputs=(MASKS, SCORER), outputs=(OUT,), per_shard=True, masks=True),
     Stage("export", "pseudo masks of merge_drop (or any mask) artifacts as one COCO JSON",

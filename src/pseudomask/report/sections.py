@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import PseudomaskError, read_json
 from ..mask_metrics import summarize
 from ..merge import RULES
-from ..merge_drop import drop_curve
+from ..merge_drop import MergeDropSettings, drop_curve
 from ..quality.ranking import spearman
 from ..store import STATUSES, Artifact
 from ..visualize import STATUS_COLOURS, render_artifact_image
@@ -123,7 +123,11 @@ def merge_drop_in_use(params: dict) -> str:
     drops = {"proxy_box_iou": f"proxy box IoU below {t}", "quality": f"predicted quality below {qt}",
              "both": f"proxy box IoU below {t} or predicted quality below {qt}"}[crit]
     rule = params.get("rule", "smaller_box")
-    return f"merge rule {rule} ({RULES[rule]}); drop criterion {crit} (dropped: {drops})"
+    default = MergeDropSettings()
+    chosen = ("the defaults, chosen by measurement: docs/stages/merge_drop.md" if (rule, crit) ==
+              (default.rule, default.criterion) else "set in the config of this run; the defaults are " +
+              f"{default.rule} and {default.criterion} (docs/stages/merge_drop.md says why)")
+    return f"merge rule {rule} ({RULES[rule]}); drop criterion {crit} (dropped: {drops}); {chosen}"
 
 
 def mask_quality_section(files: Files, gt, score: Score) -> str:
