@@ -5,8 +5,8 @@ Renders demo training scenes and held-out scenes (the demo_data stage), runs the
 (Snakemake, boxes only, no retraining), then trains the retrain stage's CPU profile once per mask source:
   (a) the true masks                       (b) the workflow's export with its default settings
   (c) single sources: filled box, GrabCut, select (every mask kept)
-  (d) the export with other merge-drop settings (`EXPORTS`): without the drop (threshold 0, the merge alone), and
-      BoxCaseg's (smaller box wins, drop below proxy box IoU 0.95)
+  (d) the export with other merge-drop settings (`EXPORTS`): without the drop (threshold 0), BoxCaseg's (smaller
+      box wins, drop below proxy box IoU 0.95), and drop by predicted quality below 0.7
 and evaluates each on the held-out scenes against their true masks (predict, evaluate_model): segm AP, AP50, AP^r50.
 (a), (b) and (d) train with several seeds (the weights' and the data order's); the others with the first. Prints the
 masks' mIoU against the truth on the training scenes, the detector's figures, and weak / full ratios.
@@ -42,7 +42,8 @@ from pseudomask.registry import STAGES  # noqa: E402
 
 # exports of the workflow's masks (validity) with merge_drop settings other than the defaults: name -> settings
 EXPORTS = {"export without drop": {"threshold": 0.0, "criterion": "proxy_box_iou"},
-           "BoxCaseg's merge-drop": {"rule": "smaller_box", "criterion": "proxy_box_iou", "threshold": 0.95}}
+           "BoxCaseg's merge-drop": {"rule": "smaller_box", "criterion": "proxy_box_iou", "threshold": 0.95},
+           "drop by quality": {"criterion": "quality", "quality_threshold": 0.7}}
 SOURCES = ("true masks", "export (default)", "filled box", "grabcut", "select", *EXPORTS)
 SEEDED = ("true masks", "export (default)", *EXPORTS)  # trained with every seed: the exports differ by little
 

@@ -102,8 +102,8 @@ def out_of_fold(src: Path, work: Path, rule: str, scorers: dict[int, str], gt: G
 
 
 def true_owner(src: Path, gt: GroundTruth) -> dict[int, dict]:
-    """The bound of every rule: each contested pixel goes to the claimant whose true mask has it (to the earlier
-    one when none or both do); per judged instance its IoU against the truth."""
+    """The bound of a rule that gives each contested pixel to one claimant: the one whose true mask has it (the
+    earlier one when none or both do: COCO's true masks overlap); per judged instance its IoU against the truth."""
     rows = {}
     with Artifact(src) as a:
         for image_id in a.image_ids:
@@ -123,16 +123,16 @@ def merge_table(src: Path, before: dict[int, float], runs: dict[str, dict[int, d
     ids = sorted(runs["smaller_box"])
     print(f"\n  {src.stem}: merge rules over {len(ids)} judged instances ({sum(i in occ for i in ids)} occluded: box "
           f"IoU >= {OCCLUDED_IOU} with another)")
-    print(f"  {'rule':12s} {'mIoU all':>9s} {'occluded':>9s} {'better':>6s} {'worse':>6s}")
+    print(f"  {'rule':14s} {'mIoU all':>9s} {'occluded':>9s} {'better':>6s} {'worse':>6s}")
     b = np.array([before.get(i, 0.0) for i in ids])
     o = np.array([i in occ for i in ids])
-    print(f"  {'(no merge)':12s} {b.mean():9.4f} {b[o].mean() if o.any() else np.nan:9.4f}")
+    print(f"  {'(no merge)':14s} {b.mean():9.4f} {b[o].mean() if o.any() else np.nan:9.4f}")
     for rule, rows in runs.items():
         b = np.array([before.get(i, 0.0) for i in ids])
         a = np.array([rows[i]["iou"] for i in ids])
         if "before" in rows[ids[0]]:  # measured here, not by instance_scores
             b = np.array([rows[i]["before"] for i in ids])
-        print(f"  {rule:12s} {a.mean():9.4f} {a[o].mean() if o.any() else np.nan:9.4f} {int((a > b + 1e-9).sum()):6d} "
+        print(f"  {rule:14s} {a.mean():9.4f} {a[o].mean() if o.any() else np.nan:9.4f} {int((a > b + 1e-9).sum()):6d} "
               f"{int((a < b - 1e-9).sum()):6d}")
 
 
@@ -180,7 +180,7 @@ def main() -> int:
         for src in (work / "validity.h5", work / "sources" / "agree.h5"):
             before = {r["id"]: r["iou"] for r in instance_scores(src, gt) if r["status"] != "missing"}
             runs = {rule: out_of_fold(src, work, rule, scorers, gt) for rule in RULES}
-            runs["true owner"] = true_owner(src, gt)
+            runs["one true owner"] = true_owner(src, gt)
             merge_table(src, before, runs, occ)
             rule = MergeDropSettings().rule
             keep_table(f"{src.stem}, merged by {rule} (the default)", runs[rule])

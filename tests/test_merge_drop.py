@@ -165,7 +165,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, demo_shard):
     with pytest.raises(SettingsError, match="threshold"):
         merge_drop(good, tmp_path / "x.h5", MergeDropSettings(threshold=1.5))
     with pytest.raises(PseudomaskError, match="needs a quality model"):
-        merge_drop(good, tmp_path / "x.h5", MergeDropSettings(model="none"))
+        merge_drop(good, tmp_path / "x.h5", MergeDropSettings(model="none", criterion="quality"))
     # the CLI prints the error without a traceback and exits 2
     p = subprocess.run([sys.executable, "-m", "pseudomask", "merge-drop", "--masks", str(demo_shard), "--out",
                         str(tmp_path / "x.h5")], capture_output=True, text=True)
@@ -215,26 +215,27 @@ def test_cli_merge_drop(tmp_path, demo, demo_shard):
         assert md.params["threshold"] == 0.9 and md.params["source_stage"] == "mcg"
 
 
-def test_the_default_drops_by_the_shipped_scorers_quality(tmp_path, demo, demo_shard):
-    """The stage's defaults (through its door) drop by predicted quality: filled boxes, whose proxy box IoU is
-    1 (BoxCaseg's criterion keeps them), are dropped far more often than the true masks beside them."""
+def test_the_defaults_keep_overlaps_and_quality_drops_what_the_proxy_keeps(tmp_path, demo, demo_shard):
+    """Through the stage's door: the defaults do not merge (overlapping masks keep their pixels) and drop by
+    proxy box IoU, keeping filled boxes (proxy IoU 1); the quality criterion, with the shipped scorer, drops
+    those boxes far more often than the true masks beside them."""
     from pseudomask.registry import STAGES
 
     src = tmp_path / "src.h5"
     perturbed_gt_source(demo, demo_shard, src)
     st = STAGES["merge_drop"]
-    s = st.resolve(device="cpu")
-    st(s, masks=str(src), out=str(tmp_path / "md.h5"))
-    with Artifact(tmp_path / "md.h5") as a:
-        inst = a.instances
-        kind = inst["id"] % 4  # 0 exact, 1 dilated, 2 filled box, 3 shifted (perturbed_gt_source)
-        dropped = inst["status"] == "dropped"
-        assert a.params["criterion"] == s.criterion == "quality" and a.params["rule"] == s.rule
-        assert all("predicted quality" in str(r) for r in inst["reason"][dropped])
-        assert np.all(inst["proxy_box_iou"][kind == 2] > 0.95)  # boxes agree with their boxes...
-        assert dropped[kind == 2].mean() > dropped[kind == 0].mean() + 0.3  # ...but their quality is low
+    runs = {"default": {}, "quality": {"criterion": "quality"}, "boxcaseg": BOXCASEG}
+    for name, given in runs.items():
+        st(st.resolve(given=given, device="cpu"), masks=str(src), out=str(tmp_path / f"{name}.h5"))
+    with Artifact(src) as a, Artifact(tmp_path / "default.h5") as d, Artifact(tmp_path / "quality.h5") as q, \
+            Artifact(tmp_path / "boxcaseg.h5") as b:
+        kind = d.instances["id"] % 4  # 0 exact, 1 dilated, 2 filled box, 3 shifted (perturbed_gt_source)
+        assert (d.params["rule"], d.params["criterion"]) == ("none", "proxy_box_iou")
+        assert not d.instances["merge_lost_px"].any() and b.instances["merge_lost_px"].any()
+        for i in a.image_ids:  # every mask as given
+            assert all(np.array_equal(x, y) for x, y in zip(a.masks(i), d.masks(i)))
+        assert not np.any(d.instances["status"][kind == 2] == "dropped")
+        dropped = q.instances["status"] == "dropped"
+        assert all("predicted quality" in str(r) for r in q.instances["reason"][dropped])
+        assert dropped[kind == 2].mean() > dropped[kind == 0].mean() + 0.3
         assert dropped[kind == 3].mean() > dropped[kind == 0].mean()
-    boxcaseg = st.resolve(given={"criterion": "proxy_box_iou", "rule": "smaller_box"}, device="cpu")
-    st(boxcaseg, masks=str(src), out=str(tmp_path / "bc.h5"))
-    with Artifact(tmp_path / "bc.h5") as b:
-        assert not np.any(b.instances["status"][b.instances["id"] % 4 == 2] == "dropped")

@@ -101,8 +101,8 @@ def _salient(path: str) -> str:
 def dataset_config(ds: Dataset, annotations: str | os.PathLike, images: str | os.PathLike, *, supervision: str,
                    ground_truth: str = "", salient: str = "", strong: str = "") -> dict[str, Any]:
     """The complete config of a loaded dataset: defaults, with the dataset section, shard size, schedule and stage
-    choices that follow from it (no salient set: no BoxCaseg; tags: merge-drop refines the CAM masks by BoxCaseg's
-    rule and criterion).
+    choices that follow from it (no salient set: no BoxCaseg; tags: merge-drop refines the CAM masks, merged by
+    BoxCaseg's rule).
     Dataset paths are made absolute, so that the config reads the same data from any working folder."""
     cfg = default_config()
     cfg["dataset"] = {"annotations": str(Path(annotations).resolve()), "images": str(Path(images).resolve()),
@@ -114,9 +114,9 @@ def dataset_config(ds: Dataset, annotations: str | os.PathLike, images: str | os
         cfg[section]["schedule"] = choose_schedule(len(ds.images))
     if not salient:
         cfg["workflow"]["boxcaseg"] = False
-    if supervision == "tags":  # the quality scorer never saw CAM masks: their drop stays BoxCaseg's
+    if supervision == "tags":  # the merge rules were measured on box priors: CAM masks keep BoxCaseg's merge
         cfg["workflow"]["merge_drop_source"] = "cam"
-        cfg["merge_drop"].update(criterion="proxy_box_iou", rule="smaller_box")
+        cfg["merge_drop"]["rule"] = "smaller_box"
     return cfg
 
 

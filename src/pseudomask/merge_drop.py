@@ -70,7 +70,7 @@ class MergeDropSettings(Settings):
     SECTION = "merge_drop"
     threshold: float = setting(0.95, "masks whose proxy box IoU is below this are dropped (mask-ignored, box kept)",
                                minimum=0, maximum=1)
-    criterion: str = setting("quality", "what drops a mask: proxy_box_iou (BoxCaseg), its predicted "
+    criterion: str = setting("proxy_box_iou", "what drops a mask: proxy_box_iou (BoxCaseg), its predicted "
                                               "quality, or both (either one below its threshold)",
                              choices=CRITERIA)
     quality_threshold: float = setting(0.7, "with criterion quality or both: masks whose predicted quality is below "
