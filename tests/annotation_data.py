@@ -73,8 +73,8 @@ def eaten_artifact(out: Path) -> tuple[Path, dict[int, list[float]], dict[int, n
     def quality(rows: list[dict], merged) -> np.ndarray:
         return np.array([0.1 if r["id"] == 11 else 0.9 for r in rows])
 
-    merged, rows = merge_drop_image(masks, rows, MergeDropSettings(threshold=EATEN_THRESHOLD, rule="smaller_box"),
-                                    source="grabcut", quality=quality)
+    s = MergeDropSettings(threshold=EATEN_THRESHOLD, criterion="quality", rule="smaller_box")
+    merged, rows = merge_drop_image(masks, rows, s, source="grabcut", quality=quality)
     image = {"id": 1, "file_name": "eaten.png", "width": w, "height": h}
     write_image(out.parent / "images" / image["file_name"], np.full((h, w, 3), 128, np.uint8))
     params = {"threshold": EATEN_THRESHOLD, "criterion": "quality", "quality_threshold": 0.7, "model": "test",

@@ -208,7 +208,8 @@ def test_merge_drop_by_quality_drops_low_quality_masks_and_by_proxy_as_before(de
         r = a.records(1)[0]
         assert r["status"] == "dropped" and r["quality"] == pytest.approx(0.2) and r["mask_ignore"] == 1
         assert "predicted quality 0.200 < 0.5" in r["reason"] and a.method.endswith("quality-drop")
-    merge_drop(paths[1], tmp_path / "q2.h5", MergeDropSettings(threshold=0.0, quality_threshold=0.5, model=stump))
+    merge_drop(paths[1], tmp_path / "q2.h5", MergeDropSettings(threshold=0.0, criterion="quality", quality_threshold=0.5,
+                                                               model=stump))
     with Artifact(tmp_path / "q2.h5") as a:
         assert a.records(1)[0]["status"] == "kept"
     # proxy criterion: the thin grabcut mask (box IoU 0.2) drops by proxy, whatever its quality
@@ -228,7 +229,7 @@ def test_merge_drop_image_rejects_nothing_without_a_quality_function():
     m = np.zeros((1, 20, 20), np.uint8)
     m[0, 5:15, 5:15] = 1
     _, rows = merge_drop_image(m, [{"id": 1, "bbox": [5, 5, 10, 10], "status": "kept", "reason": ""}],
-                               MergeDropSettings(threshold=0.9))
+                               MergeDropSettings(threshold=0.9, criterion="quality"))
     assert rows[0]["status"] == "dropped" and "no predicted quality" in rows[0]["reason"]
 
 
