@@ -104,12 +104,12 @@ def training_sets(work: Path, demo: Path, results: Path) -> dict[str, Path]:
         stage("export", log, artifacts=shards, out=out / f"{name}.json")
         sets[name] = out / f"{name}.json"
     for name, given in EXPORTS.items():
-        shards = []
-        for shard in sorted((results / "validity").glob("*.h5")):
-            shards.append(out / name.replace(" ", "_") / shard.name)
-            stage("merge_drop", log, given=given, masks=shard, out=shards[-1])
-        stage("export", log, artifacts=shards, out=out / f"{name.replace(' ', '_')}.json")
-        sets[name] = out / f"{name.replace(' ', '_')}.json"
+        folder = out / name.replace(" ", "_").replace("'", "")
+        shards = [folder / shard.name for shard in sorted((results / "validity").glob("*.h5"))]
+        for shard in shards:
+            stage("merge_drop", log, given=given, masks=results / "validity" / shard.name, out=shard)
+        stage("export", log, artifacts=shards, out=folder.with_suffix(".json"))
+        sets[name] = folder.with_suffix(".json")
     return sets
 
 

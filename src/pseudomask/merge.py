@@ -11,7 +11,9 @@ becomes ignore (255) for every claimant, so neither trains on it.
 - `ignore`: nobody wins;
 - `none`: no merge at all; masks may overlap (Mask R-CNN trains each instance's mask on its own box).
 
-A true mask (source `gt`) wins every overlap under every rule. Ignore pixels (255) are no claim. Masks are
+A true mask (source `gt`) wins every overlap under every rule that gives the pixel to someone; under `ignore`
+and `none` it shares it (the stage puts every true mask back as given: `loops.pass_true_masks`). Ignore
+pixels (255) are no claim. Masks are
 `MaskStack` crops; pairs are settled on the intersection of their foregrounds' spans.
 """
 

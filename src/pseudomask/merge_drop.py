@@ -1,8 +1,8 @@
 """BoxCaseg's refinement for any mask source: merge the masks of an image, then drop those that disagree.
 
 Merge: a pixel that several masks of one image claim (value 1) is settled by the `rule` (`pseudomask.merge`):
-by default the instance with the smallest box takes it (BoxCaseg's "smaller object better"), the others get
-background there. Ignore pixels (255, e.g. agreement's) are no claim: they stay 255 and never count as
+by default nobody settles it (`none`: masks may overlap); BoxCaseg's `smaller_box` gives it to the instance with
+the smallest box ("smaller object better") and background to the others. Ignore pixels (255, e.g. agreement's) are no claim: they stay 255 and never count as
 foreground. Drop: proxy box IoU = IoU(tight box of the merged mask, GT box); a mask below the
 threshold (or with IoU 0: empty, or outside its box) is *dropped*: status "dropped", `mask_ignore` 1, box,
 class and mask kept, so Mask R-CNN still trains box and class but not the mask (BoxCaseg Sec. 3.4).
@@ -79,9 +79,8 @@ class MergeDropSettings(Settings):
                                     "scripts/train_scorer.py, or \"none\" (then criterion proxy_box_iou and a rule "
                                     "other than quality)")
     rule: str = setting("none", "who gets a pixel several masks claim: the smaller box (BoxCaseg), the mask "
-                                       "of higher predicted quality, the mask whose colour model finds it more "
-                                       "foreground-like, nobody (ignore, 255), or no merge (none)",
-                        choices=tuple(RULES))
+                                "of higher predicted quality, the mask whose colour model finds it more "
+                                "foreground-like, nobody (ignore, 255), or no merge (none)", choices=tuple(RULES))
 
 
 def merge_drop_image(masks: MaskStack | np.ndarray, rows: Sequence[Mapping[str, Any]],
